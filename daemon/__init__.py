@@ -1,0 +1,1 @@
+"""chartdrop: watched-folder document ingestion into patient charts."""

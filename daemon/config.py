@@ -1,0 +1,320 @@
+"""The settings model: the one source of truth for configuration.
+
+One TOML file (``-c FILE``), read by pydantic-settings, overridable by
+``CHARTDROP_*`` environment variables (nested keys with ``__``, e.g.
+``CHARTDROP_REDOX__API_URL``). Every key has a type, a default and a
+description; ``config.example.toml`` is tested to load. A bad file is reported
+with every problem at once (:class:`~daemon.errors.ConfigError`).
+
+Paths may be relative to the config file. Secret files may name a systemd
+credential: a bare name found in ``$CREDENTIALS_DIRECTORY`` wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/chartdrop/chartdrop.toml")
+
+# The file being loaded: settings sources and path validators read it.
+_loading: ContextVar[Path | None] = ContextVar("_loading", default=None)
+
+# Keys that may be set at the top level and overridden per destination.
+TIMING_KEYS = (
+    "settle_seconds",
+    "rescan_seconds",
+    "sidecar_timeout_seconds",
+    "retry_base_seconds",
+    "retry_cap_seconds",
+    "give_up_after_hours",
+    "embed_max_bytes",
+    "upload_max_bytes",
+)
+
+
+def _base_dir() -> Path:
+    path = _loading.get()
+    return path.parent if path is not None else Path.cwd()
+
+
+def _resolve(path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (_base_dir() / path).absolute()
+
+
+def resolve_secret(value: Path) -> Path:
+    """A systemd credential of that name if one exists, else a path (relative to the config)."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and len(value.parts) == 1 and (Path(cred_dir) / value).is_file():
+        return Path(cred_dir) / value
+    return _resolve(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimingOverrides(_Strict):
+    settle_seconds: float | None = Field(
+        None, ge=0, description="Seconds a document's size and mtime must be unchanged."
+    )
+    rescan_seconds: float | None = Field(None, gt=0, description="Seconds between full rescans.")
+    sidecar_timeout_seconds: float | None = Field(
+        None, gt=0, description="Seconds to wait for a missing sidecar before failing the document."
+    )
+    retry_base_seconds: float | None = Field(
+        None, gt=0, description="First retry delay (backoff base)."
+    )
+    retry_cap_seconds: float | None = Field(
+        None, gt=0, description="Longest retry delay (backoff cap)."
+    )
+    give_up_after_hours: float | None = Field(
+        None, gt=0, description="Hours of transient failures after which a document is failed."
+    )
+    embed_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Files up to this size are base64-embedded; larger ones are uploaded.",
+    )
+    upload_max_bytes: int | None = Field(
+        None, gt=0, description="Files over this size fail before any network call."
+    )
+
+
+class Destination(TimingOverrides):
+    """One watched inbox and where its documents go."""
+
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Short name, used in logs."
+    )
+    inbox: Path = Field(..., description="Folder scanners drop documents and sidecars into.")
+    done: Path = Field(..., description="Delivered documents move to done/YYYY-MM-DD/.")
+    failed: Path = Field(..., description="Refused documents move here with <name>.error.txt.")
+    model: Literal["Media"] = Field("Media", description="Redox data model to send.")
+    redox_destination_id: str = Field(
+        ..., min_length=1, description="Redox destination UUID (Meta.Destinations[0].ID)."
+    )
+    redox_destination_name: str | None = Field(
+        None, description="Optional Meta.Destinations[0].Name."
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Merged under every sidecar (the sidecar wins)."
+    )
+
+    @field_validator("inbox", "done", "failed")
+    @classmethod
+    def _relative_to_config(cls, value: Path) -> Path:
+        return _resolve(value)
+
+    def timing(self, key: str) -> Any:
+        value = getattr(self, key)
+        assert value is not None, f"{key} is filled from the top level when loading"
+        return value
+
+    @property
+    def settle_s(self) -> float:
+        return float(self.timing("settle_seconds"))
+
+
+class RedoxSettings(_Strict):
+    api_url: str = Field(
+        "https://api.redoxengine.com",
+        description="Base URL; /endpoint and /v2/auth/token live under it.",
+    )
+    upload_url: str = Field(
+        "https://blob.redoxengine.com/upload", description="Blob upload endpoint for large files."
+    )
+    auth: Literal["jwt"] = Field("jwt", description='"jwt": OAuth signed client assertion (RS384).')
+    client_id: str = Field("", description="OAuth API key client ID.")
+    key_id: str = Field("", description="The JWT header's kid (the public key's ID in Redox).")
+    private_key_file: Path = Field(
+        Path("redox-key.pem"),
+        description="PEM private key; a path or a systemd credential name.",
+    )
+    source_id: str | None = Field(
+        None, description="Optional Redox-Source-Id header and Meta.Source.ID."
+    )
+    source_name: str | None = Field(None, description="Optional Meta.Source.Name.")
+    test: bool = Field(False, description="Meta.Test on every message.")
+    ca_bundle: Path | None = Field(
+        None, description="Extra CA bundle (PEM) to trust; TLS verification is always on."
+    )
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _secret(cls, value: Path) -> Path:
+        return resolve_secret(value)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        return None if value is None else _resolve(value)
+
+    @field_validator("api_url", "upload_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.api_url}/v2/auth/token"
+
+
+class Settings(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHARTDROP_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path = Field(
+        Path("/var/lib/chartdrop"), description="SQLite database and spool (0700)."
+    )
+    workers: int = Field(4, ge=1, le=64, description="Concurrent deliveries.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON unless stderr is a terminal."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    lease_seconds: float = Field(
+        900, gt=0, description="How long a worker holds a job before it may be claimed again."
+    )
+    shutdown_grace_seconds: float = Field(
+        30, ge=0, description="On SIGTERM, how long in-flight sends may take to finish."
+    )
+    connect_timeout_seconds: float = Field(10, gt=0, description="HTTP connect timeout.")
+    read_timeout_seconds: float = Field(60, gt=0, description="HTTP read timeout.")
+    write_timeout_seconds: float = Field(60, gt=0, description="HTTP write timeout.")
+    pool_timeout_seconds: float = Field(10, gt=0, description="HTTP connection-pool timeout.")
+
+    settle_seconds: float = Field(
+        3, ge=0, description=TimingOverrides.model_fields["settle_seconds"].description
+    )
+    rescan_seconds: float = Field(
+        60, gt=0, description="Seconds between full rescans of each inbox."
+    )
+    sidecar_timeout_seconds: float = Field(
+        600, gt=0, description="Seconds to wait for a missing sidecar before failing the document."
+    )
+    retry_base_seconds: float = Field(10, gt=0, description="First retry delay (backoff base).")
+    retry_cap_seconds: float = Field(900, gt=0, description="Longest retry delay (backoff cap).")
+    give_up_after_hours: float = Field(
+        72, gt=0, description="Hours of transient failures after which a document is failed."
+    )
+    embed_max_bytes: int = Field(
+        200_000, ge=0, description="Files up to this size are base64-embedded; larger are uploaded."
+    )
+    upload_max_bytes: int = Field(
+        30_000_000, gt=0, description="Files over this size fail before any network call."
+    )
+
+    redox: RedoxSettings = Field(default_factory=RedoxSettings)
+    destination: list[Destination] = Field(
+        ..., min_length=1, description="One [[destination]] table per watched inbox."
+    )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        return _resolve(value)
+
+    @model_validator(mode="after")
+    def _fill_destinations(self) -> Settings:
+        names = [d.name for d in self.destination]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique (repeated: {', '.join(dupes)})")
+        filled = []
+        for dest in self.destination:
+            updates = {k: getattr(self, k) for k in TIMING_KEYS if getattr(dest, k) is None}
+            filled.append(dest.model_copy(update=updates))
+        object.__setattr__(self, "destination", filled)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _loading.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "chartdrop.sqlite3"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    def get_destination(self, name: str) -> Destination:
+        for dest in self.destination:
+            if dest.name == name:
+                return dest
+        raise KeyError(name)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_errors(err: ValidationError) -> list[str]:
+    """One line per problem, with the key's path; never the offending value."""
+    return [f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in err.errors(include_input=False)]
+
+
+def load_settings(path: Path) -> Settings:
+    """Load and validate ``path``; raise ConfigError listing every problem."""
+    path = path.expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist or is not a file")
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    token = _loading.set(path)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+    finally:
+        _loading.reset(token)
+
+
+def config_path(cli_value: str | None) -> Path:
+    """-c FILE, else $CHARTDROP_CONFIG, else /etc/chartdrop/chartdrop.toml."""
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get("CHARTDROP_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG

@@ -1,0 +1,185 @@
+"""Outcome: moving a job's files out of the spool into done/ or failed/.
+
+The target name is chosen and committed to the job row *before* the files
+move, so a crash mid-move is finished on the next start instead of leaving a
+document nobody can find. Moves are same-filesystem renames that never
+overwrite (a taken name gets " (1)", " (2)", …) followed by a directory fsync.
+A failed document gets ``<name>.error.txt`` in plain words for front-desk staff.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from daemon.config import Destination, Settings
+from daemon.errors import (
+    ContentError,
+    InputError,
+    NotRegularFileError,
+    SidecarError,
+    TooLargeError,
+)
+from daemon.fsutil import ensure_dir, fsync_dir, rename_noreplace, write_file_atomic
+from daemon.logs import get_logger
+from daemon.names import error_note_name, paired_sidecar_name, suffixed
+from daemon.queue import Job, JobState, Queue
+
+NOTE_MODE = 0o640
+
+FIX_BY_KIND: dict[str, str] = {
+    cls.reason: cls.fix
+    for cls in (InputError, SidecarError, ContentError, TooLargeError, NotRegularFileError)
+}
+FIX_BY_KIND.update(
+    {
+        "missing_sidecar": (
+            "Put the sidecar JSON file (same name as the document, ending in .json) next to "
+            "the document, then move both back into the inbox."
+        ),
+        "orphan_sidecar": (
+            "Move the sidecar back into the inbox together with the document it describes."
+        ),
+        "remote_rejected": (
+            "Ask your administrator to look up this job with `chartdrop show <job>`; the "
+            "Redox dashboard has the details. Then correct the sidecar and move both files "
+            "back into the inbox."
+        ),
+        "gave_up": (
+            "The document itself may be fine: the destination could not be reached for too "
+            "long. Move both files back into the inbox to try again, or ask your administrator."
+        ),
+        "destination_removed": (
+            "This destination is no longer configured. Ask your administrator where such "
+            "documents should go now."
+        ),
+    }
+)
+
+
+def note_text(job: Job, dest: Destination, now: datetime) -> str:
+    problems = (job.last_error or "unknown problem").splitlines()
+    fix = FIX_BY_KIND.get(job.error_kind or "", InputError.fix)
+    lines = [
+        "chartdrop could not file this document into the patient's chart.",
+        "",
+        "What is wrong:",
+        *[f"  - {p}" for p in problems],
+        "",
+        "How to fix it:",
+        f"  {fix}",
+        "",
+        f"Job: {job.id}",
+        f"Destination: {dest.name}",
+        f"Time: {now.isoformat(timespec='seconds')}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class Filer:
+    def __init__(self, settings: Settings, queue: Queue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.log = get_logger()
+
+    def finish(self, job: Job) -> Path | None:
+        """Move a sent or rejected job's files to their final place and mark it."""
+        if job.state == JobState.SENT:
+            return self._file(job, failed=False)
+        if job.state == JobState.REJECTED:
+            return self._file(job, failed=True)
+        return None
+
+    def _target_dir(self, dest: Destination, failed: bool) -> Path:
+        if failed:
+            return dest.failed
+        return dest.done / datetime.now().astimezone().strftime("%Y-%m-%d")
+
+    def _names(self, job: Job, doc_name: str, failed: bool) -> list[str]:
+        names = [doc_name]
+        if job.sidecar_name:
+            names.append(paired_sidecar_name(doc_name, job.original_name, job.sidecar_name))
+        if failed:
+            names.append(error_note_name(doc_name))
+        return names
+
+    def _choose(self, job: Job, folder: Path, failed: bool) -> Path:
+        n = 0
+        while True:
+            doc_name = suffixed(job.original_name, n)
+            if not any(
+                (folder / name).exists() or (folder / name).is_symlink()
+                for name in self._names(job, doc_name, failed)
+            ):
+                return folder / doc_name
+            n += 1
+
+    def _file(self, job: Job, *, failed: bool) -> Path:
+        dest = self.settings.get_destination(job.destination)
+        target = Path(job.final_path) if job.final_path else None
+        spool_doc = Path(job.spool_document) if job.spool_document else None
+        doc_in_spool = spool_doc is not None and (spool_doc.exists() or spool_doc.is_symlink())
+        while True:
+            if target is None:
+                folder = self._target_dir(dest, failed)
+                ensure_dir(folder, mode=0o750)
+                target = self._choose(job, folder, failed)
+                self.queue.set_final_path(job.id, str(target))
+            if not doc_in_spool:
+                break
+            assert spool_doc is not None
+            try:
+                rename_noreplace(spool_doc, target)
+            except FileExistsError:
+                target = None  # taken since we chose it: choose again
+                continue
+            break
+        folder = target.parent
+        if job.sidecar_name and job.spool_sidecar:
+            spool_side = Path(job.spool_sidecar)
+            if spool_side.exists() or spool_side.is_symlink():
+                name = paired_sidecar_name(target.name, job.original_name, job.sidecar_name)
+                n = 0
+                while True:
+                    try:
+                        rename_noreplace(spool_side, folder / suffixed(name, n))
+                        break
+                    except FileExistsError:
+                        n += 1
+        if failed:
+            note = folder / error_note_name(target.name)
+            if not note.exists():
+                text = note_text(job, dest, datetime.now().astimezone())
+                write_file_atomic(note, text.encode("utf-8"), mode=NOTE_MODE)
+        fsync_dir(folder)
+        fsync_dir(self.settings.spool_dir)
+        if failed:
+            self.queue.mark_failed(job.id, str(target))
+        else:
+            self.queue.mark_done(job.id, str(target))
+        self.log.info(
+            "job.failed" if failed else "job.done",
+            job_id=job.id,
+            destination=job.destination,
+            error_kind=job.error_kind if failed else None,
+            remote_id=job.remote_id,
+        )
+        return target
+
+    def finish_pending(self) -> int:
+        """Start-up and periodic: finish every sent/rejected job whose move did not happen."""
+        count = 0
+        for job in self.queue.jobs(states=(JobState.SENT, JobState.REJECTED), limit=10_000):
+            try:
+                self.finish(job)
+                count += 1
+            except OSError as exc:
+                self.log.error(
+                    "job.move_failed",
+                    job_id=job.id,
+                    destination=job.destination,
+                    exc_type=type(exc).__name__,
+                    error=exc.strerror,
+                )
+        return count

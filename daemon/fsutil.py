@@ -1,0 +1,324 @@
+"""Safe file operations for intake and outcome moves (Linux).
+
+Everything here refuses to read through symlinks, FIFOs, devices, sockets and
+hard links, and every move is a same-filesystem rename that never overwrites
+and is made durable with a directory fsync.
+
+No exception raised from here carries a file name or path: ``OSError``s from
+the kernel are re-raised without their ``filename`` (callers log messages, and
+file names are PHI). The one exception is :func:`ensure_dir`, whose paths are
+the admin's configured folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from daemon.errors import ConfigError, NotRegularFileError
+
+FileKindName = Literal[
+    "file", "symlink", "fifo", "socket", "device", "directory", "missing", "other"
+]
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+_SYMLINK_MESSAGE = "the file is a symbolic link (shortcut), not a document"
+_KIND_MESSAGES: dict[str, str] = {
+    "symlink": _SYMLINK_MESSAGE,
+    "fifo": "the file is a named pipe (FIFO), not a document",
+    "socket": "the file is a socket, not a document",
+    "device": "the file is a device, not a document",
+    "directory": "the item is a folder, not a document",
+    "other": "the file is a special file, not a document",
+}
+_HARD_LINK_MESSAGE = (
+    "the file has other hard links (it is also stored under another name), "
+    "so it cannot be moved safely"
+)
+_OTHER_FS_MESSAGE = "the file is on a different filesystem from its folder"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _scrubbed(exc: OSError) -> OSError:
+    """The same error (same type and errno) without the file names in its message."""
+    try:
+        clean = type(exc)(exc.errno, exc.strerror)
+    except TypeError:  # a subclass with an unusual constructor
+        clean = OSError(exc.errno, exc.strerror)
+    return clean
+
+
+@contextlib.contextmanager
+def _no_names() -> Iterator[None]:
+    """Re-raise any ``OSError`` carrying a file name as one without it (no PHI)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.filename2 is None:
+            raise
+        raise _scrubbed(exc) from None
+
+
+def _kind_of(mode: int) -> FileKindName:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "other"
+
+
+def _refuse_unless_plain(st: os.stat_result, expected_dev: int | None) -> None:
+    """Raise NotRegularFileError unless ``st`` is a regular file with one link."""
+    kind = _kind_of(st.st_mode)
+    if kind != "file":
+        raise NotRegularFileError(_KIND_MESSAGES[kind])
+    if st.st_nlink != 1:
+        raise NotRegularFileError(_HARD_LINK_MESSAGE)
+    if expected_dev is not None and st.st_dev != expected_dev:
+        raise NotRegularFileError(_OTHER_FS_MESSAGE)
+
+
+def _precheck(path: Path, expected_dev: int | None) -> None:
+    """Refuse by ``lstat`` before opening, so a device or FIFO is never even opened.
+
+    Not a guarantee (the name can be swapped afterwards); ``open_document``
+    checks the opened descriptor again, which is authoritative.
+    """
+    _refuse_unless_plain(os.lstat(path), expected_dev)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def lstat_kind(path: Path) -> FileKindName:
+    """What is at ``path`` itself (symlinks are not followed)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as exc:
+        raise _scrubbed(exc) from None
+    return _kind_of(st.st_mode)
+
+
+def open_document(path: Path, *, expected_dev: int | None = None) -> BinaryIO:
+    """Open a document for reading, refusing anything but a plain regular file.
+
+    Refused with :class:`NotRegularFileError`: a symlink (never followed, so
+    its target is never opened), a FIFO, socket, device or directory, a file
+    with more than one hard link, and (if ``expected_dev`` is given) a file on
+    another filesystem. The descriptor is opened non-blocking (a FIFO swapped
+    in at the last moment cannot hang us), checked with ``fstat``, then set
+    back to blocking. The caller closes the returned file (it is a context
+    manager). A vanished file raises ``FileNotFoundError``.
+    """
+    with _no_names():
+        _precheck(path, expected_dev)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotRegularFileError(_SYMLINK_MESSAGE) from None
+            if exc.errno in (errno.ENXIO, errno.ENODEV):  # a socket or a driverless device
+                kind = lstat_kind(path)
+                message = _KIND_MESSAGES.get(kind, _KIND_MESSAGES["device"])
+                raise NotRegularFileError(message) from None
+            raise
+        try:
+            _refuse_unless_plain(os.fstat(fd), expected_dev)
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _load_renameat2() -> Callable[[bytes, bytes], int] | None:
+    """libc's ``renameat2`` as ``f(src, dst) -> errno`` (0 on success), if libc has it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+
+    def call(src: bytes, dst: bytes) -> int:
+        if b"\0" in src or b"\0" in dst:  # c_char_p would silently cut the path short
+            raise ValueError("embedded null byte")
+        if fn(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    return call
+
+
+# Module-level so tests can replace it (None forces the link/unlink fallback).
+_renameat2: Callable[[bytes, bytes], int] | None = _load_renameat2()
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Atomically rename ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists.
+
+    Uses ``renameat2(RENAME_NOREPLACE)``. Where libc or the filesystem lacks it
+    (no symbol, ENOSYS, EINVAL), falls back to ``link`` + ``unlink``, which
+    also refuses an existing ``dst``. Symlinks are moved, never followed.
+    Across filesystems the ``OSError`` (EXDEV) is raised as is: nothing is
+    ever copied.
+    """
+    with _no_names():
+        impl = _renameat2
+        if impl is not None:
+            err = impl(os.fsencode(src), os.fsencode(dst))
+            if err == 0:
+                return
+            if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise OSError(err, os.strerror(err))
+        # Fallback: link() never replaces an existing name. Not atomic: a crash
+        # between the two calls leaves both names (one file with two links).
+        os.link(src, dst, follow_symlinks=False)
+        try:
+            src.unlink()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                dst.unlink()  # undo, so the file is in exactly one place
+            raise
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so renames into or out of it survive a power cut.
+
+    Filesystems that cannot fsync a directory (EINVAL / ENOTSUP, e.g. some
+    network mounts) are tolerated: there is nothing more we can do there.
+    """
+    with _no_names():
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        finally:
+            os.close(fd)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    sa, sb = a.stat(), b.stat()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def move_durably(src: Path, dst: Path) -> None:
+    """:func:`rename_noreplace`, then fsync the destination and source folders."""
+    rename_noreplace(src, dst)
+    with _no_names():
+        fsync_dir(dst.parent)
+        if not _same_dir(src.parent, dst.parent):
+            fsync_dir(src.parent)
+
+
+def ensure_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` (and parents) if missing; refuse a symlink or a non-directory.
+
+    An existing directory's mode is left alone (the admin may share it with
+    staff). Raises :class:`ConfigError` (paths in its message are admin config,
+    not PHI).
+    """
+    kind = lstat_kind(path)
+    if kind == "symlink":
+        raise ConfigError(f"{path} is a symbolic link; configure the real folder instead")
+    if kind not in ("missing", "directory"):
+        raise ConfigError(f"{path} exists but is not a folder")
+    if kind == "missing":
+        try:
+            path.mkdir(mode=mode, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create folder {path}: {exc.strerror}") from None
+        if lstat_kind(path) != "directory":  # lost a race with something else
+            raise ConfigError(f"{path} exists but is not a folder")
+
+
+def same_filesystem(paths: Iterable[Path]) -> bool:
+    """True if every existing path in ``paths`` lies on one filesystem (missing ones skipped)."""
+    devices: set[int] = set()
+    for p in paths:
+        try:
+            devices.add(p.stat().st_dev)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise _scrubbed(exc) from None
+    return len(devices) <= 1
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a new file at ``path``, all or nothing, never overwriting.
+
+    The data goes to a hidden temp name in the same folder (a dot name, so
+    intake ignores it), is fsynced, renamed into place with
+    :func:`rename_noreplace` (``FileExistsError`` if ``path`` exists), and the
+    folder is fsynced. The file gets exactly ``mode`` (umask not applied).
+    """
+    tmp = path.with_name(f".chartdrop-{secrets.token_hex(8)}.tmp")
+    with _no_names():
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            mode,
+        )
+        try:
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            rename_noreplace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        fsync_dir(path.parent)
+
+
+def sha256_file(f: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
+    """SHA-256 hex digest and size of the whole file, read in ``chunk``-sized pieces.
+
+    Reads from the start regardless of the current position; leaves the
+    position at the end.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    f.seek(0)
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size

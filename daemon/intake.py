@@ -1,0 +1,379 @@
+"""Intake: from a file in an inbox to a committed job with its files in the spool.
+
+The watcher only detects: watchdog handlers record a name and return (an
+exception on watchdog's thread would silently kill it). A loop decides
+readiness; a periodic full rescan is the source of truth, events only make
+it fast.
+
+Hand-over order, so that nothing is queued twice and nothing is lost:
+
+1. commit a job row in state ``intake`` naming the spool paths;
+2. rename the document, then the sidecar, into the spool (same filesystem),
+   fsync both directories;
+3. check the spool copies and commit ``queued`` (or ``rejected`` with the
+   reason, to be moved to failed/).
+
+A crash after 1 leaves an ``intake`` row: :meth:`Intake.recover` finishes it if
+the document reached the spool, and abandons it (the rescan finds the file
+again) if it did not.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from daemon.config import Destination, Settings
+from daemon.content import detect, incomplete_reason
+from daemon.errors import ContentError, InputError, NotRegularFileError, TooLargeError
+from daemon.fsutil import fsync_dir, open_document, rename_noreplace, sha256_file
+from daemon.logs import get_logger
+from daemon.names import is_junk, is_sidecar, sidecar_candidates
+from daemon.payload import check_sidecar
+from daemon.queue import Job, JobState, Queue
+from daemon.readiness import StabilityTracker
+from daemon.sidecar import read_sidecar
+
+KINDS_ACCEPTED = "PDF, TIFF, JPEG, PNG or GIF"
+
+
+class InboxEvents(FileSystemEventHandler):
+    """Runs on watchdog's thread: record the name, wake the loop, nothing else."""
+
+    def __init__(self, dest: str, notify: Callable[[str, str], None]) -> None:
+        self.dest = dest
+        self.notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self.notify(self.dest, os.fsdecode(path))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the checks say about a ready pair: None rejection means send it."""
+
+    rejection: tuple[str, str] | None = None
+    incomplete: str | None = None
+
+
+def judge(dest: Destination, settings: Settings, doc: Path, sidecar: Path | None) -> Verdict:
+    """Check a document and its sidecar (in the inbox, or in the spool on recovery)."""
+    try:
+        with open_document(doc) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            kind = detect(fh)
+            reason = incomplete_reason(fh, size, kind)
+            if reason is not None and size > 0:
+                return Verdict(incomplete=reason)
+            if size == 0:
+                raise ContentError("the file is empty")
+            if kind is None:
+                raise ContentError(f"the file is not a {KINDS_ACCEPTED} document")
+            if size > int(dest.timing("upload_max_bytes")):
+                raise TooLargeError(
+                    f"the file is {size:,} bytes; the limit is "
+                    f"{int(dest.timing('upload_max_bytes')):,} bytes"
+                )
+        if sidecar is None:
+            return Verdict(rejection=("missing_sidecar", "no sidecar (.json) file came with it"))
+        data = read_sidecar(sidecar)
+        check_sidecar(dest=dest, redox=settings.redox, sidecar=data, file_name=doc.name)
+    except InputError as exc:
+        return Verdict(rejection=(exc.reason, "\n".join(exc.problems)))
+    return Verdict()
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: Queue,
+        *,
+        on_queued: Callable[[], None] = lambda: None,
+        on_rejected: Callable[[Job], None] = lambda job: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.on_queued = on_queued
+        self.on_rejected = on_rejected
+        self.clock = clock
+        self.log = get_logger()
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: dict[str, set[str]] = {d.name: set() for d in settings.destination}
+        self._trackers = {
+            d.name: StabilityTracker(float(d.timing("settle_seconds")), clock)
+            for d in settings.destination
+        }
+        self._next_rescan: dict[str, float] = {d.name: 0.0 for d in settings.destination}
+        self._reported: set[tuple[str, str]] = set()
+
+    # -- detection --------------------------------------------------------
+    def notify(self, dest_name: str, path: str) -> None:
+        dest = self.settings.get_destination(dest_name)
+        p = Path(path)
+        if p.parent != dest.inbox or is_junk(p.name):
+            return
+        with self._lock:
+            self._pending.setdefault(dest_name, set()).add(p.name)
+        self.wake.set()
+
+    def rescan(self, dest: Destination) -> int:
+        names = []
+        with os.scandir(dest.inbox) as it:
+            for entry in it:
+                if not is_junk(entry.name) and not entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name)
+        with self._lock:
+            self._pending[dest.name].update(names)
+        return len(names)
+
+    def waiting(self) -> dict[str, int]:
+        with self._lock:
+            return {name: len(names) for name, names in self._pending.items()}
+
+    # -- the loop's work --------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock()
+        for dest in self.settings.destination:
+            if now >= self._next_rescan[dest.name]:
+                self._next_rescan[dest.name] = now + float(dest.timing("rescan_seconds"))
+                self.rescan(dest)
+            with self._lock:
+                names = sorted(self._pending[dest.name])
+            for name in names:
+                try:
+                    keep = self._consider(dest, name)
+                except OSError as exc:
+                    self.log.warning(
+                        "intake.error",
+                        destination=dest.name,
+                        exc_type=type(exc).__name__,
+                        error=exc.strerror,
+                    )
+                    keep = True
+                if not keep:
+                    with self._lock:
+                        self._pending[dest.name].discard(name)
+
+    def _lstat(self, path: Path) -> os.stat_result | None:
+        try:
+            return path.lstat()
+        except FileNotFoundError:
+            return None
+
+    def _documents_with_stem(self, dest: Destination, stem: str) -> list[str]:
+        out = []
+        with os.scandir(dest.inbox) as it:
+            for entry in it:
+                name = entry.name
+                if is_junk(name) or is_sidecar(name):
+                    continue
+                if name.rsplit(".", 1)[0] == stem or name == stem:
+                    out.append(name)
+        return out
+
+    def _find_sidecar(self, dest: Destination, doc_name: str) -> str | None:
+        for candidate in sidecar_candidates(doc_name):
+            if self._lstat(dest.inbox / candidate) is None:
+                continue
+            if candidate == doc_name + ".json":
+                return candidate
+            # stem-style "scan.json" pairs only when exactly one document has that stem
+            if len(self._documents_with_stem(dest, candidate[: -len(".json")])) == 1:
+                return candidate
+        return None
+
+    def _consider(self, dest: Destination, name: str) -> bool:
+        """Look at one inbox name; return True to keep watching it."""
+        tracker = self._trackers[dest.name]
+        path = dest.inbox / name
+        st = self._lstat(path)
+        if st is None:
+            tracker.forget(name)
+            return False
+        if is_sidecar(name):
+            return self._consider_sidecar(dest, name, st)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            sidecar = self._find_sidecar(dest, name)
+            what = NotRegularFileError(
+                "the file is a link, shortcut or special file, not a document"
+            )
+            self._hand_over(dest, name, sidecar, Verdict(rejection=(what.reason, str(what))))
+            tracker.forget(name)
+            return False
+        if not tracker.observe(name, st.st_size, st.st_mtime_ns):
+            return True
+        sidecar = self._find_sidecar(dest, name)
+        if sidecar is None:
+            if tracker.waited(name) < float(dest.timing("sidecar_timeout_seconds")):
+                return True
+            self._hand_over(
+                dest,
+                name,
+                None,
+                Verdict(rejection=("missing_sidecar", "no sidecar (.json) file arrived in time")),
+            )
+            tracker.forget(name)
+            return False
+        side_st = self._lstat(dest.inbox / sidecar)
+        if side_st is None or not tracker.observe(sidecar, side_st.st_size, side_st.st_mtime_ns):
+            return True
+        verdict = judge(dest, self.settings, path, dest.inbox / sidecar)
+        if verdict.incomplete is not None:
+            if (dest.name, name) not in self._reported:
+                self._reported.add((dest.name, name))
+                self.log.warning(
+                    "intake.incomplete", destination=dest.name, reason=verdict.incomplete
+                )
+            return True
+        self._reported.discard((dest.name, name))
+        self._hand_over(dest, name, sidecar, verdict)
+        tracker.forget(name)
+        tracker.forget(sidecar)
+        return False
+
+    def _consider_sidecar(self, dest: Destination, name: str, st: os.stat_result) -> bool:
+        tracker = self._trackers[dest.name]
+        stem = name[: -len(".json")]
+        exact = stem if self._lstat(dest.inbox / stem) is not None else None
+        if exact is not None or self._documents_with_stem(dest, stem):
+            tracker.forget(name)  # the document's own check takes the sidecar along
+            with self._lock:
+                if exact is not None:
+                    self._pending[dest.name].add(exact)
+                self._pending[dest.name].update(self._documents_with_stem(dest, stem))
+            return False
+        tracker.observe(name, st.st_size, st.st_mtime_ns)
+        if tracker.waited(name) < float(dest.timing("sidecar_timeout_seconds")):
+            return True
+        self._hand_over(
+            dest,
+            name,
+            None,
+            Verdict(
+                rejection=("orphan_sidecar", "a sidecar arrived but no document with its name")
+            ),
+            is_orphan_sidecar=True,
+        )
+        tracker.forget(name)
+        return False
+
+    # -- hand-over --------------------------------------------------------
+    def _hand_over(
+        self,
+        dest: Destination,
+        doc_name: str,
+        sidecar_name: str | None,
+        verdict: Verdict,
+        *,
+        is_orphan_sidecar: bool = False,
+    ) -> Job | None:
+        token = uuid.uuid4().hex
+        spool = self.settings.spool_dir
+        spool_doc = spool / f"{token}.document"
+        spool_side = spool / f"{token}.sidecar" if sidecar_name else None
+        job = self.queue.begin_intake(
+            destination=dest.name,
+            original_name=doc_name,
+            sidecar_name=sidecar_name,
+            spool_document=str(spool_doc),
+            spool_sidecar=str(spool_side) if spool_side else None,
+        )
+        try:
+            rename_noreplace(dest.inbox / doc_name, spool_doc)
+        except FileNotFoundError:
+            self.queue.abandon_intake(job.id, "document left the inbox before hand-over")
+            return None
+        if sidecar_name and spool_side is not None:
+            try:
+                rename_noreplace(dest.inbox / sidecar_name, spool_side)
+            except FileNotFoundError:
+                verdict = Verdict(
+                    rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
+                )
+        fsync_dir(spool)
+        fsync_dir(dest.inbox)
+        return self._complete(job, dest, verdict, is_orphan_sidecar=is_orphan_sidecar)
+
+    def _complete(
+        self, job: Job, dest: Destination, verdict: Verdict, *, is_orphan_sidecar: bool = False
+    ) -> Job:
+        assert job.spool_document is not None
+        digest, size = "", 0
+        try:
+            with open_document(Path(job.spool_document)) as fh:
+                digest, size = sha256_file(fh)
+        except NotRegularFileError:
+            pass
+        rejection = verdict.rejection
+        done = self.queue.complete_intake(job.id, sha256=digest, size=size, rejection=rejection)
+        if rejection is None:
+            self.log.info(
+                "job.queued", job_id=job.id, destination=dest.name, size=size, sha256=digest
+            )
+            self.on_queued()
+        else:
+            self.log.info(
+                "job.rejected",
+                job_id=job.id,
+                destination=dest.name,
+                error_kind=rejection[0],
+                size=size,
+                reason="intake",
+            )
+            self.on_rejected(done)
+        return done
+
+    def recover(self) -> dict[str, int]:
+        """Finish or abandon hand-overs a crash interrupted."""
+        finished = abandoned = 0
+        for job in self.queue.jobs(states=(JobState.INTAKE,), limit=100_000):
+            try:
+                dest = self.settings.get_destination(job.destination)
+            except KeyError:
+                self.queue.abandon_intake(job.id, "destination no longer configured")
+                abandoned += 1
+                continue
+            spool_doc = Path(job.spool_document or "")
+            if not (spool_doc.exists() or spool_doc.is_symlink()):
+                self.queue.abandon_intake(job.id, "hand-over interrupted before the move")
+                abandoned += 1
+                continue
+            side = Path(job.spool_sidecar) if job.spool_sidecar else None
+            if side is not None and job.sidecar_name and not side.exists():
+                inbox_side = dest.inbox / job.sidecar_name
+                if inbox_side.exists():
+                    rename_noreplace(inbox_side, side)
+                    fsync_dir(side.parent)
+            if side is not None and not side.exists():
+                verdict = Verdict(
+                    rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
+                )
+            elif job.original_name.lower().endswith(".json") and side is None:
+                verdict = Verdict(rejection=("orphan_sidecar", "a sidecar arrived but no document"))
+            else:
+                verdict = judge(dest, self.settings, spool_doc, side)
+                if verdict.incomplete is not None:
+                    verdict = Verdict(rejection=(ContentError.reason, verdict.incomplete))
+            self._complete(job, dest, verdict)
+            finished += 1
+        return {"finished": finished, "abandoned": abandoned}
+
+
+def describe_pending(intake: Intake) -> dict[str, Any]:
+    return {"waiting_in_inbox": intake.waiting()}

@@ -1,0 +1,443 @@
+"""The job queue: one SQLite database (WAL) whose ``jobs`` row is the truth of a job.
+
+    intake ─> queued ─claim─> leased ─mark_sent─> sent ─mark_done─> done
+      │        ^  ^             │ │
+      │        │  └─────────────┘ │ retry_later, release, lease expired
+      │        │                  └─reject─> rejected ─mark_failed─> failed
+      │        └──────────────────── requeue ──────────────────────────┘
+      ├─(bad input)─> rejected
+      └─> abandoned (the files stayed in the inbox)
+
+A claim is one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING *`` inside
+``BEGIN IMMEDIATE``, so two workers (or two processes) never get the same job.
+Every worker call after it names the lease token and is refused (``False``,
+nothing changed) once the lease was taken away. Every change of a job appends
+its ``events`` row (the audit trail, no PHI) in the same transaction. The
+schema, the row types and opening the file live in :mod:`daemon.queue_schema`.
+
+One connection per :class:`Queue`, shared by the daemon's worker threads
+under a lock; other processes (CLI commands) open their own.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, connect
+
+__all__ = ["DestinationStatus", "Job", "JobState", "Queue"]
+
+_DETAIL_MAX = 300  # event details are short, PHI-free texts we wrote
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = {column: row[column] for column in JOB_COLUMNS}  # a newer schema may add columns
+    values["state"] = JobState(values["state"])
+    return Job(**values)
+
+
+def _local_midnight(now: float) -> float:
+    day = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+class Queue:
+    """The job store. ``clock`` (epoch seconds) is injectable for tests;
+    ``readonly`` is for CLI reads (see :meth:`open_readonly`)."""
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, readonly: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._conn = connect(self.path, readonly=readonly)
+
+    @classmethod
+    def open_readonly(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Self:
+        """Never creates or migrates: ``FileNotFoundError`` if the database is
+        missing, ``ConfigError`` if it is not a current chartdrop queue."""
+        return cls(path, clock=clock, readonly=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return [tuple(row) for row in rows] == [("ok",)]
+
+    # -- plumbing -------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection, job: Job, from_state: JobState | None, detail: str | None
+    ) -> None:
+        """Append the audit row for ``job``'s new state: PHI-free columns only."""
+        conn.execute(
+            "INSERT INTO events (job_id, at, destination, from_state, to_state, attempt,"
+            " http_status, remote_id, error_kind, detail, sha256, size)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                *(job.id, job.updated_at, job.destination, from_state, job.state, job.attempts),
+                *(job.http_status, job.remote_id, job.error_kind),
+                *(detail[:_DETAIL_MAX] if detail else None, job.sha256, job.size),
+            ),
+        )
+
+    def _move(
+        self,
+        job_id: str,
+        from_state: JobState,
+        to_state: JobState,
+        *,
+        token: str | None = None,
+        detail: str | None = None,
+        count_attempt: bool = False,
+        **values: object,
+    ) -> Job | None:
+        """Move one job ``from_state`` -> ``to_state``, only if it is in
+        ``from_state`` (and holds ``token``, if given); set the columns in
+        ``values`` and append the event, in one transaction. ``None`` if the
+        guard did not match (and nothing changed)."""
+        changes: dict[str, object] = {"state": to_state, "updated_at": self._clock(), **values}
+        if from_state is JobState.LEASED and to_state is not JobState.LEASED:
+            changes.update(lease_token=None, lease_expires_at=None)
+        if not JOB_COLUMNS.issuperset(changes):
+            raise ValueError(f"not job columns: {sorted(set(changes) - JOB_COLUMNS)}")
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        if count_attempt:
+            assignments += ", attempts = attempts + 1"
+        where, params = "id = ? AND state = ?", [*changes.values(), job_id, from_state]
+        if token is not None:
+            where += " AND lease_token = ?"
+            params.append(token)
+        # Column names were checked against JOB_COLUMNS; every value is bound.
+        sql = f"UPDATE jobs SET {assignments} WHERE {where} RETURNING *"  # noqa: S608
+        with self._write() as conn:
+            rows = conn.execute(sql, params).fetchall()
+            if not rows:
+                return None
+            job = _job(rows[0])
+            self._event(conn, job, from_state, detail)
+        return job
+
+    # -- intake ---------------------------------------------------------------
+
+    def begin_intake(
+        self,
+        *,
+        destination: str,
+        original_name: str,
+        sidecar_name: str | None,
+        spool_document: str | None,
+        spool_sidecar: str | None,
+        document_id: str | None = None,
+    ) -> Job:
+        """Commit the row of a hand-over, before the files are renamed into the spool."""
+        now = self._clock()
+        row = {
+            "id": uuid.uuid4().hex,
+            "destination": destination,
+            "state": JobState.INTAKE,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "document_id": document_id or str(uuid.uuid4()),
+            "original_name": original_name,
+            "sidecar_name": sidecar_name,
+            "spool_document": spool_document,
+            "spool_sidecar": spool_sidecar,
+            "created_at": now,
+            "updated_at": now,
+        }
+        columns, marks = ", ".join(row), ", ".join("?" for _ in row)
+        sql = f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *"  # noqa: S608
+        with self._write() as conn:
+            job = _job(conn.execute(sql, list(row.values())).fetchall()[0])
+            self._event(conn, job, None, None)
+        return job
+
+    def complete_intake(
+        self, job_id: str, *, sha256: str, size: int, rejection: tuple[str, str] | None = None
+    ) -> Job:
+        """intake -> queued (claimable now), or -> rejected if ``rejection`` is
+        ``(error_kind, last_error)``. ``ValueError`` if the job is not in intake."""
+        if rejection is None:
+            now = self._clock()
+            job = self._move(
+                job_id, JobState.INTAKE, JobState.QUEUED,
+                sha256=sha256, size=size, next_attempt_at=now, queued_at=now,
+            )  # fmt: skip
+        else:
+            kind, error = rejection
+            job = self._move(
+                job_id, JobState.INTAKE, JobState.REJECTED, detail=error,
+                sha256=sha256, size=size, error_kind=kind, last_error=error,
+            )  # fmt: skip
+        if job is None:
+            raise ValueError(f"job {job_id} is not in intake")
+        return job
+
+    def abandon_intake(self, job_id: str, detail: str) -> None:
+        """intake -> abandoned: the files stayed in the inbox (``ValueError`` if
+        the job is not in intake)."""
+        now = self._clock()
+        job = self._move(
+            job_id, JobState.INTAKE, JobState.ABANDONED, detail=detail,
+            last_error=detail, finished_at=now,
+        )  # fmt: skip
+        if job is None:
+            raise ValueError(f"job {job_id} is not in intake")
+
+    # -- workers --------------------------------------------------------------
+
+    def claim(
+        self, *, lease_seconds: float, exclude_destinations: Collection[str] = ()
+    ) -> Job | None:
+        """Lease the queued job that has been due longest, or ``None``."""
+        now = self._clock()
+        excluded = sorted(set(exclude_destinations))
+        not_in = f" AND destination NOT IN ({', '.join('?' for _ in excluded)})" if excluded else ""
+        sql = (
+            "UPDATE jobs SET state = ?, lease_token = ?, lease_expires_at = ?, updated_at = ?"  # noqa: S608
+            " WHERE id = (SELECT id FROM jobs WHERE state = ? AND next_attempt_at <= ?"
+            f"{not_in} ORDER BY next_attempt_at, created_at, id LIMIT 1) RETURNING *"
+        )
+        token = secrets.token_hex(16)
+        params = [JobState.LEASED, token, now + lease_seconds, now, JobState.QUEUED, now]
+        with self._write() as conn:
+            rows = conn.execute(sql, [*params, *excluded]).fetchall()
+            if not rows:
+                return None
+            job = _job(rows[0])
+            self._event(conn, job, JobState.QUEUED, None)
+        return job
+
+    def record_upload(self, job_id: str, token: str, blob_uri: str) -> bool:
+        """Keep the URI of the uploaded blob; the job stays leased."""
+        job = self._move(
+            job_id, JobState.LEASED, JobState.LEASED, token=token, detail="blob uploaded",
+            blob_uri=blob_uri,
+        )  # fmt: skip
+        return job is not None
+
+    def mark_sent(
+        self, job_id: str, token: str, *, remote_id: str | None, http_status: int
+    ) -> bool:
+        """leased -> sent: the remote side accepted it (the attempt counts)."""
+        job = self._move(
+            job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True,
+            remote_id=remote_id, http_status=http_status, sent_at=self._clock(),
+            error_kind=None, last_error=None,
+        )  # fmt: skip
+        return job is not None
+
+    def retry_later(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        delay: float,
+        error_kind: str,
+        error: str,
+        http_status: int | None = None,
+    ) -> bool:
+        """leased -> queued, due ``delay`` seconds from now (the attempt counts)."""
+        job = self._move(
+            job_id, JobState.LEASED, JobState.QUEUED, token=token, count_attempt=True,
+            detail=error, next_attempt_at=self._clock() + delay, error_kind=error_kind,
+            last_error=error, http_status=http_status,
+        )  # fmt: skip
+        return job is not None
+
+    def reject(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        error_kind: str,
+        error: str,
+        http_status: int | None = None,
+    ) -> bool:
+        """leased -> rejected: a permanent failure (the attempt counts)."""
+        job = self._move(
+            job_id, JobState.LEASED, JobState.REJECTED, token=token, count_attempt=True,
+            detail=error, error_kind=error_kind, last_error=error, http_status=http_status,
+        )  # fmt: skip
+        return job is not None
+
+    def release(self, job_id: str, token: str) -> bool:
+        """leased -> queued, no attempt counted (shutdown, paused destination)."""
+        job = self._move(job_id, JobState.LEASED, JobState.QUEUED, token=token, detail="released")
+        return job is not None
+
+    def _unlease(self, condition: str, params: list[object], detail: str) -> int:
+        sql = (
+            "UPDATE jobs SET state = ?, lease_token = NULL, lease_expires_at = NULL,"  # noqa: S608
+            f" updated_at = ? WHERE state = ?{condition} RETURNING *"
+        )
+        with self._write() as conn:
+            rows = conn.execute(sql, [JobState.QUEUED, self._clock(), JobState.LEASED, *params])
+            jobs = [_job(row) for row in rows.fetchall()]
+            for job in jobs:
+                self._event(conn, job, JobState.LEASED, detail)
+        return len(jobs)
+
+    def expire_leases(self) -> int:
+        """Requeue the jobs whose lease ran out (a dead or hung worker); how many."""
+        return self._unlease(" AND lease_expires_at < ?", [self._clock()], "lease expired")
+
+    def reset_all_leases(self) -> int:
+        """At start-up every lease is stale (the daemon holds the only lock); how many."""
+        return self._unlease("", [], "lease reset at start-up")
+
+    def set_final_path(self, job_id: str, final_path: str) -> bool:
+        """Record the chosen target of a pending move (sent or rejected) before
+        the rename, so a move a crash interrupted resumes to the same place.
+        Not a state change: no event (the path is PHI anyway)."""
+        sql = "UPDATE jobs SET final_path = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)"
+        params = (final_path, self._clock(), job_id, JobState.SENT, JobState.REJECTED)
+        with self._write() as conn:
+            return conn.execute(sql, params).rowcount == 1
+
+    def mark_done(self, job_id: str, final_path: str) -> bool:
+        """sent -> done: the files are in done/."""
+        now = self._clock()
+        job = self._move(
+            job_id, JobState.SENT, JobState.DONE, final_path=final_path, finished_at=now
+        )
+        return job is not None
+
+    def mark_failed(self, job_id: str, final_path: str) -> bool:
+        """rejected -> failed: the files are in failed/."""
+        now = self._clock()
+        job = self._move(
+            job_id, JobState.REJECTED, JobState.FAILED, final_path=final_path, finished_at=now
+        )
+        return job is not None
+
+    def requeue(self, job_id: str, *, spool_document: str, spool_sidecar: str | None) -> bool:
+        """failed -> queued from scratch, same document_id. The caller has moved
+        the files back into the spool already."""
+        now = self._clock()
+        job = self._move(
+            job_id, JobState.FAILED, JobState.QUEUED, detail="requeued",
+            attempts=0, next_attempt_at=now, queued_at=now, spool_document=spool_document,
+            spool_sidecar=spool_sidecar, final_path=None, sent_at=None, finished_at=None,
+            blob_uri=None, remote_id=None, http_status=None, last_error=None, error_kind=None,
+        )  # fmt: skip
+        return job is not None
+
+    # -- reads ----------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, or with this unique id prefix (6 characters or more)."""
+        key = job_id.strip().lower()
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (key,)).fetchall()
+            if not rows and len(key) >= 6 and all(c in "0123456789abcdef" for c in key):
+                rows = self._conn.execute(
+                    "SELECT * FROM jobs WHERE id >= ? AND id < ? LIMIT 2", (key, key + "g")
+                ).fetchall()
+        return _job(rows[0]) if len(rows) == 1 else None
+
+    def jobs(
+        self, *, states: Collection[str] = (), destination: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first. ``ValueError`` for a state that does not exist."""
+        wanted = sorted({JobState(state) for state in states})
+        where, params = ["1"], list[object](wanted)
+        if wanted:
+            where.append(f"state IN ({', '.join('?' for _ in wanted)})")
+        if destination is not None:
+            where.append("destination = ?")
+            params.append(destination)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?"  # noqa: S608
+        with self._lock:
+            rows = self._conn.execute(sql, [*params, limit]).fetchall()
+        return [_job(row) for row in rows]
+
+    def events(
+        self, job_id: str | None = None, *, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit rows, oldest first, of one job and/or from ``since`` on."""
+        where, params = ["1"], list[object]()
+        if job_id is not None:  # conditions spelled out, so the indexes are used
+            where.append("job_id = ?")
+            params.append(job_id)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id"  # noqa: S608
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [dict(row) for row in rows]
+
+    def status(self, *, now: float | None = None) -> dict[str, DestinationStatus]:
+        """Per destination that has jobs: the numbers ``chartdrop status`` shows."""
+        now = self._clock() if now is None else now
+        sql = """
+            SELECT destination,
+                   TOTAL(state = 'queued' AND attempts = 0),
+                   TOTAL(state = 'queued' AND attempts > 0),
+                   TOTAL(state = 'leased'), TOTAL(state IN ('sent', 'rejected')),
+                   TOTAL(state = 'done' AND finished_at >= ?), TOTAL(state = 'failed'),
+                   MIN(CASE WHEN state IN ('queued', 'leased') THEN queued_at END), MAX(sent_at)
+            FROM jobs GROUP BY destination ORDER BY destination
+        """
+        with self._lock:
+            rows = self._conn.execute(sql, (_local_midnight(now),)).fetchall()
+        return {
+            dest: DestinationStatus(
+                queued=int(queued),
+                retrying=int(retrying),
+                in_flight=int(leased),
+                awaiting_move=int(moving),
+                done_today=int(done),
+                failed=int(failed),
+                oldest_waiting_seconds=None if oldest is None else max(0.0, now - oldest),
+                last_success_at=last,
+            )
+            for dest, queued, retrying, leased, moving, done, failed, oldest, last in rows
+        }
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Every state (zeros included) with its number of jobs, for metrics."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return dict.fromkeys(map(str, JobState), 0) | {state: n for state, n in rows}

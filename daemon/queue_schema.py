@@ -1,0 +1,233 @@
+"""The job queue's database file: states, row types, the schema and opening it.
+
+The schema only changes through :data:`MIGRATIONS` (sqlite-utils migrations,
+set ``chartdrop``); append a new migration function, never edit an applied one.
+:mod:`daemon.queue` holds the operations on it.
+
+The database enforces what it can by itself: a state outside
+:class:`JobState` is refused, a job is leased exactly when it holds a lease
+token and expiry, ``document_id`` never changes, and ``events`` (the audit
+trail) can only be appended to. ``events`` never holds PHI: no document or
+sidecar names, no paths, no sidecar content.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils.db import Database
+from sqlite_utils.migrations import Migrations
+
+from daemon.errors import ConfigError
+
+
+class JobState(enum.StrEnum):
+    """Where a job is. ``DONE``, ``FAILED`` and ``ABANDONED`` are terminal
+    (``FAILED`` may be requeued by hand)."""
+
+    INTAKE = "intake"  # row committed, files being renamed from the inbox into the spool
+    QUEUED = "queued"  # waiting; claimable once next_attempt_at <= now
+    LEASED = "leased"  # a worker holds it (lease_token, lease_expires_at)
+    SENT = "sent"  # the remote side accepted it; the move to done/ is pending
+    REJECTED = "rejected"  # permanently failed (last_error); the move to failed/ is pending
+    DONE = "done"  # files moved to done/ (final_path)
+    FAILED = "failed"  # files moved to failed/ (final_path)
+    ABANDONED = "abandoned"  # an intake that never completed; files still in the inbox
+
+
+@dataclass(frozen=True)
+class Job:
+    """One document (plus its sidecar) for one destination: a ``jobs`` row.
+
+    ``original_name``, ``sidecar_name``, the spool paths and ``final_path`` are
+    PHI (file names): never log them. Times are epoch seconds.
+    """
+
+    id: str
+    destination: str
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    lease_expires_at: float | None
+    lease_token: str | None
+    document_id: str
+    sha256: str | None
+    size: int | None
+    original_name: str
+    sidecar_name: str | None
+    spool_document: str | None
+    spool_sidecar: str | None
+    blob_uri: str | None
+    remote_id: str | None
+    http_status: int | None
+    last_error: str | None
+    error_kind: str | None
+    final_path: str | None
+    created_at: float
+    queued_at: float | None
+    updated_at: float
+    sent_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    """One destination's line in ``chartdrop status`` (times in seconds)."""
+
+    queued: int  # waiting, never tried
+    retrying: int  # waiting after at least one failed attempt
+    in_flight: int  # leased by a worker
+    awaiting_move: int  # sent or rejected, the move to done/ or failed/ pending
+    done_today: int  # done since local midnight
+    failed: int
+    oldest_waiting_seconds: float | None  # over queued and leased jobs
+    last_success_at: float | None  # epoch seconds of the latest accepted send
+
+
+MIGRATIONS = Migrations("chartdrop")
+
+_STATES = ", ".join(f"'{state.value}'" for state in JobState)
+
+_CREATE = [
+    f"""
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY NOT NULL,
+        destination TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({_STATES})),
+        attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        next_attempt_at REAL NOT NULL,
+        lease_expires_at REAL,
+        lease_token TEXT,
+        document_id TEXT NOT NULL,
+        sha256 TEXT,
+        size INTEGER,
+        original_name TEXT NOT NULL,
+        sidecar_name TEXT,
+        spool_document TEXT,
+        spool_sidecar TEXT,
+        blob_uri TEXT,
+        remote_id TEXT,
+        http_status INTEGER,
+        last_error TEXT,
+        error_kind TEXT,
+        final_path TEXT,
+        created_at REAL NOT NULL,
+        queued_at REAL,
+        updated_at REAL NOT NULL,
+        sent_at REAL,
+        finished_at REAL,
+        CHECK ((state = 'leased') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL))
+    )
+    """,
+    # The claim's WHERE and ORDER BY in one index; status and listings by destination.
+    "CREATE INDEX jobs_state_next ON jobs (state, next_attempt_at, created_at)",
+    "CREATE INDEX jobs_destination_state ON jobs (destination, state)",
+    """
+    CREATE TRIGGER jobs_document_id_fixed BEFORE UPDATE OF document_id ON jobs
+    WHEN NEW.document_id IS NOT OLD.document_id
+    BEGIN SELECT RAISE(ABORT, 'jobs.document_id is fixed when the job is created'); END
+    """,
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs (id),
+        at REAL NOT NULL,
+        destination TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        http_status INTEGER,
+        remote_id TEXT,
+        error_kind TEXT,
+        detail TEXT,
+        sha256 TEXT,
+        size INTEGER
+    )
+    """,
+    "CREATE INDEX events_job ON events (job_id, id)",
+    "CREATE INDEX events_at ON events (at)",
+    """
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+    """
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+]
+
+
+@MIGRATIONS()
+def m001_create_jobs_and_events(db: Database) -> None:
+    # One statement at a time: executescript() would commit the open transaction.
+    for statement in _CREATE:
+        db.execute(statement)
+
+
+JOB_COLUMNS = frozenset(Job.__dataclass_fields__)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the queue database for one :class:`~daemon.queue.Queue`.
+
+    Read-write creates the file (0600, before SQLite touches it: the -wal and
+    -shm files inherit its mode), turns on WAL and applies pending migrations.
+    Read-only (CLI reads) never creates or migrates: ``FileNotFoundError`` if
+    the file is missing, ``ConfigError`` if it is not a current chartdrop queue.
+    The connection is in autocommit mode; callers write in ``BEGIN IMMEDIATE``.
+    """
+    if readonly:
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "no queue database", str(path))
+        target, uri = f"{path.resolve().as_uri()}?mode=ro", True
+    else:
+        _create_private(path)
+        target, uri = str(path), False
+    conn = sqlite3.connect(
+        target, uri=uri, timeout=10, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+            if MIGRATIONS.pending(db):
+                raise ConfigError(
+                    f"The queue database {path} is not initialised for this version of "
+                    "chartdrop: start the daemon once to create or upgrade it."
+                )
+        else:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            # In one BEGIN IMMEDIATE, so two processes starting on a new file cannot
+            # both create the tables (sqlite-utils nests its savepoints inside).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS.apply(db)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+    except BaseException:
+        conn.close()
+        raise
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _create_private(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+    finally:
+        os.close(fd)

@@ -1,0 +1,72 @@
+"""Readiness: has a file stopped changing for long enough?
+
+A pure object with an injectable clock (after paperless-ngx's
+``FileStabilityTracker``), so it is tested without sleeping. It only keeps
+what it is told: the intake loop observes each candidate's ``(size,
+mtime_ns)`` on every scan and forgets it once moved or gone.
+
+The settle window is measured on our own clock, not from the file's mtime:
+copy tools may preserve an old mtime (``cp -p``, SMB), so "mtime is old"
+would not mean "the writer has finished".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    first_seen: float
+    changed_at: float
+
+
+class StabilityTracker:
+    """Tracks ``(size, mtime_ns)`` per key; stable once unchanged for ``settle_seconds``."""
+
+    def __init__(self, settle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if settle_seconds < 0:
+            raise ValueError("settle_seconds must not be negative")
+        self._settle = settle_seconds
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}
+
+    @property
+    def settle_seconds(self) -> float:
+        return self._settle
+
+    def observe(self, key: str, size: int, mtime_ns: int) -> bool:
+        """Record an observation; True iff unchanged for >= ``settle_seconds``.
+
+        The first observation starts the window; any change in size or
+        mtime restarts it.
+        """
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen(size, mtime_ns, first_seen=now, changed_at=now)
+        elif (seen.size, seen.mtime_ns) != (size, mtime_ns):
+            seen.size, seen.mtime_ns, seen.changed_at = size, mtime_ns, now
+        return now - seen.changed_at >= self._settle
+
+    def first_seen(self, key: str) -> float | None:
+        """Clock time ``key`` was first observed (kept across changes; reset by forget)."""
+        seen = self._seen.get(key)
+        return None if seen is None else seen.first_seen
+
+    def waited(self, key: str) -> float:
+        """Seconds since ``key`` was first observed; 0 if unknown."""
+        seen = self._seen.get(key)
+        return 0.0 if seen is None else self._clock() - seen.first_seen
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` (moved, deleted, or to be started afresh). Unknown keys are fine."""
+        self._seen.pop(key, None)
+
+    def keys(self) -> set[str]:
+        """The keys being tracked (a copy)."""
+        return set(self._seen)

@@ -1,0 +1,284 @@
+"""The Redox Data Model API client: signed-JWT auth, blob upload, send.
+
+Statuses are turned into the exception tree here, and only here:
+
+    2xx                                  success
+    401                                  renew the token once, then AuthError
+    400, 403, 404, 413, other 4xx         PermanentDeliveryError
+    408, 429, 5xx, connect/read errors   TransientDeliveryError (Retry-After honoured)
+
+Nothing from a response body is put into an exception message: Redox error
+texts can echo patient data back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+
+from daemon.config import RedoxSettings, Settings
+from daemon.errors import (
+    AuthError,
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+RENEW_BEFORE_SECONDS = 60
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 1_000_000
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, what: str) -> None:
+    """https everywhere; plain http only to this machine (the sandbox)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "https" or (scheme == "http" and is_loopback(url)):
+        return
+    raise ConfigError(f"{what} must use https:// (plain http is allowed only for 127.0.0.1)")
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Parse Retry-After: delta-seconds or an HTTP date. None if absent or unparsable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def make_http_client(settings: Settings) -> httpx.Client:
+    verify: ssl.SSLContext | bool = True
+    if settings.redox.ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(settings.redox.ca_bundle))
+    return httpx.Client(
+        timeout=httpx.Timeout(
+            connect=settings.connect_timeout_seconds,
+            read=settings.read_timeout_seconds,
+            write=settings.write_timeout_seconds,
+            pool=settings.pool_timeout_seconds,
+        ),
+        verify=verify,
+        follow_redirects=False,
+        headers={"User-Agent": "chartdrop"},
+    )
+
+
+def classify(response: httpx.Response, what: str) -> None:
+    """Raise the right error for a non-2xx response."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    if status in TRANSIENT_STATUSES or status >= 500:
+        raise TransientDeliveryError(
+            f"{what} answered HTTP {status}",
+            status=status,
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
+    if status == 401:
+        raise AuthError(f"{what} refused the access token (HTTP 401)", status=status)
+    raise PermanentDeliveryError(f"{what} refused the request (HTTP {status})", status=status)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        return {}
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: int
+    log_id: str | None
+
+
+class RedoxClient:
+    """Thread-safe: workers share one client, one token and one connection pool."""
+
+    def __init__(self, settings: RedoxSettings, http: httpx.Client) -> None:
+        for url, what in (
+            (settings.api_url, "redox.api_url"),
+            (settings.upload_url, "redox.upload_url"),
+        ):
+            check_url(url, what)
+        self.settings = settings
+        self.http = http
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0  # monotonic
+        self._key: bytes | None = None
+
+    # -- auth -------------------------------------------------------------
+    def _private_key(self) -> bytes:
+        if self._key is None:
+            path: Path = self.settings.private_key_file
+            try:
+                self._key = path.read_bytes()
+            except OSError as exc:
+                raise AuthError(
+                    f"cannot read the Redox private key file ({exc.strerror})"
+                ) from None
+        return self._key
+
+    def client_assertion(self) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.settings.client_id,
+            "sub": self.settings.client_id,
+            "aud": self.settings.token_url,
+            "iat": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+        }
+        try:
+            return jwt.encode(
+                claims,
+                self._private_key(),
+                algorithm="RS384",
+                headers={"kid": self.settings.key_id},
+            )
+        except (ValueError, TypeError, jwt.PyJWTError):
+            raise AuthError("the Redox private key file is not a usable RSA private key") from None
+
+    def _fetch_token(self) -> tuple[str, float]:
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": self.client_assertion(),
+        }
+        try:
+            response = self.http.post(self.settings.token_url, data=form)
+        except httpx.HTTPError as exc:
+            raise AuthError(f"token endpoint unreachable ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise AuthError(
+                f"token endpoint refused the credentials (HTTP {response.status_code})",
+                status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        data = _json(response)
+        token = data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise AuthError("token endpoint answered without an access_token", status=200)
+        expires_in = data.get("expires_in", 300)
+        ttl = float(expires_in) if isinstance(expires_in, int | float) else 300.0
+        return token, time.monotonic() + ttl
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() > self._expires_at - RENEW_BEFORE_SECONDS:
+                self._token, self._expires_at = self._fetch_token()
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _headers(self, token: str) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {token}"}
+        if self.settings.source_id:
+            headers["Redox-Source-Id"] = self.settings.source_id
+        return headers
+
+    def _post(self, what: str, url: str, **kwargs: Any) -> httpx.Response:
+        """POST with a bearer token; on 401 renew the token once and try again."""
+        rewind = kwargs.pop("rewind", None)
+        for attempt in (1, 2):
+            token = self.token()
+            try:
+                response = self.http.post(url, headers=self._headers(token), **kwargs)
+            except httpx.TimeoutException as exc:
+                sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+                raise TransientDeliveryError(
+                    f"{what} timed out ({type(exc).__name__})", unknown_outcome=sent
+                ) from None
+            except httpx.HTTPError as exc:
+                unknown = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
+                raise TransientDeliveryError(
+                    f"{what} failed ({type(exc).__name__})", unknown_outcome=unknown
+                ) from None
+            if response.status_code == 401 and attempt == 1:
+                self.invalidate(token)
+                if rewind is not None:
+                    rewind()
+                continue
+            return response
+        return response
+
+    # -- API --------------------------------------------------------------
+    def upload(self, fh: IO[bytes], *, upload_name: str, mime: str) -> str:
+        """Stream a file to the blob endpoint; return its URI."""
+        start = fh.tell()
+        response = self._post(
+            "Redox upload",
+            self.settings.upload_url,
+            files={"file": (upload_name, fh, mime)},
+            rewind=lambda: fh.seek(start),
+        )
+        classify(response, "Redox upload")
+        uri = _json(response).get("URI")
+        if not isinstance(uri, str) or not uri:
+            raise TransientDeliveryError(
+                "Redox upload answered without a URI", status=response.status_code
+            )
+        return uri
+
+    def send(self, body: dict[str, Any]) -> SendResult:
+        response = self._post("Redox", f"{self.settings.api_url}/endpoint", json=body)
+        classify(response, "Redox")
+        logs = _json(response).get("Meta", {}).get("Logs") or [{}]
+        log_id = logs[0].get("ID") if isinstance(logs, list) and isinstance(logs[0], dict) else None
+        return SendResult(
+            status=response.status_code, log_id=log_id if isinstance(log_id, str) else None
+        )
+
+    def check_auth(self) -> None:
+        """Authenticate now (``check --online``); raises AuthError."""
+        with self._lock:
+            self._token, self._expires_at = self._fetch_token()
+
+
+__all__ = [
+    "DeliveryError",
+    "RedoxClient",
+    "SendResult",
+    "check_url",
+    "classify",
+    "make_http_client",
+    "retry_after_seconds",
+]

@@ -1,0 +1,395 @@
+"""Shared, thread-safe state of the local Redox-compatible sandbox.
+
+The sandbox app runs on uvicorn's event-loop thread while tests (and the demo)
+read and change its state from other threads, so every public method of
+:class:`SandboxState` takes one :class:`threading.Lock`. Values handed out are
+copies: mutating them never changes the sandbox.
+
+Nothing here logs. Recorded request bodies stay in memory for the tests that
+asked for them and are never written anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+__all__ = [
+    "AttemptRecord",
+    "Faults",
+    "InjectedFault",
+    "Received",
+    "SandboxState",
+]
+
+_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Faults:
+    """Fault-injection settings for ``/endpoint``, ``/upload`` and the token endpoints.
+
+    * ``error_rate`` - probability (0..1) that a request answers ``error_status``.
+    * ``error_status`` - the status of injected errors (and of every request during
+      an ``outage``).
+    * ``retry_after`` - sent as the ``Retry-After`` header on injected errors.
+    * ``latency_seconds`` - added before every ``/endpoint`` and ``/upload`` answer.
+    * ``fail_next`` - deterministic: the next requests to ``/endpoint`` or ``/upload``
+      answer these statuses in order, consuming one each.
+    * ``outage`` - every ``/endpoint``, ``/upload`` and token request answers
+      ``error_status``.
+    * ``seed`` - seeds the random generator behind ``error_rate``.
+    """
+
+    error_rate: float = 0.0
+    error_status: int = 503
+    retry_after: str | None = None
+    latency_seconds: float = 0.0
+    fail_next: list[int] = field(default_factory=list)
+    outage: bool = False
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """An error the sandbox decided to answer instead of processing a request."""
+
+    status: int
+    retry_after: str | None
+
+
+@dataclass(frozen=True)
+class Received:
+    """One successfully accepted ``/endpoint`` request.
+
+    ``headers`` holds only the authorization-free headers of interest
+    (``content-type``, ``redox-source-id``) that were present.
+    """
+
+    log_id: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One request to ``/endpoint`` or ``/upload``, whatever its outcome.
+
+    ``document_id`` is the body's ``Media.DocumentID`` / ``Note.DocumentID``
+    (or, for Results, ``Orders[0].ID``) when the body could be parsed.
+    """
+
+    path: str
+    status: int
+    document_id: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class _Client:
+    client_id: str
+    public_key: RSAPublicKey
+
+
+@dataclass(frozen=True)
+class _Token:
+    owner: str
+    expires_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class _Blob:
+    owner: str
+    size: int
+
+
+def _check_status(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise ValueError(f"{name} must be an HTTP error status (400-599)")
+    return value
+
+
+def _check_fault_value(name: str, value: object) -> object:
+    """Validate one ``Faults`` field value; returns the normalised value."""
+    if name == "error_rate":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError("error_rate must be a number between 0 and 1")
+        return float(value)
+    if name == "error_status":
+        return _check_status(value, name)
+    if name == "retry_after":
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        raise ValueError("retry_after must be a string, a non-negative integer or null")
+    if name == "latency_seconds":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError("latency_seconds must be a non-negative number")
+        return float(value)
+    if name == "fail_next":
+        if not isinstance(value, list | tuple):
+            raise ValueError("fail_next must be a list of HTTP error statuses")
+        return [_check_status(item, "fail_next item") for item in value]
+    if name == "outage":
+        if not isinstance(value, bool):
+            raise ValueError("outage must be a boolean")
+        return value
+    if name == "seed":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("seed must be an integer or null")
+        return value
+    raise ValueError(f"unknown fault setting {name!r}")
+
+
+class SandboxState:
+    """Everything the sandbox knows: clients, tokens, blobs, faults and what it received."""
+
+    def __init__(
+        self,
+        *,
+        blob_dir: Path,
+        upload_max_bytes: int = 30_000_000,
+        token_ttl_seconds: int = 3600,
+        request_max_bytes: int = 10_000_000,
+    ) -> None:
+        self.blob_dir = Path(blob_dir)
+        self.blob_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.upload_max_bytes = upload_max_bytes
+        self.token_ttl_seconds = token_ttl_seconds
+        self.request_max_bytes = request_max_bytes
+        self._lock = threading.Lock()
+        self._faults = Faults()
+        self._rng = random.Random()  # noqa: S311 - fault injection, not security
+        self._clients: dict[str, _Client] = {}  # by kid
+        self._legacy_keys: dict[str, str] = {}  # api key -> secret
+        self._tokens: dict[str, _Token] = {}
+        self._seen_jtis: dict[str, float] = {}  # jti -> wall-clock exp, pruned after exp
+        self._token_requests = 0
+        self._received: list[Received] = []
+        self._attempts: list[AttemptRecord] = []
+        self._blobs: dict[str, _Blob] = {}
+        self._blob_order: list[str] = []
+
+    # ---- clients and tokens -------------------------------------------------
+
+    def register_client(self, client_id: str, key_id: str, public_key_pem: bytes) -> None:
+        """Register a signed-JWT client: assertions with header ``kid == key_id``
+        must be signed by ``public_key_pem`` (RSA) and carry ``iss == sub == client_id``."""
+        key = load_pem_public_key(public_key_pem)
+        if not isinstance(key, RSAPublicKey):
+            raise ValueError("client public key must be an RSA key")
+        with self._lock:
+            self._clients[key_id] = _Client(client_id=client_id, public_key=key)
+
+    def register_legacy_key(self, api_key: str, secret: str) -> None:
+        """Register a legacy ``/auth/authenticate`` API key and its secret."""
+        with self._lock:
+            self._legacy_keys[api_key] = secret
+
+    def client_for_kid(self, key_id: str) -> tuple[str, RSAPublicKey] | None:
+        """The ``(client_id, public_key)`` registered under ``key_id``, if any."""
+        with self._lock:
+            client = self._clients.get(key_id)
+        return None if client is None else (client.client_id, client.public_key)
+
+    def legacy_secret(self, api_key: str) -> str | None:
+        """The secret registered for a legacy API key, if any."""
+        with self._lock:
+            return self._legacy_keys.get(api_key)
+
+    def count_token_request(self) -> None:
+        """Count one request to a token endpoint (successful or not)."""
+        with self._lock:
+            self._token_requests += 1
+
+    @property
+    def token_requests(self) -> int:
+        """How many token requests (JWT or legacy) the sandbox has answered."""
+        with self._lock:
+            return self._token_requests
+
+    def consume_jti(self, jti: str, exp: float) -> bool:
+        """Remember an assertion's ``jti``; False if it was seen before (a replay)."""
+        now = time.time()
+        with self._lock:
+            for old in [j for j, old_exp in self._seen_jtis.items() if old_exp < now - 60]:
+                del self._seen_jtis[old]
+            if jti in self._seen_jtis:
+                return False
+            self._seen_jtis[jti] = exp
+            return True
+
+    def issue_token(self, owner: str) -> str:
+        """Issue a random bearer token for ``owner`` valid for ``token_ttl_seconds``."""
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            for old in [t for t, tok in self._tokens.items() if tok.expires_at <= now]:
+                del self._tokens[old]
+            self._tokens[token] = _Token(owner=owner, expires_at=now + self.token_ttl_seconds)
+        return token
+
+    def token_owner(self, token: str) -> str | None:
+        """The owner of an issued, unexpired token; None otherwise."""
+        with self._lock:
+            tok = self._tokens.get(token)
+        if tok is None or tok.expires_at <= time.monotonic():
+            return None
+        return tok.owner
+
+    def revoke_tokens(self) -> None:
+        """Forget every issued token, as if all had expired (tests of re-authentication)."""
+        with self._lock:
+            self._tokens.clear()
+
+    # ---- faults -------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        """A copy of the current fault settings (change them with :meth:`set_faults`)."""
+        with self._lock:
+            return dataclasses.replace(self._faults, fail_next=list(self._faults.fail_next))
+
+    def set_faults(self, **kwargs: object) -> Faults:
+        """Update fault settings by field name; returns the new settings.
+
+        Raises ValueError on an unknown name or a bad value (and then changes nothing).
+        Setting ``seed`` reseeds the generator behind ``error_rate``.
+        """
+        checked = {name: _check_fault_value(name, value) for name, value in kwargs.items()}
+        with self._lock:
+            self._faults = dataclasses.replace(self._faults, **checked)  # type: ignore[arg-type]
+            if "seed" in checked:
+                self._rng.seed(self._faults.seed)
+        return self.faults
+
+    def reset_faults(self) -> None:
+        """Back to no faults at all."""
+        with self._lock:
+            self._faults = Faults()
+
+    def latency(self) -> float:
+        """Seconds to wait before answering ``/endpoint`` or ``/upload``."""
+        with self._lock:
+            return self._faults.latency_seconds
+
+    def next_fault(self) -> InjectedFault | None:
+        """Decide whether this ``/endpoint`` or ``/upload`` request fails.
+
+        An outage wins; otherwise one queued ``fail_next`` status is consumed;
+        otherwise ``error_rate`` is rolled.
+        """
+        with self._lock:
+            f = self._faults
+            status: int | None = None
+            if f.outage:
+                status = f.error_status
+            elif f.fail_next:
+                status = f.fail_next.pop(0)
+            elif f.error_rate > 0 and self._rng.random() < f.error_rate:
+                status = f.error_status
+            return None if status is None else InjectedFault(status, f.retry_after)
+
+    def outage_fault(self) -> InjectedFault | None:
+        """The fault token requests answer during an outage, else None."""
+        with self._lock:
+            if not self._faults.outage:
+                return None
+            return InjectedFault(self._faults.error_status, self._faults.retry_after)
+
+    # ---- what was received --------------------------------------------------
+
+    def record_received(self, body: dict[str, Any], headers: dict[str, str]) -> str:
+        """Record an accepted ``/endpoint`` body; returns its new log ID."""
+        log_id = str(uuid.uuid4())
+        with self._lock:
+            self._received.append(Received(log_id, body, dict(headers), time.time()))
+        return log_id
+
+    def record_attempt(self, path: str, status: int, document_id: str | None) -> None:
+        """Record one ``/endpoint`` or ``/upload`` request and the status it got."""
+        with self._lock:
+            self._attempts.append(AttemptRecord(path, status, document_id, time.time()))
+
+    def received(self) -> list[Received]:
+        """Every accepted ``/endpoint`` request, oldest first."""
+        with self._lock:
+            return list(self._received)
+
+    @property
+    def attempts(self) -> list[AttemptRecord]:
+        """Every ``/endpoint`` and ``/upload`` request with its status, oldest first."""
+        with self._lock:
+            return list(self._attempts)
+
+    def clear_records(self) -> None:
+        """Forget received bodies and attempts (blobs, tokens and faults stay)."""
+        with self._lock:
+            self._received.clear()
+            self._attempts.clear()
+
+    # ---- blobs --------------------------------------------------------------
+
+    def new_blob_path(self) -> tuple[str, Path]:
+        """A fresh blob ID and the path its bytes are to be written to."""
+        blob_id = uuid.uuid4().hex
+        return blob_id, self.blob_dir / blob_id
+
+    def add_blob(self, blob_id: str, owner: str, size: int) -> None:
+        """Record a blob whose bytes are completely written."""
+        with self._lock:
+            self._blobs[blob_id] = _Blob(owner=owner, size=size)
+            self._blob_order.append(blob_id)
+
+    def blob_owner(self, blob_id: str) -> str | None:
+        """Who uploaded ``blob_id`` (None when there is no such blob)."""
+        with self._lock:
+            blob = self._blobs.get(blob_id)
+        return None if blob is None else blob.owner
+
+    def blob_path(self, blob_id: str) -> Path | None:
+        """Path of an uploaded blob, or None for an unknown or malformed ID."""
+        if not _BLOB_ID.match(blob_id):
+            return None
+        with self._lock:
+            known = blob_id in self._blobs
+        return self.blob_dir / blob_id if known else None
+
+    def blob_bytes(self, uri_or_id: str) -> bytes:
+        """The bytes of an uploaded blob, by ID or by the URI ``/upload`` returned.
+
+        Raises KeyError for an unknown blob.
+        """
+        blob_id = uri_or_id.rstrip("/").rsplit("/", 1)[-1]
+        path = self.blob_path(blob_id)
+        if path is None:
+            raise KeyError(blob_id)
+        return path.read_bytes()
+
+    def uploads(self) -> list[str]:
+        """Blob IDs in upload order."""
+        with self._lock:
+            return list(self._blob_order)
+
+
+def write_private_file(path: Path) -> int:
+    """Create ``path`` exclusively with mode 0600; returns the open file descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)

@@ -1,0 +1,184 @@
+"""Shared fixtures: the real sandbox over HTTP on 127.0.0.1, real folders, a real
+SQLite file, and the real daemon running in a background thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import Settings, load_settings
+from daemon.queue import Job, JobState, Queue
+from daemon.samples import sample_pdf, sample_sidecar
+from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
+from daemon.service import Service
+
+CLIENT_ID = "test-client"
+KEY_ID = "test-kid"
+DEST_ID = "af394f14-b34a-464f-8d24-895f370af4c9"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@dataclass
+class Sandbox:
+    server: SandboxServer
+    state: SandboxState
+    private_key: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    private, public = generate_keypair()
+    key = tmp_path / "redox-key.pem"
+    key.write_bytes(private)
+    key.chmod(0o600)
+    state = SandboxState(blob_dir=tmp_path / "sandbox-blobs")
+    state.register_client(CLIENT_ID, KEY_ID, public)
+    with SandboxServer(state) as server:
+        yield Sandbox(server=server, state=state, private_key=key)
+
+
+def write_config(tmp_path: Path, sandbox: Sandbox, **top: Any) -> Path:
+    """A config with one destination "consents" under tmp_path; ``top`` overrides keys."""
+    for sub in ("inbox", "done", "failed"):
+        (tmp_path / "consents" / sub).mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "state_dir": "state",
+        "workers": 2,
+        "settle_seconds": 0.2,
+        "rescan_seconds": 1,
+        "sidecar_timeout_seconds": 30,
+        "retry_base_seconds": 0.05,
+        "retry_cap_seconds": 0.2,
+        "log_format": "json",
+    }
+    values.update(top)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    lines += [
+        "[redox]",
+        f'api_url = "{sandbox.url}"',
+        f'upload_url = "{sandbox.url}/upload"',
+        f'client_id = "{CLIENT_ID}"',
+        f'key_id = "{KEY_ID}"',
+        f'private_key_file = "{sandbox.private_key}"',
+        'source_id = "test-source"',
+        "test = true",
+        "[[destination]]",
+        'name = "consents"',
+        'inbox = "consents/inbox"',
+        'done = "consents/done"',
+        'failed = "consents/failed"',
+        f'redox_destination_id = "{DEST_ID}"',
+        "[destination.defaults]",
+        'Media = { Availability = "Available" }',
+    ]
+    path = tmp_path / "chartdrop.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Running:
+    settings: Settings
+    service: Service
+    thread: threading.Thread
+    root: Path
+    results: list[int] = field(default_factory=list)
+
+    @property
+    def queue(self) -> Queue:
+        assert self.service.queue is not None
+        return self.service.queue
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "consents" / "inbox"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "consents" / "done"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "consents" / "failed"
+
+    def drop(self, name: str, data: bytes, sidecar: dict[str, Any] | None = None) -> None:
+        """Drop a pair atomically (temp name, then rename), sidecar first."""
+        if sidecar is not None:
+            tmp = self.inbox / f".{name}.json.part"
+            tmp.write_text(json.dumps(sidecar))
+            tmp.rename(self.inbox / f"{name}.json")
+        tmp = self.inbox / f".{name}.part"
+        tmp.write_bytes(data)
+        tmp.rename(self.inbox / name)
+
+    def jobs(self, *states: JobState) -> list[Job]:
+        return self.queue.jobs(states=states, limit=10_000)
+
+    def finished(self, n: int) -> list[Job]:
+        return wait_until(
+            lambda: (lambda js: js if len(js) >= n else None)(
+                self.jobs(JobState.DONE, JobState.FAILED)
+            )
+        )
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+
+
+def start_daemon(config: Path) -> Running:
+    settings = load_settings(config)
+    service = Service(settings)
+    service.start()
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(service.run()), daemon=True)
+    thread.start()
+    return Running(settings, service, thread, config.parent, results)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, sandbox: Sandbox) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def make(**top: Any) -> Running:
+        running = start_daemon(write_config(tmp_path, sandbox, **top))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+@pytest.fixture
+def pdf() -> bytes:
+    return sample_pdf("Test document")
+
+
+@pytest.fixture
+def sidecar() -> dict[str, Any]:
+    return sample_sidecar()
