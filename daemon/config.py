@@ -145,6 +145,7 @@ class RedoxSettings(_Strict):
     private_key_file: Path = Field(
         Path("redox-key.pem"),
         description="PEM private key; a path or a systemd credential name.",
+        validate_default=True,
     )
     source_id: str | None = Field(
         None, description="Optional Redox-Source-Id header and Meta.Source.ID."

@@ -204,7 +204,7 @@ class Deliverer:
                 document_id=job.document_id,
                 facts=facts,
             )
-            validate_media(body)  # before any network call
+            validate_media(body, sidecar)  # before any network call
             if st.st_size <= int(dest.timing("embed_max_bytes")):
                 contents = base64.b64encode(fh.read()).decode("ascii")
             else:

@@ -138,9 +138,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 where = os.path.relpath(job.final_path or "?", Path.cwd())
                 if job.state == JobState.DONE:
                     note = f"Redox log ID {job.remote_id}"
-                else:
-                    note = f"({job.error_kind}: see the .error.txt beside it)"
-                print(f"  {job.original_name:<24} -> {where}   {note}")
+                    print(f"  {job.original_name:<24} -> {where}   {note}")
+                    continue
+                print(f"  {job.original_name:<24} -> {where}   ({job.error_kind})")
+                note_path = Path(f"{job.final_path}.error.txt")
+                if note_path.exists():
+                    problems = note_path.read_text().split("What is wrong:")[-1].split("How to")[0]
+                    print(f"      the note beside it says what is wrong:{problems.rstrip()}")
             if before < len(dropped) <= len(printed):
                 print("\nall samples have an outcome.")
                 if not args.exit_when_idle:

@@ -64,6 +64,13 @@ def _redact_unknown(
     return event_dict
 
 
+class _QuietWatchdogStop(logging.Filter):
+    """watchdog logs an error when its emitter thread is stopped mid-read: not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
 def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. ``fmt`` is auto, json or console."""
     out = stream if stream is not None else sys.stderr
@@ -73,6 +80,7 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    logging.getLogger("watchdog.observers.inotify").addFilter(_QuietWatchdogStop())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -21,8 +21,6 @@ from redox.media.new import New as MediaNew
 from daemon.config import Destination, RedoxSettings
 from daemon.errors import SidecarError
 
-# Top-level sidecar keys a Media sidecar may carry.
-MEDIA_SIDECAR_KEYS = frozenset({"Patient", "Visit", "Media", "Orders"})
 # Fields chartdrop fills from the file itself; a sidecar must not set them.
 FILLED_MEDIA_FIELDS = ("FileContents", "FileType")
 PLACEHOLDER_CONTENTS = "cGxhY2Vob2xkZXI="  # validates the shape before the real file is read
@@ -53,13 +51,11 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _sidecar_shape_problems(sidecar: dict[str, Any]) -> list[str]:
+def filled_field_problems(sidecar: dict[str, Any]) -> list[str]:
+    """Fields chartdrop fills itself, which a sidecar must not set."""
     problems = []
-    for key in sorted(set(sidecar) - MEDIA_SIDECAR_KEYS):
-        if key == "Meta":
-            problems.append("Meta is filled in by chartdrop; remove it from the sidecar")
-        else:
-            problems.append(f"{key} is not a field a Media sidecar may have (check its spelling)")
+    if "Meta" in sidecar:
+        problems.append("Meta is filled in by chartdrop; remove it from the sidecar")
     media = sidecar.get("Media")
     if isinstance(media, dict):
         for key in FILLED_MEDIA_FIELDS:
@@ -81,9 +77,6 @@ def build_media(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The complete Media New body for one document (not yet validated)."""
-    problems = _sidecar_shape_problems(sidecar)
-    if problems:
-        raise SidecarError(problems)
     body = merge(dest.defaults, sidecar)
     meta: dict[str, Any] = {
         "DataModel": "Media",
@@ -102,7 +95,7 @@ def build_media(
     body["Meta"] = meta
     media = body.setdefault("Media", {})
     if not isinstance(media, dict):
-        raise SidecarError("Media must be an object ({ ... })")
+        return body  # validation names the problem
     media["FileContents"] = facts.contents
     media["FileType"] = facts.redox_type
     media.setdefault("FileName", facts.file_name)
@@ -141,12 +134,16 @@ def describe(err: ValidationError) -> list[str]:
     return sorted(set(lines))
 
 
-def validate_media(body: dict[str, Any]) -> None:
-    """Validate a Media New body against the redox package's model; raise SidecarError."""
+def validate_media(body: dict[str, Any], sidecar: dict[str, Any]) -> None:
+    """Validate a Media New body against the redox package's model; raise SidecarError
+    naming every problem at once."""
+    problems = filled_field_problems(sidecar)
     try:
         MediaNew.model_validate(body)
     except ValidationError as exc:
-        raise SidecarError(describe(exc)) from None
+        problems.extend(describe(exc))
+    if problems:
+        raise SidecarError(problems)
 
 
 def check_sidecar(
@@ -162,4 +159,4 @@ def check_sidecar(
     body = build_media(
         dest=dest, redox=redox, sidecar=sidecar, document_id="placeholder", facts=facts
     )
-    validate_media(body)
+    validate_media(body, sidecar)

@@ -17,6 +17,7 @@ import enum
 import errno
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                     "chartdrop: start the daemon once to create or upgrade it."
                 )
         else:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             # In one BEGIN IMMEDIATE, so two processes starting on a new file cannot
@@ -220,6 +221,20 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         raise
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
+    """Switching to WAL needs a moment alone with the file, and SQLite does not apply
+    busy_timeout to it: a first open racing another process retries, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _create_private(path: Path) -> None:

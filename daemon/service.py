@@ -142,8 +142,11 @@ class Service:
             self.filer.finish(job)
         except OSError as exc:  # retried by the periodic finish_pending()
             self.log.error(
-                "job.move_failed", job_id=job.id, destination=job.destination,
-                exc_type=type(exc).__name__, error=exc.strerror,
+                "job.move_failed",
+                job_id=job.id,
+                destination=job.destination,
+                exc_type=type(exc).__name__,
+                error=exc.strerror,
             )
 
     # -- loops ------------------------------------------------------------

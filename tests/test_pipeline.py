@@ -12,14 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import DEST_ID, Running, wait_until
+from conftest import DEST_ID, wait_until
+
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
 
 
 def today(root: Path) -> Path:
     return root / datetime.now().astimezone().strftime("%Y-%m-%d")
-
 
 
 def test_small_file_is_embedded_and_filed_in_done(
@@ -233,9 +233,7 @@ def test_stem_style_sidecar_pairs(daemon_factory: Any, sandbox: Any, pdf: bytes)
     assert (today(r.done) / "fax0001.json").exists()
 
 
-def test_token_is_cached_across_documents(
-    daemon_factory: Any, sandbox: Any, pdf: bytes
-) -> None:
+def test_token_is_cached_across_documents(daemon_factory: Any, sandbox: Any, pdf: bytes) -> None:
     r = daemon_factory()
     for i in range(5):
         r.drop(f"doc{i}.pdf", pdf, sample_sidecar(mrn=f"{i:010d}"))

@@ -331,6 +331,20 @@ def test_document_id_cannot_be_changed_even_by_hand(queue: Queue, db_path: Path)
     assert queue.get(job.id) == job
 
 
+def test_a_failed_write_rolls_back_and_the_queue_goes_on(queue: Queue) -> None:
+    with pytest.raises(sqlite3.IntegrityError):  # NOT NULL destination
+        queue.begin_intake(
+            destination=None,  # type: ignore[arg-type]
+            original_name="scan.pdf",
+            sidecar_name=None,
+            spool_document=None,
+            spool_sidecar=None,
+        )
+    assert queue.jobs() == [] and queue.events() == []
+    job = enqueue(queue)  # no transaction was left open
+    assert claim(queue).id == job.id
+
+
 WORKER_CALLS: dict[str, Callable[[Queue, str, str], bool]] = {
     "record_upload": lambda q, i, t: q.record_upload(i, t, "https://blob.example/x"),
     "mark_sent": lambda q, i, t: q.mark_sent(i, t, remote_id="r", http_status=200),

@@ -1,0 +1,140 @@
+"""The settings model: the example loads, overrides work, bad files list every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import TIMING_KEYS, Settings, load_settings
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_loads_with_documented_defaults() -> None:
+    settings = load_settings(ROOT / "config.example.toml")
+    dest = settings.get_destination("consents")
+    assert settings.workers == 4
+    assert settings.redox.token_url == "https://api.redoxengine.com/v2/auth/token"
+    assert dest.model == "Media"
+    assert dest.timing("settle_seconds") == 3
+    assert dest.timing("embed_max_bytes") == 200_000
+    assert dest.timing("upload_max_bytes") == 30_000_000
+    assert dest.timing("give_up_after_hours") == 72
+    assert dest.defaults["Media"]["DocumentType"] == "Consent Form"
+
+
+def test_example_config_documents_every_key() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    for key in Settings.model_fields:
+        assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
+    for key in ("api_url", "upload_url", "auth", "client_id", "key_id", "private_key_file"):
+        assert f"{key} =" in text
+
+
+def test_every_key_has_a_description() -> None:
+    from daemon.config import Destination, RedoxSettings
+
+    for model in (Settings, Destination, RedoxSettings):
+        for name, info in model.model_fields.items():
+            if name in ("redox",):
+                continue
+            assert info.description, f"{model.__name__}.{name} has no description"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+[redox]
+client_id = "x"
+[[destination]]
+name = "consents"
+inbox = "in"
+done = "done"
+failed = "failed"
+redox_destination_id = "d"
+"""
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, 'state_dir = "state"\n' + MINIMAL))
+    assert settings.state_dir == tmp_path / "state"
+    assert settings.destination[0].inbox == tmp_path / "in"
+    assert settings.redox.private_key_file == tmp_path / "redox-key.pem"
+
+
+def test_destination_overrides_timing_keys(tmp_path: Path) -> None:
+    text = "settle_seconds = 5\nretry_cap_seconds = 60\n" + MINIMAL + "settle_seconds = 30\n"
+    dest = load_settings(_write(tmp_path, text)).destination[0]
+    assert dest.timing("settle_seconds") == 30
+    assert dest.timing("retry_cap_seconds") == 60
+    assert all(getattr(dest, key) is not None for key in TIMING_KEYS)
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARTDROP_WORKERS", "9")
+    monkeypatch.setenv("CHARTDROP_REDOX__API_URL", "https://example.test")
+    settings = load_settings(_write(tmp_path, "workers = 2\n" + MINIMAL))
+    assert settings.workers == 9
+    assert settings.redox.api_url == "https://example.test"
+
+
+def test_credentials_directory_supplies_secret_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "redox-key").write_text("key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    text = MINIMAL.replace('client_id = "x"', 'client_id = "x"\nprivate_key_file = "redox-key"')
+    assert load_settings(_write(tmp_path, text)).redox.private_key_file == creds / "redox-key"
+
+
+def test_bad_file_lists_every_problem_with_key_paths(tmp_path: Path) -> None:
+    text = """
+workers = "many"
+settle_seconds = -1
+bogus = 1
+[redox]
+api_url = "ftp://x"
+[[destination]]
+name = "has space"
+inbox = "x"
+"""
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, text))
+    problems = info.value.problems
+    for expected in (
+        "workers:",
+        "settle_seconds:",
+        "bogus:",
+        "redox.api_url:",
+        "destination[0].name:",
+        "destination[0].done:",
+        "destination[0].failed:",
+        "destination[0].redox_destination_id:",
+    ):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+    assert len(problems) == 8
+
+
+def test_duplicate_destination_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings(_write(tmp_path, MINIMAL + MINIMAL.split("[redox]")[1].split("\n", 2)[2]))
+
+
+def test_toml_syntax_error_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "workers = = 3\n"))
+    assert len(info.value.problems) == 1
+    assert "not valid TOML" in info.value.problems[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
