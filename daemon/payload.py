@@ -139,7 +139,7 @@ def validate_media(body: dict[str, Any], sidecar: dict[str, Any]) -> None:
     naming every problem at once."""
     problems = filled_field_problems(sidecar)
     try:
-        MediaNew.model_validate(body)
+        MediaNew.model_validate(body, strict=True)  # a number is not text: an MRN keeps its zeros
     except ValidationError as exc:
         problems.extend(describe(exc))
     if problems:

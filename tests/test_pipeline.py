@@ -12,10 +12,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from conftest import DEST_ID, wait_until
 
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
+
+MEDIA_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "shared/redox-schemas/media/new.json").read_text()
+)
 
 
 def today(root: Path) -> Path:
@@ -30,6 +35,7 @@ def test_small_file_is_embedded_and_filed_in_done(
     (job,) = r.finished(1)
     assert job.state == JobState.DONE
     (rec,) = sandbox.state.received()
+    jsonschema.Draft4Validator(MEDIA_SCHEMA).validate(rec.body)
     media = rec.body["Media"]
     assert base64.b64decode(media["FileContents"]) == pdf
     assert media["FileType"] == "PDF"
@@ -63,6 +69,7 @@ def test_large_file_is_uploaded_and_referenced_by_uri(
     (job,) = r.finished(1)
     assert job.state == JobState.DONE
     (rec,) = sandbox.state.received()
+    jsonschema.Draft4Validator(MEDIA_SCHEMA).validate(rec.body)
     uri = rec.body["Media"]["FileContents"]
     assert uri.startswith(sandbox.url + "/blob/")
     assert sandbox.state.blob_bytes(uri) == big
@@ -279,3 +286,40 @@ def test_sigterm_style_stop_exits_zero_and_restart_resumes(
         assert job.state == JobState.DONE
     finally:
         r2.stop()
+
+
+def test_no_phi_in_logs_events_or_notes(daemon_factory: Any, sandbox: Any, pdf: bytes) -> None:
+    """Canary names and patient values pass through success, retry, refusal and
+    validation failure; none of them may reach the logs, the audit trail or a note."""
+    import io
+    import sqlite3
+
+    import structlog
+
+    from daemon import logs
+
+    stream = io.StringIO()
+    logs.configure(fmt="json", stream=stream)
+    try:
+        canary = sample_sidecar(mrn="CANARYMRN123", first="CANARYFIRST", last="CANARYLAST")
+        sandbox.state.set_faults(fail_next=[503, 400], retry_after="0")
+        r = daemon_factory()
+        r.drop("CANARY_Bixby_ok.pdf", pdf, canary)
+        r.drop("CANARY_Bixby_refused.pdf", pdf, canary)
+        bad = json.loads(json.dumps(canary))
+        bad["Patient"]["Demographics"]["DOB"] = 20080106  # wrong type: its value must not be echoed
+        r.drop("CANARY_Bixby_bad.pdf", pdf, bad)
+        (r.inbox / "CANARY_Bixby_link.pdf").symlink_to(r.root / "nowhere")
+        jobs = r.finished(4)
+        assert {j.state for j in jobs} == {JobState.DONE, JobState.FAILED}
+    finally:
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    assert "job.sent" in text and "job.failed" in text and "job.retry" in text
+    db = sqlite3.connect(r.settings.database_path)
+    events = repr(db.execute("SELECT * FROM events").fetchall())
+    notes = "".join(p.read_text() for p in r.failed.glob("*.error.txt"))
+    assert "DOB must be text" in notes
+    for haystack in (text, events, notes):
+        for value in ("CANARY", "Bixby", "20080106", "Timothy"):
+            assert value not in haystack

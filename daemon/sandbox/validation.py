@@ -160,7 +160,7 @@ def validate_body(
 
     errors: list[str] = []
     try:
-        model.model_validate(body)
+        model.model_validate(body, strict=True)  # JSON types: a number is not text
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc))
     destinations = meta.get("Destinations")
