@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,51 @@ def test_demo_exits_zero_when_idle(tmp_path: Path) -> None:
     done = list((tmp_path / "chartdrop-demo" / "consents" / "done").rglob("*.pdf"))
     assert len(done) == 2
     assert len(list((tmp_path / "chartdrop-demo" / "consents" / "failed").glob("*.error.txt"))) == 1
+
+
+def test_folders_on_two_filesystems_are_refused(tmp_path: Path, sandbox: Sandbox) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) on this machine")
+    config = write_config(tmp_path, sandbox)
+    other = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        config.write_text(config.read_text().replace('done = "consents/done"', f'done = "{other}"'))
+        for command in ("check", "run"):
+            result = run(command, "-c", str(config), timeout=30)
+            assert result.returncode == 2
+            assert "must be on one filesystem" in result.stderr
+    finally:
+        other.rmdir()
+
+
+def test_done_inside_the_inbox_is_refused(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox)
+    (tmp_path / "consents" / "inbox" / "done").mkdir()
+    text = config.read_text().replace('done = "consents/done"', 'done = "consents/inbox/done"')
+    config.write_text(text)
+    result = run("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "must not be inside its inbox" in result.stderr
+
+
+def test_sandbox_command_serves_and_prints_what_to_configure(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [CHARTDROP, "sandbox", "--port", "0", "--dir", str(tmp_path / "sb")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("sandbox listening on http://127.0.0.1:")
+        url = first.split()[-1]
+        import httpx
+
+        assert httpx.get(f"{url}/_sandbox/health", timeout=5).json() == {"ok": True}
+        assert (tmp_path / "sb" / "redox-key.pem").stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
