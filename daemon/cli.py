@@ -36,7 +36,7 @@ def _open_queue(settings: Settings) -> Any:
             f"no database at {settings.database_path} yet: "
             "has `chartdrop run` started with this config?"
         )
-    return Queue(settings.database_path)
+    return Queue.open_readonly(settings.database_path)
 
 
 def _ts(value: float | None) -> str:

@@ -280,7 +280,8 @@ class Settings(BaseSettings):
         raise KeyError(name)
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """("destination", 0, "inbox") -> "destination[0].inbox"."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -289,7 +290,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def format_errors(err: ValidationError) -> list[str]:
     """One line per problem, with the key's path; never the offending value."""
-    return [f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in err.errors(include_input=False)]
+    return [f"{key_path(tuple(e['loc']))}: {e['msg']}" for e in err.errors(include_input=False)]
 
 
 def load_settings(path: Path) -> Settings:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from daemon.config import Destination, Settings
 from daemon.content import detect
@@ -168,19 +169,8 @@ class Deliverer:
 
     def _finish(self, job_id: str) -> None:
         job = self.queue.get(job_id)
-        if job is None:
-            return
-        try:
-            self.filer.finish(job)
-        except OSError as exc:
-            # Sent (or rejected) but not moved: the state says so; the move is retried.
-            self.log.error(
-                "job.move_failed",
-                job_id=job.id,
-                destination=job.destination,
-                exc_type=type(exc).__name__,
-                error=exc.strerror,
-            )
+        if job is not None:
+            self.filer.finish_safely(job)
 
     def _deliver(self, job: Job, dest: Destination) -> str | None:
         assert job.spool_document is not None and job.lease_token is not None
@@ -213,9 +203,9 @@ class Deliverer:
         result = self.client.send(body)
         return result.log_id
 
-    def _upload(self, job: Job, fh: object, extension: str, mime: str) -> str:
+    def _upload(self, job: Job, fh: BinaryIO, extension: str, mime: str) -> str:
         assert job.lease_token is not None
-        uri = self.client.upload(fh, upload_name=f"{job.document_id}.{extension}", mime=mime)  # type: ignore[arg-type]
+        uri = self.client.upload(fh, upload_name=f"{job.document_id}.{extension}", mime=mime)
         if not self.queue.record_upload(job.id, job.lease_token, uri):
             raise TransientDeliveryError("lease lost during upload")
         self.log.info("job.uploaded", job_id=job.id, destination=job.destination, size=job.size)

@@ -167,19 +167,23 @@ class Filer:
         )
         return target
 
+    def finish_safely(self, job: Job) -> bool:
+        """:meth:`finish`, logging instead of raising when the disk refuses. The job
+        stays sent/rejected and :meth:`finish_pending` tries the move again later."""
+        try:
+            self.finish(job)
+        except OSError as exc:
+            self.log.error(
+                "job.move_failed",
+                job_id=job.id,
+                destination=job.destination,
+                exc_type=type(exc).__name__,
+                error=exc.strerror,
+            )
+            return False
+        return True
+
     def finish_pending(self) -> int:
         """Start-up and periodic: finish every sent/rejected job whose move did not happen."""
-        count = 0
-        for job in self.queue.jobs(states=(JobState.SENT, JobState.REJECTED), limit=10_000):
-            try:
-                self.finish(job)
-                count += 1
-            except OSError as exc:
-                self.log.error(
-                    "job.move_failed",
-                    job_id=job.id,
-                    destination=job.destination,
-                    exc_type=type(exc).__name__,
-                    error=exc.strerror,
-                )
-        return count
+        pending = self.queue.jobs(states=(JobState.SENT, JobState.REJECTED), limit=10_000)
+        return sum(self.finish_safely(job) for job in pending)

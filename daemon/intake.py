@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
@@ -103,7 +102,7 @@ class Intake:
         queue: Queue,
         *,
         on_queued: Callable[[], None] = lambda: None,
-        on_rejected: Callable[[Job], None] = lambda job: None,
+        on_rejected: Callable[[Job], object] = lambda job: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -373,7 +372,3 @@ class Intake:
             self._complete(job, dest, verdict)
             finished += 1
         return {"finished": finished, "abandoned": abandoned}
-
-
-def describe_pending(intake: Intake) -> dict[str, Any]:
-    return {"waiting_in_inbox": intake.waiting()}

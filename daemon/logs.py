@@ -51,6 +51,10 @@ SAFE_KEYS = frozenset(
         "signal",
         "paused",
         "exc_type",
+        "leases_reset",
+        "intake_finished",
+        "intake_abandoned",
+        "moves_finished",
     }
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from redox.media.new import New as MediaNew
 
-from daemon.config import Destination, RedoxSettings
+from daemon.config import Destination, RedoxSettings, key_path
 from daemon.errors import SidecarError
 
 # Fields chartdrop fills from the file itself; a sidecar must not set them.
@@ -119,18 +119,11 @@ _PLAIN = {
 }
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def describe(err: ValidationError) -> list[str]:
     """Plain-language lines, one per field, never including the value."""
     lines = []
     for e in err.errors(include_input=False, include_url=False):
-        lines.append(f"{_path(tuple(e['loc']))} {_PLAIN.get(e['type'], e['msg'].lower())}")
+        lines.append(f"{key_path(tuple(e['loc']))} {_PLAIN.get(e['type'], e['msg'].lower())}")
     return sorted(set(lines))
 
 

@@ -14,9 +14,9 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -28,7 +28,7 @@ from daemon.filing import Filer
 from daemon.fsutil import ensure_dir
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger
-from daemon.queue import Job, Queue
+from daemon.queue import Queue
 from daemon.redox import RedoxClient, make_http_client
 
 TICK_SECONDS = 0.25
@@ -113,20 +113,19 @@ class Service:
         self.filer = Filer(self.settings, self.queue)
         self.deliverer = Deliverer(self.settings, self.queue, client, self.filer)
         self.intake = Intake(
-            self.settings, self.queue, on_queued=self.work.set, on_rejected=self._file_rejected
+            self.settings, self.queue, on_queued=self.work.set, on_rejected=self.filer.finish_safely
         )
         reset = self.queue.reset_all_leases()
         recovered = self.intake.recover()
         moved = self.filer.finish_pending()
         self.log.info(
-            "daemon.recovered", count=reset, queued=recovered["finished"], state="moves", size=moved
+            "daemon.recovered",
+            leases_reset=reset,
+            intake_finished=recovered["finished"],
+            intake_abandoned=recovered["abandoned"],
+            moves_finished=moved,
         )
-        observer = Observer()
-        for dest in self.settings.destination:
-            observer.schedule(InboxEvents(dest.name, self.intake.notify), str(dest.inbox))
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._start_observer()
         for i in range(self.settings.workers):
             t = threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
             t.start()
@@ -136,18 +135,6 @@ class Service:
             workers=self.settings.workers,
             destinations=[d.name for d in self.settings.destination],
         )
-
-    def _file_rejected(self, job: Job) -> None:
-        try:
-            self.filer.finish(job)
-        except OSError as exc:  # retried by the periodic finish_pending()
-            self.log.error(
-                "job.move_failed",
-                job_id=job.id,
-                destination=job.destination,
-                exc_type=type(exc).__name__,
-                error=exc.strerror,
-            )
 
     # -- loops ------------------------------------------------------------
     def _worker(self) -> None:
@@ -174,7 +161,7 @@ class Service:
         if self.queue.expire_leases():
             self.work.set()
 
-    def run(self, *, until: Any = None) -> int:
+    def run(self, *, until: Callable[[], bool] | None = None) -> int:
         """Main loop until SIGTERM/SIGINT (or ``until()`` is true). Returns the exit code."""
         self._install_signals()
         last_moves = time.monotonic()
@@ -186,7 +173,7 @@ class Service:
                     self.filer.finish_pending()
                 if self._observer is not None and not self._observer.is_alive():
                     self.log.error("daemon.observer_died")
-                    self._restart_observer()
+                    self._start_observer()
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; the rescan catches up
                 self.log.error("daemon.tick_failed", exc_type=type(exc).__name__)
             if until is not None and until():
@@ -196,7 +183,8 @@ class Service:
             self.intake.wake.clear()
         return self.shutdown()
 
-    def _restart_observer(self) -> None:
+    def _start_observer(self) -> None:
+        """The watcher only detects; the main loop checks it is alive and restarts it."""
         assert self.intake is not None
         observer = Observer()
         for dest in self.settings.destination:
@@ -242,7 +230,3 @@ class Service:
             self._lock_file.close()
         self.log.info("daemon.stopped")
         return 0
-
-
-def state_paths(settings: Settings) -> list[Path]:
-    return [settings.state_dir, settings.spool_dir, settings.database_path]
