@@ -43,6 +43,12 @@ from daemon.readiness import StabilityTracker
 from daemon.sidecar import read_sidecar
 
 KINDS_ACCEPTED = "PDF, TIFF, JPEG, PNG or GIF"
+HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after this
+
+
+def storable(name: str) -> str:
+    """The name as UTF-8 text for the database; undecodable bytes become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class InboxEvents(FileSystemEventHandler):
@@ -120,6 +126,7 @@ class Intake:
         }
         self._next_rescan: dict[str, float] = {d.name: 0.0 for d in settings.destination}
         self._reported: set[tuple[str, str]] = set()
+        self._held: dict[tuple[str, str], float] = {}
 
     # -- detection --------------------------------------------------------
     def notify(self, dest_name: str, path: str) -> None:
@@ -157,17 +164,24 @@ class Intake:
             for name in names:
                 try:
                     keep = self._consider(dest, name)
-                except OSError as exc:
-                    self.log.warning(
-                        "intake.error",
-                        destination=dest.name,
-                        exc_type=type(exc).__name__,
-                        error=exc.strerror,
-                    )
+                except Exception as exc:  # noqa: BLE001 - one bad name must not stop the others
+                    self._hold_back(dest, name, exc)
                     keep = True
                 if not keep:
                     with self._lock:
                         self._pending[dest.name].discard(name)
+
+    def _hold_back(self, dest: Destination, name: str, exc: Exception) -> None:
+        """Look at a name that failed again only after HOLD_SECONDS; log it once."""
+        self._held[(dest.name, name)] = self.clock() + HOLD_SECONDS
+        if (dest.name, name) not in self._reported:
+            self._reported.add((dest.name, name))
+            self.log.warning(
+                "intake.error",
+                destination=dest.name,
+                exc_type=type(exc).__name__,
+                error=getattr(exc, "strerror", None),
+            )
 
     def _lstat(self, path: Path) -> os.stat_result | None:
         try:
@@ -199,10 +213,17 @@ class Intake:
 
     def _consider(self, dest: Destination, name: str) -> bool:
         """Look at one inbox name; return True to keep watching it."""
+        if self._held.get((dest.name, name), 0.0) > self.clock():
+            return True
         tracker = self._trackers[dest.name]
         path = dest.inbox / name
         st = self._lstat(path)
         if st is None:
+            tracker.forget(name)
+            return False
+        if storable(name) != name:
+            bad_name = "the file name is not valid text (UTF-8); rename the file and drop it again"
+            self._hand_over(dest, name, None, Verdict(rejection=(ContentError.reason, bad_name)))
             tracker.forget(name)
             return False
         if is_sidecar(name):
@@ -267,7 +288,6 @@ class Intake:
             Verdict(
                 rejection=("orphan_sidecar", "a sidecar arrived but no document with its name")
             ),
-            is_orphan_sidecar=True,
         )
         tracker.forget(name)
         return False
@@ -279,8 +299,6 @@ class Intake:
         doc_name: str,
         sidecar_name: str | None,
         verdict: Verdict,
-        *,
-        is_orphan_sidecar: bool = False,
     ) -> Job | None:
         token = uuid.uuid4().hex
         spool = self.settings.spool_dir
@@ -288,8 +306,8 @@ class Intake:
         spool_side = spool / f"{token}.sidecar" if sidecar_name else None
         job = self.queue.begin_intake(
             destination=dest.name,
-            original_name=doc_name,
-            sidecar_name=sidecar_name,
+            original_name=storable(doc_name),
+            sidecar_name=storable(sidecar_name) if sidecar_name else None,
             spool_document=str(spool_doc),
             spool_sidecar=str(spool_side) if spool_side else None,
         )
@@ -298,20 +316,21 @@ class Intake:
         except FileNotFoundError:
             self.queue.abandon_intake(job.id, "document left the inbox before hand-over")
             return None
+        except OSError as exc:
+            self.queue.abandon_intake(job.id, f"hand-over failed ({type(exc).__name__})")
+            raise
         if sidecar_name and spool_side is not None:
             try:
                 rename_noreplace(dest.inbox / sidecar_name, spool_side)
-            except FileNotFoundError:
+            except OSError:
                 verdict = Verdict(
                     rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
                 )
         fsync_dir(spool)
         fsync_dir(dest.inbox)
-        return self._complete(job, dest, verdict, is_orphan_sidecar=is_orphan_sidecar)
+        return self._complete(job, dest, verdict)
 
-    def _complete(
-        self, job: Job, dest: Destination, verdict: Verdict, *, is_orphan_sidecar: bool = False
-    ) -> Job:
+    def _complete(self, job: Job, dest: Destination, verdict: Verdict) -> Job:
         assert job.spool_document is not None
         digest, size = "", 0
         try:

@@ -323,3 +323,33 @@ def test_no_phi_in_logs_events_or_notes(daemon_factory: Any, sandbox: Any, pdf: 
     for haystack in (text, events, notes):
         for value in ("CANARY", "Bixby", "20080106", "Timothy"):
             assert value not in haystack
+
+
+def test_undecodable_file_name_fails_clearly_and_others_still_flow(
+    daemon_factory: Any, sandbox: Any, pdf: bytes, sidecar: dict[str, Any]
+) -> None:
+    r = daemon_factory()
+    bad = os.fsdecode(b"scan\xff.pdf")
+    (r.inbox / bad).write_bytes(pdf)
+    (r.inbox / (bad + ".json")).write_text(json.dumps(sidecar))
+    r.drop("good.pdf", pdf, sidecar)
+    jobs = r.finished(3)  # the bad name, its sidecar, and the good pair
+    by_state = sorted((j.state, j.error_kind) for j in jobs)
+    assert (JobState.DONE, None) in by_state
+    assert by_state.count((JobState.FAILED, "bad_content")) == 2
+    notes = "".join(p.read_text() for p in r.failed.glob("*.error.txt"))
+    assert "not valid text (UTF-8)" in notes
+    assert os.listdir(r.inbox) == []
+
+
+def test_fifo_named_like_a_document_is_never_opened(
+    daemon_factory: Any, sandbox: Any, pdf: bytes, sidecar: dict[str, Any]
+) -> None:
+    r = daemon_factory()
+    (r.inbox / "pipe.pdf.json").write_text(json.dumps(sidecar))
+    os.mkfifo(r.inbox / "pipe.pdf")
+    r.drop("after.pdf", pdf, sidecar)
+    jobs = r.finished(2)
+    states = {j.original_name: (j.state, j.error_kind) for j in jobs}
+    assert states["pipe.pdf"] == (JobState.FAILED, "not_a_regular_file")
+    assert states["after.pdf"] == (JobState.DONE, None)
