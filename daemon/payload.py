@@ -119,11 +119,27 @@ _PLAIN = {
 }
 
 
+# What the most common fields mean, for the front desk reading an .error.txt.
+_MEANING = {
+    "Patient": "the patient",
+    "Patient.Identifiers": "the patient's ID numbers, e.g. the MRN",
+    "Patient.Identifiers[0].ID": "the patient's ID number, e.g. the MRN",
+    "Patient.Identifiers[0].IDType": "the kind of patient ID, e.g. MR",
+    "Patient.Demographics.DOB": 'the date of birth, as text like "2008-01-06"',
+    "Media.DocumentType": "the kind of document, e.g. Consent Form",
+    "Media.Provider": "the responsible provider",
+    "Media.Provider.ID": "the responsible provider's ID, e.g. the NPI",
+    "Media.Availability": "Available or Unavailable",
+}
+
+
 def describe(err: ValidationError) -> list[str]:
     """Plain-language lines, one per field, never including the value."""
     lines = []
     for e in err.errors(include_input=False, include_url=False):
-        lines.append(f"{key_path(tuple(e['loc']))} {_PLAIN.get(e['type'], e['msg'].lower())}")
+        path = key_path(tuple(e["loc"]))
+        meaning = f" ({_MEANING[path]})" if path in _MEANING else ""
+        lines.append(f"{path}{meaning} {_PLAIN.get(e['type'], e['msg'].lower())}")
     return sorted(set(lines))
 
 

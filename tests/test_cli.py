@@ -90,8 +90,11 @@ def test_validate_lists_every_error(tmp_path: Path, sandbox: Sandbox) -> None:
     bad.write_text(json.dumps(bad_data))
     result = run("validate", str(bad), "-d", "consents", "-c", str(config))
     assert result.returncode == 1
-    assert "Patient.Identifiers is required but missing" in result.stdout
-    assert "Media.Provider must be an object" in result.stdout
+    assert (
+        "Patient.Identifiers (the patient's ID numbers, e.g. the MRN) is required but missing"
+        in result.stdout
+    )
+    assert "Media.Provider (the responsible provider) must be an object" in result.stdout
     assert "Extra is not a field" in result.stdout
     assert "CANARYFIRST" not in result.stdout
 

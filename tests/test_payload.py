@@ -76,12 +76,18 @@ def test_sidecar_document_id_and_file_name_are_kept() -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda s: s["Patient"].pop("Identifiers"), "Patient.Identifiers is required but missing"),
+        (
+            lambda s: s["Patient"].pop("Identifiers"),
+            "Patient.Identifiers (the patient's ID numbers, e.g. the MRN) is required but missing",
+        ),
         (
             lambda s: s["Patient"]["Identifiers"][0].update(ID=1),
-            "Patient.Identifiers[0].ID must be text",
+            "Patient.Identifiers[0].ID (the patient's ID number, e.g. the MRN) must be text",
         ),
-        (lambda s: s["Media"].update(Provider="x"), "Media.Provider must be an object"),
+        (
+            lambda s: s["Media"].update(Provider="x"),
+            "Media.Provider (the responsible provider) must be an object",
+        ),
         (lambda s: s.update(Visits={}), "Visits is not a field Redox knows"),
         (
             lambda s: s["Media"].update(FileContents="x"),

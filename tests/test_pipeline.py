@@ -106,7 +106,10 @@ def test_invalid_sidecar_fails_with_readable_note(
     assert job.state == JobState.FAILED
     assert job.error_kind == "invalid_sidecar"
     note = (r.failed / "scan.pdf.error.txt").read_text()
-    assert "Patient.Identifiers is required but missing" in note
+    assert (
+        "Patient.Identifiers (the patient's ID numbers, e.g. the MRN) is required but missing"
+        in note
+    )
     assert "Media.DocumentTyp is not a field Redox knows" in note
     assert "How to fix it" in note and "move the document" in note
     assert "Bixby" not in note and "Timothy" not in note  # field names, never values
@@ -319,7 +322,7 @@ def test_no_phi_in_logs_events_or_notes(daemon_factory: Any, sandbox: Any, pdf: 
     db = sqlite3.connect(r.settings.database_path)
     events = repr(db.execute("SELECT * FROM events").fetchall())
     notes = "".join(p.read_text() for p in r.failed.glob("*.error.txt"))
-    assert "DOB must be text" in notes
+    assert "DOB (the date of birth, as text: \"YYYY-MM-DD\") must be text" in notes
     for haystack in (text, events, notes):
         for value in ("CANARY", "Bixby", "20080106", "Timothy"):
             assert value not in haystack
