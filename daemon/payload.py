@@ -125,7 +125,7 @@ _MEANING = {
     "Patient.Identifiers": "the patient's ID numbers, e.g. the MRN",
     "Patient.Identifiers[0].ID": "the patient's ID number, e.g. the MRN",
     "Patient.Identifiers[0].IDType": "the kind of patient ID, e.g. MR",
-    "Patient.Demographics.DOB": 'the date of birth, as text like "2008-01-06"',
+    "Patient.Demographics.DOB": 'the date of birth, as text: "YYYY-MM-DD"',
     "Media.DocumentType": "the kind of document, e.g. Consent Form",
     "Media.Provider": "the responsible provider",
     "Media.Provider.ID": "the responsible provider's ID, e.g. the NPI",
