@@ -322,7 +322,7 @@ def test_no_phi_in_logs_events_or_notes(daemon_factory: Any, sandbox: Any, pdf: 
     db = sqlite3.connect(r.settings.database_path)
     events = repr(db.execute("SELECT * FROM events").fetchall())
     notes = "".join(p.read_text() for p in r.failed.glob("*.error.txt"))
-    assert "DOB (the date of birth, as text: \"YYYY-MM-DD\") must be text" in notes
+    assert 'DOB (the date of birth, as text: "YYYY-MM-DD") must be text' in notes
     for haystack in (text, events, notes):
         for value in ("CANARY", "Bixby", "20080106", "Timothy"):
             assert value not in haystack
