@@ -21,6 +21,8 @@ from typing import BinaryIO
 from daemon.config import Destination, Settings
 from daemon.content import detect
 from daemon.errors import (
+    AuthError,
+    ChartdropError,
     ContentError,
     InputError,
     PermanentDeliveryError,
@@ -40,6 +42,17 @@ def backoff(attempts: int, base: float, cap: float, rng: random.Random | None = 
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempts))."""
     ceiling = min(cap, base * (2 ** min(attempts, 32)))
     return (rng or random).uniform(0, ceiling)
+
+
+def safe_text(exc: BaseException) -> str:
+    """An error's text for the job row and logs. Our own errors are PHI-free by
+    construction; anything else (an OSError can carry a file name) gives only its
+    type and errno text."""
+    if isinstance(exc, ChartdropError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,7 @@ def decide(
             error_kind="gave_up",
             error=(
                 f"the destination could not be reached for {give_up / 3600:g} hours "
-                f"(last problem: {exc})"
+                f"(last problem: {safe_text(exc)})"
             ),
             http_status=status,
         )
@@ -85,10 +98,10 @@ def decide(
     )
     if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
         delay = max(delay, exc.retry_after)
-    kind = "auth" if type(exc).__name__ == "AuthError" else "transient"
+    kind = "auth" if isinstance(exc, AuthError) else "transient"
     if not isinstance(exc, TransientDeliveryError):
         kind = "local_error"  # e.g. an unreadable spool file: retried, then reported
-    return Decision("retry", delay=delay, error_kind=kind, error=str(exc), http_status=status)
+    return Decision("retry", delay=delay, error_kind=kind, error=safe_text(exc), http_status=status)
 
 
 class Deliverer:

@@ -166,3 +166,13 @@ def test_plain_http_only_to_loopback(url: str, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError):
             check_url(url, "x")
+
+
+def test_error_text_never_carries_a_file_name() -> None:
+    from daemon.delivery import safe_text
+
+    exc = PermissionError(13, "Permission denied", "/srv/inbox/CANARY_Bixby.pdf")
+    assert "CANARY" not in str(decide(exc, _job(0), DEST, now=1).error)
+    assert safe_text(exc) == "PermissionError: Permission denied"
+    assert "CANARY" not in decide(exc, _job(0), DEST, now=10**9).error  # give-up text too
+    assert safe_text(ValueError("CANARY value")) == "ValueError"
