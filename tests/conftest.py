@@ -182,3 +182,18 @@ def pdf() -> bytes:
 @pytest.fixture
 def sidecar() -> dict[str, Any]:
     return sample_sidecar()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Every thread a test starts (daemon workers, observers, the sandbox) must end."""
+    before = set(threading.enumerate())
+    yield
+
+    def leaked() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+    deadline = time.monotonic() + 10
+    while leaked() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked(), f"threads left running: {[t.name for t in leaked()]}"
