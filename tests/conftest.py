@@ -24,6 +24,12 @@ KEY_ID = "test-kid"
 DEST_ID = "af394f14-b34a-464f-8d24-895f370af4c9"
 
 
+def load_schema(name: str) -> dict[str, Any]:
+    """A Redox request-body JSON schema (draft-04) from tests/redox-schemas/."""
+    data: dict[str, Any] = json.loads((Path(__file__).parent / "redox-schemas" / name).read_text())
+    return data
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

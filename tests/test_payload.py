@@ -3,20 +3,18 @@ against the JSON schemas in ../shared/redox-schemas/."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from conftest import load_schema
 
 from daemon.config import Destination, RedoxSettings
 from daemon.errors import SidecarError
 from daemon.payload import FileFacts, build_media, check_sidecar, merge, validate_media
 from daemon.samples import sample_sidecar
-
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "redox-schemas"
 
 
 def _dest(**defaults: Any) -> Destination:
@@ -123,7 +121,7 @@ def test_every_problem_at_once() -> None:
 
 
 def test_built_body_validates_against_the_redox_json_schema() -> None:
-    schema = json.loads((SCHEMAS / "media" / "new.json").read_text())
+    schema = load_schema("media/new.json")
     body = _body(sample_sidecar(), Media={"Availability": "Available"})
     jsonschema.Draft4Validator(schema).validate(body)
     body["Media"].pop("DocumentID")

@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from conftest import DEST_ID, wait_until
+from conftest import DEST_ID, load_schema, wait_until
 
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
 
-MEDIA_SCHEMA = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/redox-schemas/media/new.json").read_text()
-)
+MEDIA_SCHEMA = load_schema("media/new.json")
 
 
 def today(root: Path) -> Path:

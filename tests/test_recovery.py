@@ -33,6 +33,19 @@ def _intake_row(queue: Queue, settings: Any, name: str) -> Any:
     )
 
 
+def _sent_job(queue: Queue, settings: Any, name: str, pdf: bytes, *, in_spool: bool) -> Any:
+    """A job the remote accepted (state sent) whose files are still in the spool."""
+    job = _intake_row(queue, settings, name)
+    if in_spool:
+        (settings.spool_dir / "t.document").write_bytes(pdf)
+    (settings.spool_dir / "t.sidecar").write_text(json.dumps(sample_sidecar()))
+    queue.complete_intake(job.id, sha256="x", size=len(pdf))
+    leased = queue.claim(lease_seconds=60)
+    assert leased is not None and leased.lease_token is not None
+    queue.mark_sent(job.id, leased.lease_token, remote_id=f"log-{name}", http_status=200)
+    return job
+
+
 def test_crash_after_document_moved_before_sidecar(tmp_path: Path, sandbox: Sandbox) -> None:
     config, settings, queue = _setup(tmp_path, sandbox)
     pdf = sample_pdf("a")
@@ -74,19 +87,13 @@ def test_crash_after_send_before_move_files_without_resending(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     config, settings, queue = _setup(tmp_path, sandbox)
-    job = _intake_row(queue, settings, "c.pdf")
     pdf = sample_pdf("c")
-    (settings.spool_dir / "t.document").write_bytes(pdf)
-    (settings.spool_dir / "t.sidecar").write_text(json.dumps(sample_sidecar()))
-    queue.complete_intake(job.id, sha256="x", size=len(pdf))
-    leased = queue.claim(lease_seconds=60)
-    assert leased is not None and leased.lease_token is not None
-    queue.mark_sent(job.id, leased.lease_token, remote_id="log-1", http_status=200)
+    _sent_job(queue, settings, "c.pdf", pdf, in_spool=True)
     queue.close()
     r = start_daemon(config)
     try:
         (done,) = r.finished(1)
-        assert done.state == JobState.DONE and done.remote_id == "log-1"
+        assert done.state == JobState.DONE and done.remote_id == "log-c.pdf"
         assert sandbox.state.attempts == []  # never sent again
         assert Path(done.final_path or "").read_bytes() == pdf
     finally:
@@ -97,13 +104,8 @@ def test_crash_mid_move_finishes_the_move_to_the_chosen_name(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     config, settings, queue = _setup(tmp_path, sandbox)
-    job = _intake_row(queue, settings, "d.pdf")
     pdf = sample_pdf("d")
-    (settings.spool_dir / "t.sidecar").write_text(json.dumps(sample_sidecar()))
-    queue.complete_intake(job.id, sha256="x", size=len(pdf))
-    leased = queue.claim(lease_seconds=60)
-    assert leased is not None and leased.lease_token is not None
-    queue.mark_sent(job.id, leased.lease_token, remote_id="log-2", http_status=200)
+    job = _sent_job(queue, settings, "d.pdf", pdf, in_spool=False)
     target = settings.destination[0].done / "2020-01-01" / "d.pdf"
     target.parent.mkdir(parents=True)
     queue.set_final_path(job.id, str(target))
