@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,17 @@ class Running:
         self.service.stop()
         self.thread.join(30)
         assert not self.thread.is_alive(), "the daemon did not stop"
+
+
+@contextmanager
+def running(config: Path) -> Iterator[Running]:
+    """The daemon on ``config`` for the length of a ``with`` block; always stopped."""
+    r = start_daemon(config)
+    try:
+        yield r
+    finally:
+        if r.thread.is_alive():
+            r.stop()
 
 
 def start_daemon(config: Path) -> Running:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sandbox, start_daemon, wait_until, write_config
+from conftest import Sandbox, running, wait_until, write_config
 
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
@@ -105,8 +105,7 @@ def test_drop_hands_a_pair_to_the_running_daemon(tmp_path: Path, sandbox: Sandbo
     doc.write_bytes(sample_pdf("fax"))
     side = tmp_path / "fax-meta.json"
     side.write_text(json.dumps(sample_sidecar()))
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         for _ in range(2):
             result = run(
                 "drop", str(doc), "--sidecar", str(side), "-d", "consents", "-c", str(config)
@@ -116,21 +115,16 @@ def test_drop_hands_a_pair_to_the_running_daemon(tmp_path: Path, sandbox: Sandbo
         assert {j.state for j in jobs} == {JobState.DONE}
         names = sorted(Path(j.final_path or "").name for j in jobs)
         assert names == ["fax (1).pdf", "fax.pdf"]  # a name taken in done/ gets a suffix
-    finally:
-        r.stop()
 
 
 def test_status_jobs_and_show_report_without_phi(tmp_path: Path, sandbox: Sandbox) -> None:
     config = write_config(tmp_path, sandbox)
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         r.drop("CANARY_Bixby_Timothy.pdf", sample_pdf("x"), sample_sidecar(mrn="CANARYMRN77"))
         bad = sample_sidecar(last="CANARYLAST")
         del bad["Patient"]["Identifiers"]
         r.drop("CANARY_bad.pdf", sample_pdf("y"), bad)
         r.finished(2)
-    finally:
-        r.stop()
     status = run("status", "-c", str(config), "--json")
     assert status.returncode == 0, status.stderr
     (row,) = json.loads(status.stdout)

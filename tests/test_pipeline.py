@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import os
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -191,20 +190,30 @@ def test_symlink_in_inbox_is_never_read(
 def test_growing_file_is_not_sent_until_complete(
     daemon_factory: Any, sandbox: Any, pdf: bytes, sidecar: dict[str, Any]
 ) -> None:
-    r = daemon_factory(settle_seconds=0.3)
-    (r.inbox / "slow.pdf.json").write_text(json.dumps(sidecar))
-    half = len(pdf) // 2
-    with (r.inbox / "slow.pdf").open("wb") as fh:
-        fh.write(pdf[:half])
-        fh.flush()
-        # well past the settle time: stable, but not complete (no %%EOF)
-        deadline = time.monotonic() + 2.0
-        wait_until(lambda: time.monotonic() > deadline, timeout=5)
-        assert sandbox.state.attempts == []
-        assert (r.inbox / "slow.pdf").exists()
-        assert r.jobs() == []
-        fh.write(pdf[half:])
-    (job,) = r.finished(1)
+    import io
+
+    import structlog
+
+    from daemon import logs
+
+    stream = io.StringIO()
+    logs.configure(fmt="json", stream=stream)
+    try:
+        r = daemon_factory(settle_seconds=0.3)
+        (r.inbox / "slow.pdf.json").write_text(json.dumps(sidecar))
+        half = len(pdf) // 2
+        with (r.inbox / "slow.pdf").open("wb") as fh:
+            fh.write(pdf[:half])
+            fh.flush()
+            # the daemon has seen it settle and judged it incomplete (no %%EOF)
+            wait_until(lambda: "intake.incomplete" in stream.getvalue())
+            assert sandbox.state.attempts == []
+            assert (r.inbox / "slow.pdf").exists()
+            assert r.jobs() == []
+            fh.write(pdf[half:])
+        (job,) = r.finished(1)
+    finally:
+        structlog.reset_defaults()
     assert job.state == JobState.DONE
     (rec,) = sandbox.state.received()
     assert base64.b64decode(rec.body["Media"]["FileContents"]) == pdf
@@ -268,7 +277,7 @@ def test_expired_token_is_renewed_once(
 def test_sigterm_style_stop_exits_zero_and_restart_resumes(
     tmp_path: Path, sandbox: Any, pdf: bytes, sidecar: dict[str, Any]
 ) -> None:
-    from conftest import start_daemon, write_config
+    from conftest import running, start_daemon, write_config
 
     config = write_config(tmp_path, sandbox)
     sandbox.state.set_faults(outage=True)
@@ -281,12 +290,9 @@ def test_sigterm_style_stop_exits_zero_and_restart_resumes(
     assert [j.state for j in after.jobs()] == [JobState.QUEUED]  # still queued, not failed
     after.close()
     sandbox.state.set_faults(outage=False)
-    r2 = start_daemon(config)
-    try:
+    with running(config) as r2:
         (job,) = r2.finished(1)
         assert job.state == JobState.DONE
-    finally:
-        r2.stop()
 
 
 def test_no_phi_in_logs_events_or_notes(daemon_factory: Any, sandbox: Any, pdf: bytes) -> None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import Sandbox, start_daemon, wait_until, write_config
+from conftest import Sandbox, running, wait_until, write_config
 
 from daemon.config import load_settings
 from daemon.queue import JobState, Queue
@@ -54,14 +54,11 @@ def test_crash_after_document_moved_before_sidecar(tmp_path: Path, sandbox: Sand
     inbox = settings.destination[0].inbox
     (inbox / "a.pdf.json").write_text(json.dumps(sample_sidecar()))
     queue.close()
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         (done,) = r.finished(1)
         assert done.id == job.id and done.state == JobState.DONE
         assert list(inbox.iterdir()) == []
         assert len(sandbox.state.received()) == 1
-    finally:
-        r.stop()
 
 
 def test_crash_before_the_move_abandons_and_the_rescan_queues_it_again(
@@ -73,14 +70,11 @@ def test_crash_before_the_move_abandons_and_the_rescan_queues_it_again(
     (inbox / "b.pdf.json").write_text(json.dumps(sample_sidecar()))
     (inbox / "b.pdf").write_bytes(sample_pdf("b"))
     queue.close()
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         (done,) = r.finished(1)
         assert done.id != job.id
         assert r.queue.get(job.id).state == JobState.ABANDONED  # type: ignore[union-attr]
         assert len(sandbox.state.received()) == 1
-    finally:
-        r.stop()
 
 
 def test_crash_after_send_before_move_files_without_resending(
@@ -90,14 +84,11 @@ def test_crash_after_send_before_move_files_without_resending(
     pdf = sample_pdf("c")
     _sent_job(queue, settings, "c.pdf", pdf, in_spool=True)
     queue.close()
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         (done,) = r.finished(1)
         assert done.state == JobState.DONE and done.remote_id == "log-c.pdf"
         assert sandbox.state.attempts == []  # never sent again
         assert Path(done.final_path or "").read_bytes() == pdf
-    finally:
-        r.stop()
 
 
 def test_crash_mid_move_finishes_the_move_to_the_chosen_name(
@@ -111,15 +102,12 @@ def test_crash_mid_move_finishes_the_move_to_the_chosen_name(
     queue.set_final_path(job.id, str(target))
     target.write_bytes(pdf)  # the document had moved; the sidecar had not
     queue.close()
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         (done,) = r.finished(1)
         assert done.final_path == str(target)
         assert (target.parent / "d.pdf.json").exists()
         assert list(settings.spool_dir.iterdir()) == []
         assert sandbox.state.attempts == []
-    finally:
-        r.stop()
 
 
 def test_crash_mid_send_resends_with_the_same_document_id(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -131,14 +119,11 @@ def test_crash_mid_send_resends_with_the_same_document_id(tmp_path: Path, sandbo
     queue.complete_intake(job.id, sha256="x", size=len(pdf))
     assert queue.claim(lease_seconds=3600) is not None  # the worker that held it died
     queue.close()
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         (done,) = r.finished(1)
         assert done.state == JobState.DONE
         (rec,) = sandbox.state.received()
         assert rec.body["Media"]["DocumentID"] == job.document_id
-    finally:
-        r.stop()
 
 
 def test_rejected_but_not_moved_goes_to_failed_with_its_note(
@@ -152,12 +137,9 @@ def test_rejected_but_not_moved_goes_to_failed_with_its_note(
         job.id, sha256="x", size=1, rejection=("invalid_sidecar", "Patient is required but missing")
     )
     queue.close()
-    r = start_daemon(config)
-    try:
+    with running(config) as r:
         (failed,) = r.finished(1)
         assert failed.state == JobState.FAILED
         failed_dir = settings.destination[0].failed
         wait_until((failed_dir / "f.pdf.error.txt").exists)
         assert "Patient is required" in (failed_dir / "f.pdf.error.txt").read_text()
-    finally:
-        r.stop()
