@@ -33,9 +33,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, connect
+from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, Pause, connect
 
-__all__ = ["DestinationStatus", "Job", "JobState", "Queue"]
+__all__ = ["DestinationStatus", "Job", "JobState", "Pause", "Queue"]
 
 _DETAIL_MAX = 300  # event details are short, PHI-free texts we wrote
 
@@ -435,6 +435,54 @@ class Queue:
             )
             for dest, queued, retrying, leased, moving, done, failed, oldest, last in rows
         }
+
+    # -- pauses ---------------------------------------------------------------
+
+    def set_pause(
+        self, destination: str, kind: str, reason: str, until: float | None = None
+    ) -> None:
+        """Record (or update) why ``destination`` is paused; ``since`` is kept
+        from the first time this kind of pause was set."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO pauses (destination, kind, reason, since, until)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (destination, kind)"
+                " DO UPDATE SET reason = excluded.reason, until = excluded.until",
+                (destination, kind, reason[:_DETAIL_MAX], self._clock(), until),
+            )
+
+    def clear_pause(self, destination: str, kind: str | None = None) -> bool:
+        """Lift one kind of pause (or all of them) from ``destination``."""
+        sql, params = "DELETE FROM pauses WHERE destination = ?", [destination]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        with self._write() as conn:
+            return conn.execute(sql, params).rowcount > 0
+
+    def clear_all_pauses(self) -> int:
+        """At start-up: pauses are re-learnt by the running daemon."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM pauses").rowcount
+
+    def pauses(self) -> list[Pause]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT destination, kind, reason, since, until FROM pauses"
+                " ORDER BY destination, since"
+            ).fetchall()
+        return [Pause(*row) for row in rows]
+
+    def make_due(self, destination: str) -> int:
+        """After an outage ends: the destination's waiting jobs are due again, in
+        the order they were queued (their backoff was the outage's, not theirs)."""
+        now = self._clock()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE jobs SET next_attempt_at = MIN(COALESCE(queued_at, created_at), ?)"
+                " WHERE destination = ? AND state = ? AND next_attempt_at > ?",
+                (now, destination, JobState.QUEUED, now),
+            ).rowcount
 
     def counts_by_state(self) -> dict[str, int]:
         """Every state (zeros included) with its number of jobs, for metrics."""

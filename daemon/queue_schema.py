@@ -90,6 +90,23 @@ class DestinationStatus:
     last_success_at: float | None  # epoch seconds of the latest accepted send
 
 
+@dataclass(frozen=True)
+class Pause:
+    """Why a destination is not being sent to (or not taking in): a ``pauses`` row.
+
+    ``kind`` is e.g. ``auth`` (the credentials were refused), ``outage`` (the
+    circuit is open after repeated transient failures) or ``folder_missing``.
+    ``reason`` is a PHI-free text for the admin; ``until`` is when the next
+    probe is due (epoch seconds), ``None`` for "until fixed".
+    """
+
+    destination: str
+    kind: str
+    reason: str
+    since: float
+    until: float | None
+
+
 MIGRATIONS = Migrations("chartdrop")
 
 _STATES = ", ".join(f"'{state.value}'" for state in JobState)
@@ -168,6 +185,24 @@ def m001_create_jobs_and_events(db: Database) -> None:
     # One statement at a time: executescript() would commit the open transaction.
     for statement in _CREATE:
         db.execute(statement)
+
+
+@MIGRATIONS()
+def m002_create_pauses(db: Database) -> None:
+    # The daemon's live view of paused destinations, for `chartdrop status`;
+    # cleared at every start (the daemon re-learns it).
+    db.execute(
+        """
+        CREATE TABLE pauses (
+            destination TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL,
+            PRIMARY KEY (destination, kind)
+        )
+        """
+    )
 
 
 JOB_COLUMNS = frozenset(Job.__dataclass_fields__)
