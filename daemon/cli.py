@@ -58,34 +58,62 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from daemon.redox import RedoxClient, make_http_client
-    from daemon.service import folder_problems
+    from daemon.service import Service, folder_problems
 
     settings = _settings(args)
     problems = folder_problems(settings)
-    key = settings.redox.private_key_file
-    if not key.is_file():
-        problems.append(f"redox.private_key_file ({key}) does not exist")
-    elif key.stat().st_mode & 0o077:
-        print(f"warning: {key} is readable by group or others; chmod 600 it", file=sys.stderr)
+    for key_name, key in secret_files(settings):
+        if key is None or not key.is_file():
+            problems.append(f"{key_name} ({key}) does not exist")
+        elif key.stat().st_mode & 0o077:
+            print(f"warning: {key} is readable by group or others; chmod 600 it", file=sys.stderr)
     try:
-        client = RedoxClient(settings.redox, make_http_client(settings))
+        sender = Service.make_sender(settings)
     except ConfigError as exc:
         problems.extend(exc.problems)
-        client = None
+        sender = None
     if problems:
         raise ConfigError(problems)
-    if args.online and client is not None:
-        client.check_auth()
-        print("online: authenticated with the Redox token endpoint")
+    if args.online and sender is not None:
+        models = {d.model for d in settings.destination}
+        if models - {"FHIR"}:
+            sender.redox.check_auth()
+            print("online: authenticated with Redox")
+        if "FHIR" in models:
+            sender.fhir.check_auth()
+            print("online: authenticated with the FHIR token endpoint")
     print(f"ok: {len(settings.destination)} destination(s), state_dir {settings.state_dir}")
     return 0
+
+
+def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
+    """The secret files the configured destinations need, with their config keys."""
+    models = {d.model for d in settings.destination}
+    out: list[tuple[str, Path | None]] = []
+    if models - {"FHIR"}:
+        if settings.redox.auth == "legacy":
+            out.append(("redox.secret_file", settings.redox.secret_file))
+        else:
+            out.append(("redox.private_key_file", settings.redox.private_key_file))
+    if "FHIR" in models:
+        out.append(("fhir.client_secret_file", settings.fhir.client_secret_file))
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     queue = _open_queue(settings)
     status = queue.status()
+    pauses: dict[str, list[dict[str, Any]]] = {}
+    for pause in queue.pauses():
+        pauses.setdefault(pause.destination, []).append(
+            {
+                "kind": pause.kind,
+                "reason": pause.reason,
+                "since": _ts(pause.since),
+                "next_try": _ts(pause.until) if pause.until is not None else None,
+            }
+        )
     rows = []
     for dest in settings.destination:
         s = status.get(dest.name)
@@ -100,6 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "failed": s.failed if s else 0,
                 "oldest_waiting_seconds": s.oldest_waiting_seconds if s else None,
                 "last_success": _ts(s.last_success_at) if s and s.last_success_at else None,
+                "paused": pauses.get(dest.name, []),
             }
         )
     if args.json:
@@ -129,6 +158,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             r["last_success"] or "-",
         )
         print("  ".join(f"{c!s:>12}" for c in cells))
+    for name, items in pauses.items():
+        for p in items:
+            retry = f"; next try {p['next_try']}" if p["next_try"] else ""
+            print(
+                f"PAUSED {name} ({p['kind']}, since {p['since']}): "
+                f"{p['reason']}{retry}. Documents wait in the queue."
+            )
     return 0
 
 
@@ -180,7 +216,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from daemon.payload import check_sidecar
+    from daemon.outgoing import check_sidecar
     from daemon.sidecar import read_sidecar
 
     settings = _settings(args)
@@ -190,7 +226,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ChartdropError(f"no destination named {args.destination!r} in the config") from None
     try:
         data = read_sidecar(Path(args.sidecar))
-        check_sidecar(dest=dest, redox=settings.redox, sidecar=data, file_name="document.pdf")
+        alone = data.get("EventType") == "Delete"
+        check_sidecar(
+            dest=dest,
+            settings=settings,
+            sidecar=data,
+            file_name=args.file_name,
+            redox_type=None if alone else "PDF",
+        )
     except FileNotFoundError:
         raise ChartdropError("the sidecar file does not exist") from None
     except InputError as exc:
@@ -295,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = cmd("validate", cmd_validate, "check a sidecar offline, every error at once")
     v.add_argument("sidecar")
     v.add_argument("-d", "--destination", required=True)
+    v.add_argument(
+        "--file-name",
+        default="document.pdf",
+        help="the document's file name, for filename_pattern fields (default: document.pdf)",
+    )
     d = cmd("drop", cmd_drop, "atomic hand-off of a document and its sidecar into an inbox")
     d.add_argument("file")
     d.add_argument("--sidecar", required=True)

@@ -65,6 +65,11 @@ def resolve_secret(value: Path) -> Path:
     return _resolve(value)
 
 
+# File types chartdrop can recognise by content (Redox FileType names).
+FileTypeName = Literal["PDF", "TIFF", "JPG", "PNG", "GIF", "TXT", "RTF"]
+FILE_TYPES: tuple[FileTypeName, ...] = ("PDF", "TIFF", "JPG", "PNG", "GIF", "TXT", "RTF")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,9 +110,13 @@ class Destination(TimingOverrides):
     inbox: Path = Field(..., description="Folder scanners drop documents and sidecars into.")
     done: Path = Field(..., description="Delivered documents move to done/YYYY-MM-DD/.")
     failed: Path = Field(..., description="Refused documents move here with <name>.error.txt.")
-    model: Literal["Media"] = Field("Media", description="Redox data model to send.")
-    redox_destination_id: str = Field(
-        ..., min_length=1, description="Redox destination UUID (Meta.Destinations[0].ID)."
+    model: Literal["Media", "Notes", "Results", "FHIR"] = Field(
+        "Media", description="Redox data model to send, or FHIR (a FHIR R4 Media resource)."
+    )
+    redox_destination_id: str | None = Field(
+        None,
+        min_length=1,
+        description="Redox destination UUID (Meta.Destinations[0].ID); required for Redox models.",
     )
     redox_destination_name: str | None = Field(
         None, description="Optional Meta.Destinations[0].Name."
@@ -115,6 +124,65 @@ class Destination(TimingOverrides):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="Merged under every sidecar (the sidecar wins)."
     )
+    base_url: str | None = Field(
+        None, description="FHIR destinations: overrides [fhir].base_url for this destination."
+    )
+    accepted_types: list[FileTypeName] = Field(
+        default_factory=lambda: list(FILE_TYPES),
+        min_length=1,
+        description="File types (judged by content) this destination accepts.",
+    )
+    filename_pattern: str | None = Field(
+        None,
+        description="Regex with named groups, matched against the whole file name; "
+        "lets a document arrive without a sidecar.",
+    )
+    from_filename: dict[str, str] = Field(
+        default_factory=dict,
+        description="Maps each named group to a sidecar field, "
+        'e.g. mrn = "Patient.Identifiers[0].ID".',
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url_shape(value)
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc.msg})") from None
+        if not compiled.groupindex:
+            raise ValueError("needs at least one named group, e.g. (?P<mrn>[0-9]+)")
+        return value
+
+    @model_validator(mode="after")
+    def _model_fields(self) -> Destination:
+        if self.model != "FHIR" and self.redox_destination_id is None:
+            raise ValueError(f"redox_destination_id is required for model = {self.model!r}")
+        if self.model != "FHIR" and self.base_url is not None:
+            raise ValueError("base_url is only for model = 'FHIR'")
+        groups = re.compile(self.filename_pattern).groupindex if self.filename_pattern else {}
+        if self.from_filename and not groups:
+            raise ValueError("from_filename needs a filename_pattern")
+        unknown = sorted(set(self.from_filename) - set(groups))
+        if unknown:
+            raise ValueError(
+                f"from_filename names groups the pattern does not have: {', '.join(unknown)}"
+            )
+        unused = sorted(set(groups) - set(self.from_filename))
+        if unused:
+            raise ValueError(
+                f"filename_pattern groups not mapped in from_filename: {', '.join(unused)}"
+            )
+        for target in self.from_filename.values():
+            parse_field_path(target)
+        return self
 
     @field_validator("inbox", "done", "failed")
     @classmethod
@@ -131,6 +199,27 @@ class Destination(TimingOverrides):
         return float(self.timing("settle_seconds"))
 
 
+def _check_url_shape(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+_PATH_PART = re.compile(r"([A-Za-z][A-Za-z0-9]*)((?:\[[0-9]+\])*)")
+
+
+def parse_field_path(path: str) -> tuple[str | int, ...]:
+    """ "Patient.Identifiers[0].ID" -> ("Patient", "Identifiers", 0, "ID")."""
+    out: list[str | int] = []
+    for part in path.split("."):
+        match = _PATH_PART.fullmatch(part)
+        if match is None:
+            raise ValueError(f"{path!r} is not a field path like Patient.Identifiers[0].ID")
+        out.append(match.group(1))
+        out.extend(int(i) for i in re.findall(r"\[([0-9]+)\]", match.group(2)))
+    return tuple(out)
+
+
 class RedoxSettings(_Strict):
     api_url: str = Field(
         "https://api.redoxengine.com",
@@ -139,13 +228,21 @@ class RedoxSettings(_Strict):
     upload_url: str = Field(
         "https://blob.redoxengine.com/upload", description="Blob upload endpoint for large files."
     )
-    auth: Literal["jwt"] = Field("jwt", description='"jwt": OAuth signed client assertion (RS384).')
+    auth: Literal["jwt", "legacy"] = Field(
+        "jwt",
+        description='"jwt": OAuth signed client assertion (RS384); '
+        '"legacy": API key and secret at /auth/authenticate.',
+    )
     client_id: str = Field("", description="OAuth API key client ID.")
     key_id: str = Field("", description="The JWT header's kid (the public key's ID in Redox).")
     private_key_file: Path = Field(
         Path("redox-key.pem"),
         description="PEM private key; a path or a systemd credential name.",
         validate_default=True,
+    )
+    api_key: str = Field("", description='auth = "legacy": the API key.')
+    secret_file: Path | None = Field(
+        None, description='auth = "legacy": file holding the secret; a path or a credential name.'
     )
     source_id: str | None = Field(
         None, description="Optional Redox-Source-Id header and Meta.Source.ID."
@@ -156,10 +253,10 @@ class RedoxSettings(_Strict):
         None, description="Extra CA bundle (PEM) to trust; TLS verification is always on."
     )
 
-    @field_validator("private_key_file")
+    @field_validator("private_key_file", "secret_file")
     @classmethod
-    def _secret(cls, value: Path) -> Path:
-        return resolve_secret(value)
+    def _secret(cls, value: Path | None) -> Path | None:
+        return None if value is None else resolve_secret(value)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -169,13 +266,56 @@ class RedoxSettings(_Strict):
     @field_validator("api_url", "upload_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return _check_url_shape(value)
+
+    @model_validator(mode="after")
+    def _legacy_needs_secret(self) -> RedoxSettings:
+        if self.auth == "legacy" and (not self.api_key or self.secret_file is None):
+            raise ValueError('auth = "legacy" needs api_key and secret_file')
+        return self
 
     @property
     def token_url(self) -> str:
         return f"{self.api_url}/v2/auth/token"
+
+
+class FhirSettings(_Strict):
+    """The FHIR R4 server for destinations with model = "FHIR"."""
+
+    base_url: str | None = Field(
+        None, description="FHIR R4 base URL; Media resources are POSTed to {base_url}/Media."
+    )
+    token_url: str | None = Field(None, description="OAuth 2.0 client-credentials token URL.")
+    client_id: str = Field("", description="OAuth client ID.")
+    client_secret_file: Path | None = Field(
+        None, description="File holding the client secret; a path or a systemd credential name."
+    )
+    scope: str | None = Field(None, description="Optional OAuth scope to ask for.")
+    patient_identifier_system: str | None = Field(
+        None,
+        description="Identifier system of the patient ID (e.g. the MRN's OID URI); "
+        "a sidecar's Patient.Identifiers[0].IDType that is a URI wins.",
+    )
+    document_identifier_system: str = Field(
+        "urn:ietf:rfc:3986",
+        description="Identifier system of the document ID (Media.identifier, If-None-Exist).",
+    )
+    log_cdata: str | None = Field(
+        None, description="Optional log-cdata header (never PHI: e.g. a site or source name)."
+    )
+    log_cdata_format: Literal["kv", "json"] | None = Field(
+        None, description="Optional log-cdata-format header: kv or json."
+    )
+
+    @field_validator("client_secret_file")
+    @classmethod
+    def _secret(cls, value: Path | None) -> Path | None:
+        return None if value is None else resolve_secret(value)
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url_shape(value)
 
 
 class Settings(BaseSettings):
@@ -228,6 +368,7 @@ class Settings(BaseSettings):
     )
 
     redox: RedoxSettings = Field(default_factory=RedoxSettings)
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
     destination: list[Destination] = Field(
         ..., min_length=1, description="One [[destination]] table per watched inbox."
     )
@@ -243,6 +384,14 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"destination names must be unique (repeated: {', '.join(dupes)})")
+        for dest in self.destination:
+            if dest.model != "FHIR":
+                continue
+            where = f"destination {dest.name!r} (model = 'FHIR')"
+            if (dest.base_url or self.fhir.base_url) is None:
+                raise ValueError(f"{where} needs [fhir].base_url or its own base_url")
+            if self.fhir.token_url is None or self.fhir.client_secret_file is None:
+                raise ValueError(f"{where} needs [fhir].token_url and client_secret_file")
         filled = []
         for dest in self.destination:
             updates = {k: getattr(self, k) for k in TIMING_KEYS if getattr(dest, k) is None}

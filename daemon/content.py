@@ -29,8 +29,10 @@ TIFF = FileKind("TIFF", "image/tiff", "tif")
 JPEG = FileKind("JPG", "image/jpeg", "jpg")
 PNG = FileKind("PNG", "image/png", "png")
 GIF = FileKind("GIF", "image/gif", "gif")
+RTF = FileKind("RTF", "application/rtf", "rtf")
+TXT = FileKind("TXT", "text/plain", "txt")
 
-KINDS: tuple[FileKind, ...] = (PDF, TIFF, JPEG, PNG, GIF)
+KINDS: tuple[FileKind, ...] = (PDF, TIFF, JPEG, PNG, GIF, RTF, TXT)
 _BY_MIME = {k.mime: k for k in KINDS}
 _BY_EXTENSION = {
     "pdf": PDF,
@@ -40,6 +42,9 @@ _BY_EXTENSION = {
     "jpeg": JPEG,
     "png": PNG,
     "gif": GIF,
+    "rtf": RTF,
+    "txt": TXT,
+    "text": TXT,
 }
 
 _HEAD_BYTES = 8192  # what filetype looks at
@@ -58,6 +63,7 @@ PDF_NO_EOF = "the PDF is incomplete: it does not end with the %%EOF end marker"
 JPEG_NO_EOI = "the JPEG image is incomplete: it does not end with the end-of-image marker"
 PNG_NO_IEND = "the PNG image is incomplete: it does not end with the IEND end marker"
 GIF_NO_TRAILER = "the GIF image is incomplete: it does not end with the GIF trailer"
+RTF_NO_END = "the RTF document is incomplete: it does not end with its closing brace"
 TIFF_TRUNCATED = "the TIFF image is incomplete: part of it lies beyond the end of the file"
 TIFF_DAMAGED = "the TIFF image is damaged: its structure cannot be read"
 TIFF_LOOP = "the TIFF image is damaged: its list of pages loops back on itself"
@@ -98,10 +104,26 @@ def detect(f: BinaryIO) -> FileKind | None:
         return PDF
     if head[:4] in _BIGTIFF_MAGIC:  # filetype knows classic TIFF only
         return TIFF
+    if head.startswith(b"{\\rtf"):
+        return RTF
     match = filetype.image_match(head) if head else None
-    if match is None:
-        return None
-    return _BY_MIME.get(str(match.mime))
+    if match is not None:
+        return _BY_MIME.get(str(match.mime))
+    return TXT if _is_text(head, whole=len(head) < _HEAD_BYTES) else None
+
+
+def _is_text(head: bytes, *, whole: bool) -> bool:
+    """Plain text has no magic bytes: UTF-8 (a character cut at the end of the
+    sample is fine) with no NUL and no control characters but tab, CR, LF, FF."""
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if whole or exc.start < len(head) - 3 or exc.reason != "unexpected end of data":
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text.lstrip("\ufeff"))
 
 
 def check_kind_matches_extension(kind: FileKind, filename: str) -> bool:
@@ -148,6 +170,11 @@ def _reason(f: BinaryIO, size: int, kind: FileKind) -> str | None:
         expected, missing = _PNG_IEND, PNG_NO_IEND
     elif kind.redox_type == GIF.redox_type:
         expected, missing = b"\x3b", GIF_NO_TRAILER
+    elif kind.redox_type == RTF.redox_type:
+        tail = _read_at(f, max(0, size - 64), 64)
+        if tail.rstrip(_PDF_WHITESPACE + b"\x00").endswith(b"}"):
+            return None if not tail.endswith(b"\x00") else ZERO_TAIL
+        return RTF_NO_END
     else:
         return None
     tail = _read_at(f, max(0, size - len(expected)), len(expected))

@@ -8,33 +8,29 @@ and reused, so a retry does not upload again.
 
 from __future__ import annotations
 
-import base64
-import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from daemon.breaker import AUTH, OUTAGE, Breakers
 from daemon.config import Destination, Settings
-from daemon.content import detect
+from daemon.content import FileKind
 from daemon.errors import (
     AuthError,
     ChartdropError,
-    ContentError,
     InputError,
     PermanentDeliveryError,
-    TooLargeError,
     TransientDeliveryError,
 )
 from daemon.filing import Filer
 from daemon.fsutil import open_document
 from daemon.logs import get_logger
-from daemon.payload import FileFacts, build_media, validate_media
+from daemon.outgoing import Sender, is_sidecar_only
 from daemon.queue import Job, Queue
-from daemon.redox import RedoxClient
+from daemon.redox import SendResult
 from daemon.sidecar import read_sidecar
 
 
@@ -109,15 +105,17 @@ class Deliverer:
         self,
         settings: Settings,
         queue: Queue,
-        client: RedoxClient,
+        sender: Sender,
         filer: Filer,
         *,
+        breakers: Breakers | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.queue = queue
-        self.client = client
+        self.sender = sender
         self.filer = filer
+        self.breakers = breakers or Breakers(queue)
         self.clock = clock
         self.log = get_logger()
 
@@ -137,88 +135,92 @@ class Deliverer:
             )
             log.warning("job.retry", error_kind="destination_removed")
             return "queued"
+        if not self.breakers.admit(dest.name):
+            self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
+            return "queued"
         try:
-            log_id = self._deliver(job, dest)
+            result = self._deliver(job, dest)
+        except AuthError as exc:
+            # The credentials or the token endpoint, not the document: it waits, unburnt.
+            self.queue.release(job.id, job.lease_token)
+            self.breakers.failure(dest, AUTH, safe_text(exc), exc.retry_after)
+            log.warning("job.waiting", error_kind="auth", http_status=exc.status)
+            return "queued"
         except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
-            decision = decide(exc, job, dest, now=self.clock())
-            if decision.action == "retry":
-                ok = self.queue.retry_later(
-                    job.id,
-                    job.lease_token,
-                    delay=decision.delay,
-                    error_kind=decision.error_kind,
-                    error=decision.error,
-                    http_status=decision.http_status,
-                )
-                log.warning(
-                    "job.retry",
-                    error_kind=decision.error_kind,
-                    http_status=decision.http_status,
-                    retry_in=round(decision.delay, 1),
-                    exc_type=type(exc).__name__,
-                    unknown_outcome=getattr(exc, "unknown_outcome", False),
-                    state="queued" if ok else "lease_lost",
-                )
-                return "queued"
-            ok = self.queue.reject(
+            return self._failed(job, dest, exc, log)
+        self.breakers.success(dest.name)
+        if not self.queue.mark_sent(
+            job.id, job.lease_token, remote_id=result.log_id, http_status=result.status
+        ):
+            log.error("job.lease_lost_after_send", remote_id=result.log_id)
+            return "lease_lost"
+        log.info("job.sent", remote_id=result.log_id, http_status=result.status)
+        self._finish(job.id)
+        return "sent"
+
+    def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
+        assert job.lease_token is not None
+        decision = decide(exc, job, dest, now=self.clock())
+        if isinstance(exc, TransientDeliveryError):
+            self.breakers.failure(dest, OUTAGE, safe_text(exc), exc.retry_after)
+        elif isinstance(exc, PermanentDeliveryError):
+            self.breakers.success(dest.name)  # it answered: the destination is up
+        if decision.action == "retry":
+            ok = self.queue.retry_later(
                 job.id,
                 job.lease_token,
+                delay=decision.delay,
                 error_kind=decision.error_kind,
                 error=decision.error,
                 http_status=decision.http_status,
             )
             log.warning(
-                "job.rejected", error_kind=decision.error_kind, http_status=decision.http_status
+                "job.retry",
+                error_kind=decision.error_kind,
+                http_status=decision.http_status,
+                retry_in=round(decision.delay, 1),
+                exc_type=type(exc).__name__,
+                unknown_outcome=getattr(exc, "unknown_outcome", False),
+                state="queued" if ok else "lease_lost",
             )
-            if ok:
-                self._finish(job.id)
-            return "rejected"
-        if not self.queue.mark_sent(job.id, job.lease_token, remote_id=log_id, http_status=200):
-            log.error("job.lease_lost_after_send", remote_id=log_id)
-            return "lease_lost"
-        log.info("job.sent", remote_id=log_id)
-        self._finish(job.id)
-        return "sent"
+            return "queued"
+        ok = self.queue.reject(
+            job.id,
+            job.lease_token,
+            error_kind=decision.error_kind,
+            error=decision.error,
+            http_status=decision.http_status,
+        )
+        log.warning(
+            "job.rejected", error_kind=decision.error_kind, http_status=decision.http_status
+        )
+        if ok:
+            self._finish(job.id)
+        return "rejected"
 
     def _finish(self, job_id: str) -> None:
         job = self.queue.get(job_id)
         if job is not None:
             self.filer.finish_safely(job)
 
-    def _deliver(self, job: Job, dest: Destination) -> str | None:
+    def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
         with open_document(Path(job.spool_document)) as fh:
-            st = os.fstat(fh.fileno())
-            limit = int(dest.timing("upload_max_bytes"))
-            if st.st_size > limit:
-                raise TooLargeError(
-                    f"the file is {st.st_size:,} bytes; the limit is {limit:,} bytes"
-                )
-            kind = detect(fh)
-            if kind is None:
-                raise ContentError("the file's content is not a document type chartdrop sends")
-            sidecar = read_sidecar(Path(job.spool_sidecar)) if job.spool_sidecar else {}
-            created = datetime.fromtimestamp(st.st_mtime, UTC)
-            facts = FileFacts(job.original_name, kind.redox_type, "cGxhY2Vob2xkZXI=", created)
-            body = build_media(
-                dest=dest,
-                redox=self.settings.redox,
-                sidecar=sidecar,
-                document_id=job.document_id,
-                facts=facts,
-            )
-            validate_media(body, sidecar)  # before any network call
-            if st.st_size <= int(dest.timing("embed_max_bytes")):
-                contents = base64.b64encode(fh.read()).decode("ascii")
+            if is_sidecar_only(job):
+                sidecar: dict[str, Any] | None = read_sidecar(Path(job.spool_document))
+            elif job.spool_sidecar:
+                sidecar = read_sidecar(Path(job.spool_sidecar))
             else:
-                contents = job.blob_uri or self._upload(job, fh, kind.extension, kind.mime)
-        body["Media"]["FileContents"] = contents
-        result = self.client.send(body)
-        return result.log_id
+                sidecar = None  # fields from the file name (filename_pattern)
+            return self.sender.send(
+                job, dest, fh, sidecar, lambda f, kind: self._upload(job, f, kind)
+            )
 
-    def _upload(self, job: Job, fh: BinaryIO, extension: str, mime: str) -> str:
+    def _upload(self, job: Job, fh: BinaryIO, kind: FileKind) -> str:
         assert job.lease_token is not None
-        uri = self.client.upload(fh, upload_name=f"{job.document_id}.{extension}", mime=mime)
+        uri = self.sender.redox.upload(
+            fh, upload_name=f"{job.document_id}.{kind.extension}", mime=kind.mime
+        )
         if not self.queue.record_upload(job.id, job.lease_token, uri):
             raise TransientDeliveryError("lease lost during upload")
         self.log.info("job.uploaded", job_id=job.id, destination=job.destination, size=job.size)

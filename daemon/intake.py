@@ -33,16 +33,22 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from daemon.config import Destination, Settings
 from daemon.content import detect, incomplete_reason
-from daemon.errors import ContentError, InputError, NotRegularFileError, TooLargeError
+from daemon.errors import (
+    ContentError,
+    InputError,
+    NotRegularFileError,
+    SidecarError,
+    TooLargeError,
+)
 from daemon.fsutil import fsync_dir, open_document, rename_noreplace, sha256_file
 from daemon.logs import get_logger
 from daemon.names import is_junk, is_sidecar, sidecar_candidates
-from daemon.payload import check_sidecar
+from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
+from daemon.payload import sidecar_from_filename
 from daemon.queue import Job, JobState, Queue
 from daemon.readiness import StabilityTracker
 from daemon.sidecar import read_sidecar
 
-KINDS_ACCEPTED = "PDF, TIFF, JPEG, PNG or GIF"
 HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after this
 
 
@@ -74,9 +80,26 @@ class Verdict:
     incomplete: str | None = None
 
 
-def judge(dest: Destination, settings: Settings, doc: Path, sidecar: Path | None) -> Verdict:
-    """Check a document and its sidecar (in the inbox, or in the spool on recovery)."""
+def judge(
+    dest: Destination,
+    settings: Settings,
+    doc: Path,
+    sidecar: Path | None,
+    *,
+    name: str | None = None,
+    sidecar_only: bool = False,
+) -> Verdict:
+    """Check a document and its sidecar (in the inbox, or in the spool on recovery,
+    where ``name`` is the document's original name). ``sidecar_only``: ``doc`` is
+    a sidecar that came alone (an EventType Delete)."""
+    name = doc.name if name is None else name
     try:
+        if sidecar_only:
+            data = read_sidecar(doc)
+            check_sidecar(
+                dest=dest, settings=settings, sidecar=data, file_name=name, redox_type=None
+            )
+            return Verdict()
         with open_document(doc) as fh:
             size = os.fstat(fh.fileno()).st_size
             kind = detect(fh)
@@ -85,17 +108,23 @@ def judge(dest: Destination, settings: Settings, doc: Path, sidecar: Path | None
                 return Verdict(incomplete=reason)
             if size == 0:
                 raise ContentError("the file is empty")
-            if kind is None:
-                raise ContentError(f"the file is not a {KINDS_ACCEPTED} document")
+            kind = check_kind(dest, kind, name)
             if size > int(dest.timing("upload_max_bytes")):
                 raise TooLargeError(
                     f"the file is {size:,} bytes; the limit is "
                     f"{int(dest.timing('upload_max_bytes')):,} bytes"
                 )
-        if sidecar is None:
-            return Verdict(rejection=("missing_sidecar", "no sidecar (.json) file came with it"))
-        data = read_sidecar(sidecar)
-        check_sidecar(dest=dest, redox=settings.redox, sidecar=data, file_name=doc.name)
+        try:
+            fields = effective_sidecar(
+                dest, None if sidecar is None else read_sidecar(sidecar), name
+            )
+        except SidecarError as exc:
+            if sidecar is None:
+                return Verdict(rejection=("missing_sidecar", "\n".join(exc.problems)))
+            raise
+        check_sidecar(
+            dest=dest, settings=settings, sidecar=fields, file_name=name, redox_type=kind.redox_type
+        )
     except InputError as exc:
         return Verdict(rejection=(exc.reason, "\n".join(exc.problems)))
     return Verdict()
@@ -239,21 +268,23 @@ class Intake:
         if not tracker.observe(name, st.st_size, st.st_mtime_ns):
             return True
         sidecar = self._find_sidecar(dest, name)
-        if sidecar is None:
+        named = sidecar is None and sidecar_from_filename(dest, name) is not None
+        if sidecar is None and not named:
             if tracker.waited(name) < float(dest.timing("sidecar_timeout_seconds")):
                 return True
-            self._hand_over(
-                dest,
-                name,
-                None,
-                Verdict(rejection=("missing_sidecar", "no sidecar (.json) file arrived in time")),
-            )
+            verdict = judge(dest, self.settings, path, None)  # says why, in the staff's words
+            self._hand_over(dest, name, None, verdict)
             tracker.forget(name)
             return False
-        side_st = self._lstat(dest.inbox / sidecar)
-        if side_st is None or not tracker.observe(sidecar, side_st.st_size, side_st.st_mtime_ns):
-            return True
-        verdict = judge(dest, self.settings, path, dest.inbox / sidecar)
+        if sidecar is not None:
+            side_st = self._lstat(dest.inbox / sidecar)
+            if side_st is None or not tracker.observe(
+                sidecar, side_st.st_size, side_st.st_mtime_ns
+            ):
+                return True
+        verdict = judge(
+            dest, self.settings, path, None if sidecar is None else dest.inbox / sidecar
+        )
         if verdict.incomplete is not None:
             if (dest.name, name) not in self._reported:
                 self._reported.add((dest.name, name))
@@ -264,7 +295,8 @@ class Intake:
         self._reported.discard((dest.name, name))
         self._hand_over(dest, name, sidecar, verdict)
         tracker.forget(name)
-        tracker.forget(sidecar)
+        if sidecar is not None:
+            tracker.forget(sidecar)
         return False
 
     def _consider_sidecar(self, dest: Destination, name: str, st: os.stat_result) -> bool:
@@ -278,7 +310,14 @@ class Intake:
                     self._pending[dest.name].add(exact)
                 self._pending[dest.name].update(self._documents_with_stem(dest, stem))
             return False
-        tracker.observe(name, st.st_size, st.st_mtime_ns)
+        settled = tracker.observe(name, st.st_size, st.st_mtime_ns)
+        if settled and stat.S_ISREG(st.st_mode) and self._is_delete(dest.inbox / name):
+            path = dest.inbox / name
+            self._hand_over(
+                dest, name, None, judge(dest, self.settings, path, None, sidecar_only=True)
+            )
+            tracker.forget(name)
+            return False
         if tracker.waited(name) < float(dest.timing("sidecar_timeout_seconds")):
             return True
         self._hand_over(
@@ -291,6 +330,14 @@ class Intake:
         )
         tracker.forget(name)
         return False
+
+    @staticmethod
+    def _is_delete(path: Path) -> bool:
+        """A lone sidecar that asks for a Delete is a job by itself."""
+        try:
+            return read_sidecar(path).get("EventType") == "Delete"
+        except InputError:
+            return False  # not (yet) a valid sidecar: wait for its document
 
     # -- hand-over --------------------------------------------------------
     def _hand_over(
@@ -382,10 +429,18 @@ class Intake:
                 verdict = Verdict(
                     rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
                 )
-            elif job.original_name.lower().endswith(".json") and side is None:
-                verdict = Verdict(rejection=("orphan_sidecar", "a sidecar arrived but no document"))
+            elif is_sidecar(job.original_name) and side is None:
+                if self._is_delete(spool_doc):
+                    verdict = judge(
+                        dest, self.settings, spool_doc, None, name=job.original_name,
+                        sidecar_only=True,
+                    )  # fmt: skip
+                else:
+                    verdict = Verdict(
+                        rejection=("orphan_sidecar", "a sidecar arrived but no document")
+                    )
             else:
-                verdict = judge(dest, self.settings, spool_doc, side)
+                verdict = judge(dest, self.settings, spool_doc, side, name=job.original_name)
                 if verdict.incomplete is not None:
                     verdict = Verdict(rejection=(ContentError.reason, verdict.incomplete))
             self._complete(job, dest, verdict)

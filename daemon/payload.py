@@ -2,106 +2,270 @@
 
 The sidecar is the Redox body minus what chartdrop fills in. The
 destination's ``defaults`` are merged under it (the sidecar wins), then
-chartdrop fills ``Meta``, the file fields, ``DocumentID`` when absent and
-``CreationDateTime`` from the file. Every body is validated against the
-``redox`` package's model before anything is sent; the errors name fields in
-plain words and never repeat a value.
+chartdrop fills ``Meta`` and the file fields of the destination's model:
+
+    Media    Media.FileContents, Media.FileType; FileName, DocumentID and
+             CreationDateTime when absent
+    Notes    Note.ContentType = "Base64 Encoded", Note.FileContents; FileName
+             and DocumentID when absent
+    Results  Orders[0].Results[0].Value, .ValueType = "Encapsulated Data",
+             .FileType
+
+A sidecar's top-level ``EventType`` picks the event: ``New`` (the default),
+``Replace`` (needs ``OriginalDocumentID``) or ``Delete`` (a sidecar dropped
+alone, no document), for Media and Notes. Every body is validated against
+the ``redox`` package's model for its event before anything is sent; the
+errors name fields in plain words and never repeat a value.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from redox.media.delete import Delete as MediaDelete
 from redox.media.new import New as MediaNew
+from redox.media.replace import Replace as MediaReplace
+from redox.notes.delete import Delete as NotesDelete
+from redox.notes.new import New as NotesNew
+from redox.notes.replace import Replace as NotesReplace
+from redox.results.new import New as ResultsNew
 
-from daemon.config import Destination, RedoxSettings, key_path
+from daemon.config import Destination, RedoxSettings, key_path, parse_field_path
 from daemon.errors import SidecarError
 
-# Fields chartdrop fills from the file itself; a sidecar must not set them.
-FILLED_MEDIA_FIELDS = ("FileContents", "FileType")
 PLACEHOLDER_CONTENTS = "cGxhY2Vob2xkZXI="  # validates the shape before the real file is read
+EVENT_TYPES = ("New", "Replace", "Delete")
+
+# The redox model each (data model, event) is validated against.
+REDOX_MODELS: dict[tuple[str, str], type[BaseModel]] = {
+    ("Media", "New"): MediaNew,
+    ("Media", "Replace"): MediaReplace,
+    ("Media", "Delete"): MediaDelete,
+    ("Notes", "New"): NotesNew,
+    ("Notes", "Replace"): NotesReplace,
+    ("Notes", "Delete"): NotesDelete,
+    ("Results", "New"): ResultsNew,
+}
+
+# Where the file's own fields live, per model; a sidecar must not set them.
+SECTION = {"Media": "Media", "Notes": "Note"}
+FILLED_FIELDS = {
+    "Media": ("FileContents", "FileType"),
+    "Notes": ("FileContents", "ContentType"),
+    "Results": ("Value", "ValueType", "FileType"),
+}
 
 
 @dataclass(frozen=True)
 class FileFacts:
-    """What chartdrop knows about the file when it builds the body."""
+    """What chartdrop knows about the document file when it builds the body."""
 
     file_name: str
     redox_type: str
-    contents: str  # base64 of the bytes, or the blob URI
     created: datetime
 
 
-def merge(defaults: dict[str, Any], sidecar: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``sidecar`` over ``defaults``: objects merge, anything else is replaced."""
-    out = copy.deepcopy(defaults)
-    for key, value in sidecar.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def merge(defaults: Any, sidecar: Any) -> Any:
+    """Deep-merge ``sidecar`` over ``defaults``: objects merge key by key, lists of
+    objects merge item by item (so defaults can fill ``Orders[0].Status`` under a
+    sidecar's ``Orders[0].ID``), anything else is replaced by the sidecar's value."""
+    if isinstance(defaults, dict) and isinstance(sidecar, dict):
+        out = copy.deepcopy(defaults)
+        for key, value in sidecar.items():
+            out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    if isinstance(defaults, list) and isinstance(sidecar, list):
+        merged = [
+            merge(d, s) if isinstance(d, dict) and isinstance(s, dict) else copy.deepcopy(s)
+            for d, s in zip(defaults, sidecar, strict=False)
+        ]
+        longer = sidecar if len(sidecar) > len(defaults) else defaults
+        return merged + copy.deepcopy(longer[len(merged) :])
+    return copy.deepcopy(sidecar)
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def filled_field_problems(sidecar: dict[str, Any]) -> list[str]:
-    """Fields chartdrop fills itself, which a sidecar must not set."""
+def event_type(sidecar: dict[str, Any]) -> str:
+    """The sidecar's ``EventType`` (default ``New``); SidecarError if it is not one."""
+    value = sidecar.get("EventType", "New")
+    if value not in EVENT_TYPES:
+        raise SidecarError(["EventType must be one of New, Replace or Delete"])
+    return str(value)
+
+
+def without_event(sidecar: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sidecar.items() if k != "EventType"}
+
+
+# -- sidecar-less documents: fields from the file name -------------------------
+
+
+def sidecar_from_filename(dest: Destination, file_name: str) -> dict[str, Any] | None:
+    """The sidecar the destination's ``filename_pattern`` makes of ``file_name``,
+    or None when the destination has no pattern or the name does not match it."""
+    if dest.filename_pattern is None:
+        return None
+    match = re.fullmatch(dest.filename_pattern, file_name)
+    if match is None:
+        return None
+    out: dict[str, Any] = {}
+    for group, target in dest.from_filename.items():
+        value = match.group(group)
+        if value is not None:
+            set_path(out, parse_field_path(target), value)
+    return out
+
+
+def set_path(tree: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
+    """Set ``value`` at ``path``, creating objects and list items on the way."""
+    node: Any = tree
+    for part, following in itertools.pairwise(path):
+        empty: Any = [] if isinstance(following, int) else {}
+        if isinstance(part, int):
+            while len(node) <= part:
+                node.append({} if not isinstance(following, int) else [])
+            if not isinstance(node[part], type(empty)):
+                node[part] = empty
+        elif not isinstance(node.get(part), type(empty)):
+            node[part] = empty
+        node = node[part]
+    last = path[-1]
+    if isinstance(last, int):
+        while len(node) <= last:
+            node.append(None)
+    node[last] = value
+
+
+# -- Redox bodies --------------------------------------------------------------
+
+
+def filled_field_problems(
+    model: str, sidecar: dict[str, Any], *, has_file: bool = True
+) -> list[str]:
+    """Fields chartdrop fills itself, which a sidecar must not set (a Delete,
+    which has no file, names its FileType and FileName itself)."""
     problems = []
     if "Meta" in sidecar:
         problems.append("Meta is filled in by chartdrop; remove it from the sidecar")
-    media = sidecar.get("Media")
-    if isinstance(media, dict):
-        for key in FILLED_MEDIA_FIELDS:
-            if key in media:
+    if not has_file:
+        return problems
+    if model == "Results":
+        orders = sidecar.get("Orders")
+        first = orders[0] if isinstance(orders, list) and orders else None
+        results = first.get("Results") if isinstance(first, dict) else None
+        section = results[0] if isinstance(results, list) and results else None
+        where = "Orders[0].Results[0]"
+    else:
+        section = sidecar.get(SECTION[model])
+        where = SECTION[model]
+    if isinstance(section, dict):
+        for key in FILLED_FIELDS[model]:
+            if key in section:
                 problems.append(
-                    f"Media.{key} is filled in by chartdrop from the file; "
+                    f"{where}.{key} is filled in by chartdrop from the file; "
                     "remove it from the sidecar"
                 )
     return problems
 
 
-def build_media(
-    *,
-    dest: Destination,
-    redox: RedoxSettings,
-    sidecar: dict[str, Any],
-    document_id: str,
-    facts: FileFacts,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """The complete Media New body for one document (not yet validated)."""
-    body = merge(dest.defaults, sidecar)
+def _meta(dest: Destination, redox: RedoxSettings, event: str, now: datetime) -> dict[str, Any]:
+    destination: dict[str, Any] = {"ID": dest.redox_destination_id}
+    if dest.redox_destination_name:
+        destination["Name"] = dest.redox_destination_name
     meta: dict[str, Any] = {
-        "DataModel": "Media",
-        "EventType": "New",
-        "EventDateTime": _iso(now or datetime.now(UTC)),
+        "DataModel": dest.model,
+        "EventType": event,
+        "EventDateTime": iso(now),
         "Test": redox.test,
-        "Destinations": [
-            {"ID": dest.redox_destination_id}
-            | ({"Name": dest.redox_destination_name} if dest.redox_destination_name else {})
-        ],
+        "Destinations": [destination],
     }
     if redox.source_id or redox.source_name:
         meta["Source"] = {
             k: v for k, v in (("ID", redox.source_id), ("Name", redox.source_name)) if v
         }
-    body["Meta"] = meta
-    media = body.setdefault("Media", {})
-    if not isinstance(media, dict):
-        return body  # validation names the problem
-    media["FileContents"] = facts.contents
-    media["FileType"] = facts.redox_type
-    media.setdefault("FileName", facts.file_name)
-    media.setdefault("DocumentID", document_id)
-    media.setdefault("CreationDateTime", _iso(facts.created))
+    return meta
+
+
+def _file_section(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """The object the file goes into (created if absent), or None if the body's
+    shape is wrong there (validation then names the problem)."""
+    if model == "Results":
+        orders = body.setdefault("Orders", [{}])
+        if not isinstance(orders, list):
+            return None
+        if not orders:
+            orders.append({})
+        if not isinstance(orders[0], dict):
+            return None
+        results = orders[0].setdefault("Results", [{}])
+        if not isinstance(results, list):
+            return None
+        if not results:
+            results.append({})
+        return results[0] if isinstance(results[0], dict) else None
+    section = body.setdefault(SECTION[model], {})
+    return section if isinstance(section, dict) else None
+
+
+def build_redox(
+    *,
+    dest: Destination,
+    redox: RedoxSettings,
+    sidecar: dict[str, Any],
+    document_id: str,
+    facts: FileFacts | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The complete body for one document (not yet validated), with placeholder
+    contents: :func:`attach` puts the real ones in. ``facts`` is None for Delete."""
+    event = sidecar.get("EventType", "New")  # validate_redox names a wrong one
+    event = event if event in EVENT_TYPES else "New"
+    body: dict[str, Any] = merge(dest.defaults, without_event(sidecar))
+    body["Meta"] = _meta(dest, redox, event, now or datetime.now(UTC))
+    section = _file_section(body, dest.model)
+    if section is None:
+        return body
+    if dest.model == "Results":
+        section["ValueType"] = "Encapsulated Data"
+        if facts is not None:
+            section["Value"] = PLACEHOLDER_CONTENTS
+            section["FileType"] = facts.redox_type
+        return body
+    if dest.model == "Notes":
+        section["ContentType"] = "Base64 Encoded"
+    section.setdefault("DocumentID", document_id)
+    if facts is None:
+        return body
+    section["FileContents"] = PLACEHOLDER_CONTENTS
+    section.setdefault("FileName", facts.file_name)
+    if dest.model == "Media":
+        section["FileType"] = facts.redox_type
+        section.setdefault("CreationDateTime", iso(facts.created))
     return body
+
+
+def attach(body: dict[str, Any], model: str, contents: str) -> None:
+    """Put the file's base64 text or blob URI where ``model`` carries it."""
+    if model == "Results":
+        body["Orders"][0]["Results"][0]["Value"] = contents
+    else:
+        body[SECTION[model]]["FileContents"] = contents
+
+
+def sent_document_id(body: dict[str, Any], model: str) -> str | None:
+    """The DocumentID the body carries (Media/Notes), for the job's audit record."""
+    section = body.get(SECTION.get(model, ""), {})
+    value = section.get("DocumentID") if isinstance(section, dict) else None
+    return value if isinstance(value, str) else None
 
 
 _PLAIN = {
@@ -130,6 +294,18 @@ _MEANING = {
     "Media.Provider": "the responsible provider",
     "Media.Provider.ID": "the responsible provider's ID, e.g. the NPI",
     "Media.Availability": "Available or Unavailable",
+    "Media.OriginalDocumentID": "the DocumentID of the document this one replaces",
+    "Media.FileType": "the deleted file's type, e.g. PDF",
+    "Media.FileName": "the deleted file's name",
+    "Note.DocumentType": "the kind of note, e.g. Consent Form",
+    "Note.Provider": "the responsible provider",
+    "Note.Provider.ID": "the responsible provider's ID, e.g. the NPI",
+    "Note.OriginalDocumentID": "the DocumentID of the note this one replaces",
+    "Orders": "the lab orders",
+    "Orders[0].ID": "the lab order's ID",
+    "Orders[0].Status": "the order's status, e.g. Resulted",
+    "Orders[0].Results[0].Code": "the result's code, e.g. a LOINC code",
+    "Orders[0].Results[0].Status": "the result's status, e.g. Final",
 }
 
 
@@ -143,29 +319,36 @@ def describe(err: ValidationError) -> list[str]:
     return sorted(set(lines))
 
 
-def validate_media(body: dict[str, Any], sidecar: dict[str, Any]) -> None:
-    """Validate a Media New body against the redox package's model; raise SidecarError
-    naming every problem at once."""
-    problems = filled_field_problems(sidecar)
+def _event_problems(model: str, event: str, sidecar: dict[str, Any], has_file: bool) -> list[str]:
+    if (model, event) not in REDOX_MODELS:
+        return [f"EventType {event} is not possible for {model} destinations (only New)"]
+    problems = []
+    if event == "Delete" and has_file:
+        problems.append(
+            "EventType Delete takes no document: drop the sidecar alone, without the file"
+        )
+    if event != "Delete" and not has_file:
+        problems.append(f"EventType {event} needs the document file next to the sidecar")
+    return problems
+
+
+def validate_redox(
+    body: dict[str, Any], sidecar: dict[str, Any], model: str, *, has_file: bool = True
+) -> None:
+    """Validate a body against the redox package's model for its event; raise
+    SidecarError naming every problem at once."""
     try:
-        MediaNew.model_validate(body, strict=True)  # a number is not text: an MRN keeps its zeros
-    except ValidationError as exc:
-        problems.extend(describe(exc))
+        event = event_type(sidecar)
+    except SidecarError as exc:
+        problems = exc.problems + filled_field_problems(model, sidecar, has_file=has_file)
+        raise SidecarError(problems) from None
+    problems = _event_problems(model, event, sidecar, has_file)
+    problems += filled_field_problems(model, sidecar, has_file=has_file)
+    if (model, event) in REDOX_MODELS:
+        try:
+            # strict: a number is not text, so an MRN keeps its zeros
+            REDOX_MODELS[model, event].model_validate(body, strict=True)
+        except ValidationError as exc:
+            problems.extend(describe(exc))
     if problems:
         raise SidecarError(problems)
-
-
-def check_sidecar(
-    *, dest: Destination, redox: RedoxSettings, sidecar: dict[str, Any], file_name: str
-) -> None:
-    """Offline check of a sidecar for ``dest``: every problem at once, or nothing."""
-    facts = FileFacts(
-        file_name=file_name,
-        redox_type="PDF",
-        contents=PLACEHOLDER_CONTENTS,
-        created=datetime.now(UTC),
-    )
-    body = build_media(
-        dest=dest, redox=redox, sidecar=sidecar, document_id="placeholder", facts=facts
-    )
-    validate_media(body, sidecar)

@@ -123,11 +123,132 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 @dataclass(frozen=True)
 class SendResult:
     status: int
-    log_id: str | None
+    log_id: str | None  # Redox's Meta.Logs[0].ID, or the FHIR resource id
 
 
-class RedoxClient:
-    """Thread-safe: workers share one client, one token and one connection pool."""
+def expiry_from_iso(value: object, *, default_ttl: float = 300.0) -> float:
+    """A monotonic deadline from an ISO 8601 expiry time (legacy auth's ``expires``)."""
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return time.monotonic() + (when - datetime.now(UTC)).total_seconds()
+    return time.monotonic() + default_ttl
+
+
+def expiry_from_seconds(value: object, *, default_ttl: float = 300.0) -> float:
+    """A monotonic deadline from OAuth's ``expires_in``."""
+    ttl = float(value) if isinstance(value, int | float) and value > 0 else default_ttl
+    return time.monotonic() + ttl
+
+
+class BearerClient:
+    """An API client holding one bearer token for all worker threads: fetched on
+    first use, renewed ``RENEW_BEFORE_SECONDS`` before it expires, and renewed
+    once more when a request answers 401. Subclasses say how to get a token."""
+
+    service = "the API"
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0  # monotonic
+
+    def _fetch_token(self) -> tuple[str, float]:
+        """A new token and its monotonic expiry; AuthError when refused or unreachable."""
+        raise NotImplementedError
+
+    def _token_request(self, what: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """POST to a token endpoint: the JSON answer, or AuthError (never its body)."""
+        try:
+            response = self.http.post(url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AuthError(f"{what} unreachable ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise AuthError(
+                f"{what} refused the credentials (HTTP {response.status_code})",
+                status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        return _json(response)
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() > self._expires_at - RENEW_BEFORE_SECONDS:
+                self._token, self._expires_at = self._fetch_token()
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def check_auth(self) -> None:
+        """Authenticate now (``check --online``); raises AuthError."""
+        with self._lock:
+            self._token, self._expires_at = self._fetch_token()
+
+    def _headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def _post(self, what: str, url: str, **kwargs: Any) -> httpx.Response:
+        """POST with a bearer token; on 401 renew the token once and try again."""
+        rewind = kwargs.pop("rewind", None)
+        extra_headers = kwargs.pop("headers", {})
+        for attempt in (1, 2):
+            token = self.token()
+            try:
+                response = self.http.post(
+                    url, headers=self._headers(token) | extra_headers, **kwargs
+                )
+            except httpx.TimeoutException as exc:
+                sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+                raise TransientDeliveryError(
+                    f"{what} timed out ({type(exc).__name__})", unknown_outcome=sent
+                ) from None
+            except httpx.HTTPError as exc:
+                unknown = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
+                raise TransientDeliveryError(
+                    f"{what} failed ({type(exc).__name__})", unknown_outcome=unknown
+                ) from None
+            if response.status_code == 401 and attempt == 1:
+                self.invalidate(token)
+                if rewind is not None:
+                    rewind()
+                continue
+            return response
+        return response
+
+
+def read_secret(path: Path | None, what: str) -> str:
+    """A secret from its file (trailing newline dropped); AuthError names the key, not the value."""
+    if path is None:
+        raise AuthError(f"no {what} is configured")
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise AuthError(f"cannot read the {what} ({reason})") from None
+    if not value:
+        raise AuthError(f"the {what} is empty")
+    return value
+
+
+class RedoxClient(BearerClient):
+    """Thread-safe: workers share one client, one token and one connection pool.
+
+    ``auth = "jwt"``: a signed client assertion at ``/v2/auth/token``.
+    ``auth = "legacy"``: API key and secret at ``/auth/authenticate``; the
+    access token is renewed with ``/auth/refreshToken`` and, if that is
+    refused, by authenticating again.
+    """
+
+    service = "Redox"
 
     def __init__(self, settings: RedoxSettings, http: httpx.Client) -> None:
         for url, what in (
@@ -135,12 +256,10 @@ class RedoxClient:
             (settings.upload_url, "redox.upload_url"),
         ):
             check_url(url, what)
+        super().__init__(http)
         self.settings = settings
-        self.http = http
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires_at = 0.0  # monotonic
         self._key: bytes | None = None
+        self._refresh_token: str | None = None
 
     # -- auth -------------------------------------------------------------
     def _private_key(self) -> bytes:
@@ -175,70 +294,52 @@ class RedoxClient:
             raise AuthError("the Redox private key file is not a usable RSA private key") from None
 
     def _fetch_token(self) -> tuple[str, float]:
+        if self.settings.auth == "legacy":
+            return self._legacy_token()
         form = {
             "grant_type": "client_credentials",
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": self.client_assertion(),
         }
-        try:
-            response = self.http.post(self.settings.token_url, data=form)
-        except httpx.HTTPError as exc:
-            raise AuthError(f"token endpoint unreachable ({type(exc).__name__})") from None
-        if response.status_code != 200:
-            raise AuthError(
-                f"token endpoint refused the credentials (HTTP {response.status_code})",
-                status=response.status_code,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
-        data = _json(response)
+        data = self._token_request("Redox token endpoint", self.settings.token_url, data=form)
         token = data.get("access_token")
         if not isinstance(token, str) or not token:
-            raise AuthError("token endpoint answered without an access_token", status=200)
-        expires_in = data.get("expires_in", 300)
-        ttl = float(expires_in) if isinstance(expires_in, int | float) else 300.0
-        return token, time.monotonic() + ttl
+            raise AuthError("Redox token endpoint answered without an access_token", status=200)
+        return token, expiry_from_seconds(data.get("expires_in"))
 
-    def token(self) -> str:
-        with self._lock:
-            if self._token is None or time.monotonic() > self._expires_at - RENEW_BEFORE_SECONDS:
-                self._token, self._expires_at = self._fetch_token()
-            return self._token
+    def _legacy_token(self) -> tuple[str, float]:
+        api_url, api_key = self.settings.api_url, self.settings.api_key
+        if self._refresh_token is not None:
+            refresh = {"apiKey": api_key, "refreshToken": self._refresh_token}
+            self._refresh_token = None
+            try:
+                data = self._token_request(
+                    "Redox refreshToken", f"{api_url}/auth/refreshToken", json=refresh
+                )
+                return self._legacy_answer(data)
+            except AuthError:
+                pass  # an expired or revoked refresh token: authenticate again
+        secret = read_secret(self.settings.secret_file, "Redox legacy secret (secret_file)")
+        data = self._token_request(
+            "Redox authenticate",
+            f"{api_url}/auth/authenticate",
+            json={"apiKey": api_key, "secret": secret},
+        )
+        return self._legacy_answer(data)
 
-    def invalidate(self, token: str) -> None:
-        with self._lock:
-            if self._token == token:
-                self._token = None
+    def _legacy_answer(self, data: dict[str, Any]) -> tuple[str, float]:
+        token = data.get("accessToken")
+        if not isinstance(token, str) or not token:
+            raise AuthError("Redox authenticate answered without an accessToken", status=200)
+        refresh = data.get("refreshToken")
+        self._refresh_token = refresh if isinstance(refresh, str) and refresh else None
+        return token, expiry_from_iso(data.get("expires"))
 
     def _headers(self, token: str) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {token}"}
         if self.settings.source_id:
             headers["Redox-Source-Id"] = self.settings.source_id
         return headers
-
-    def _post(self, what: str, url: str, **kwargs: Any) -> httpx.Response:
-        """POST with a bearer token; on 401 renew the token once and try again."""
-        rewind = kwargs.pop("rewind", None)
-        for attempt in (1, 2):
-            token = self.token()
-            try:
-                response = self.http.post(url, headers=self._headers(token), **kwargs)
-            except httpx.TimeoutException as exc:
-                sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
-                raise TransientDeliveryError(
-                    f"{what} timed out ({type(exc).__name__})", unknown_outcome=sent
-                ) from None
-            except httpx.HTTPError as exc:
-                unknown = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
-                raise TransientDeliveryError(
-                    f"{what} failed ({type(exc).__name__})", unknown_outcome=unknown
-                ) from None
-            if response.status_code == 401 and attempt == 1:
-                self.invalidate(token)
-                if rewind is not None:
-                    rewind()
-                continue
-            return response
-        return response
 
     # -- API --------------------------------------------------------------
     def upload(self, fh: IO[bytes], *, upload_name: str, mime: str) -> str:
@@ -267,13 +368,9 @@ class RedoxClient:
             status=response.status_code, log_id=log_id if isinstance(log_id, str) else None
         )
 
-    def check_auth(self) -> None:
-        """Authenticate now (``check --online``); raises AuthError."""
-        with self._lock:
-            self._token, self._expires_at = self._fetch_token()
-
 
 __all__ = [
+    "BearerClient",
     "DeliveryError",
     "RedoxClient",
     "SendResult",

@@ -45,12 +45,31 @@ def sample_sidecar(
     first: str = "Timothy",
     last: str = "Bixby",
     document_type: str = "Consent Form",
+    model: str = "Media",
 ) -> dict[str, Any]:
-    return {
-        "Patient": {
-            "Identifiers": [{"ID": mrn, "IDType": "MR"}],
-            "Demographics": {"FirstName": first, "LastName": last, "DOB": "2008-01-06"},
-        },
-        "Visit": {"VisitNumber": "1234"},
-        "Media": {"DocumentType": document_type, "Provider": {"ID": "4356789876", "IDType": "NPI"}},
+    """A valid sidecar for a destination of ``model`` (Media, Notes, Results or FHIR)."""
+    patient = {
+        "Identifiers": [{"ID": mrn, "IDType": "MR"}],
+        "Demographics": {"FirstName": first, "LastName": last, "DOB": "2008-01-06"},
     }
+    provider = {"ID": "4356789876", "IDType": "NPI"}
+    if model == "FHIR":
+        return {
+            "Patient": {"Identifiers": [{"ID": mrn, "IDType": "urn:oid:2.16.840.1.113883.3.0"}]},
+            "Media": {"DocumentType": document_type},
+        }
+    if model == "Notes":
+        section = {"Note": {"DocumentType": document_type, "Provider": provider}}
+    elif model == "Results":
+        section = {
+            "Orders": [
+                {
+                    "ID": "ORD-1",
+                    "Status": "Resulted",
+                    "Results": [{"Code": "11502-2", "Codeset": "LOINC", "Status": "Final"}],
+                }
+            ]
+        }
+    else:
+        section = {"Media": {"DocumentType": document_type, "Provider": provider}}
+    return {"Patient": patient, "Visit": {"VisitNumber": "1234"}} | section

@@ -21,13 +21,16 @@ from typing import IO
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from daemon.breaker import Breakers
 from daemon.config import Settings
 from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
+from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_dir
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger
+from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.redox import RedoxClient, make_http_client
 
@@ -108,10 +111,13 @@ class Service:
                 f"the database {self.settings.database_path} failed its integrity check; "
                 "restore it from backup or move it aside (jobs in spool/ are kept)"
             )
-        http = make_http_client(self.settings)
-        client = RedoxClient(self.settings.redox, http)
+        self.queue.clear_all_pauses()  # re-learnt by this run
+        self.breakers = Breakers(self.queue)
         self.filer = Filer(self.settings, self.queue)
-        self.deliverer = Deliverer(self.settings, self.queue, client, self.filer)
+        self.deliverer = Deliverer(
+            self.settings, self.queue, self.make_sender(self.settings), self.filer,
+            breakers=self.breakers,
+        )  # fmt: skip
         self.intake = Intake(
             self.settings, self.queue, on_queued=self.work.set, on_rejected=self.filer.finish_safely
         )
@@ -136,12 +142,21 @@ class Service:
             destinations=[d.name for d in self.settings.destination],
         )
 
+    @staticmethod
+    def make_sender(settings: Settings) -> Sender:
+        """The API clients for every destination model (one HTTP connection pool)."""
+        http = make_http_client(settings)
+        return Sender(settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http))
+
     # -- loops ------------------------------------------------------------
     def _worker(self) -> None:
         assert self.queue is not None
         while not self.stopping.is_set():
             try:
-                job = self.queue.claim(lease_seconds=self.settings.lease_seconds)
+                job = self.queue.claim(
+                    lease_seconds=self.settings.lease_seconds,
+                    exclude_destinations=self.breakers.blocked(),
+                )
             except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
                 self.log.error("worker.claim_failed", exc_type=type(exc).__name__)
                 self.stopping.wait(1.0)

@@ -29,16 +29,19 @@ def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text()
     for key in Settings.model_fields:
         assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
-    for key in ("api_url", "upload_url", "auth", "client_id", "key_id", "private_key_file"):
-        assert f"{key} =" in text
+    from daemon.config import Destination, FhirSettings, RedoxSettings
+
+    for model in (Destination, RedoxSettings, FhirSettings):
+        for key in model.model_fields:
+            assert f"{key} =" in text or f"[destination.{key}]" in text, f"{model.__name__}.{key}"
 
 
 def test_every_key_has_a_description() -> None:
-    from daemon.config import Destination, RedoxSettings
+    from daemon.config import Destination, FhirSettings, RedoxSettings
 
-    for model in (Settings, Destination, RedoxSettings):
+    for model in (Settings, Destination, RedoxSettings, FhirSettings):
         for name, info in model.model_fields.items():
-            if name in ("redox",):
+            if name in ("redox", "fhir"):
                 continue
             assert info.description, f"{model.__name__}.{name} has no description"
 
@@ -117,10 +120,37 @@ inbox = "x"
         "destination[0].name:",
         "destination[0].done:",
         "destination[0].failed:",
-        "destination[0].redox_destination_id:",
     ):
         assert any(p.startswith(expected) for p in problems), (expected, problems)
-    assert len(problems) == 8
+    assert len(problems) == 7
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('model = "Notes"\n', "redox_destination_id is required for model = 'Notes'"),
+        (
+            'model = "FHIR"\n',
+            "destination 'consents' (model = 'FHIR') needs [fhir].base_url or its own base_url",
+        ),
+        ('model = "Results"\nredox_destination_id = "d"\nbase_url = "https://x"\n', "only for"),
+        ('model = "Fax"\n', "destination[0].model: Input should be 'Media', 'Notes', 'Results'"),
+        ('accepted_types = ["DOCX"]\nredox_destination_id = "d"\n', "accepted_types[0]"),
+    ],
+)
+def test_model_specific_keys_are_checked(tmp_path: Path, extra: str, expected: str) -> None:
+    base = '[[destination]]\nname = "consents"\ninbox = "i"\ndone = "d"\nfailed = "f"\n'
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, base + extra))
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_legacy_auth_needs_api_key_and_secret_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs api_key and secret_file"):
+        load_settings(_write(tmp_path, MINIMAL.replace('client_id = "x"', 'auth = "legacy"')))
+    text = MINIMAL.replace('client_id = "x"', 'auth = "legacy"\napi_key = "k"\nsecret_file = "s"')
+    settings = load_settings(_write(tmp_path, text))
+    assert settings.redox.secret_file == tmp_path / "s"
 
 
 def test_duplicate_destination_names_are_refused(tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""Per-destination circuit breakers: pause a destination that is down or refuses us.
+
+    closed ──(``threshold`` transient failures in a row)──> open (outage)
+    closed ──(credentials refused / token endpoint failing)──> open (auth)
+    open ──(its wait is over: one job is let through as the probe)──> probing
+    probing ──success──> closed    (the waiting jobs are due again, in order)
+    probing ──failure──> open, waiting twice as long (up to retry_cap_seconds)
+
+While a destination is open no attempts burn: workers do not claim its jobs,
+so documents wait queued and none goes to ``failed/`` because of the outage
+(a document still fails after ``give_up_after_hours`` in the queue). Waits
+use the monotonic clock. Each change is logged and written to the queue's
+``pauses`` table, so ``chartdrop status`` shows the pause and its reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from daemon.config import Destination
+from daemon.logs import get_logger
+from daemon.queue import Queue
+
+OUTAGE = "outage"
+AUTH = "auth"
+THRESHOLD = 3  # transient failures in a row that open the circuit
+
+
+@dataclass
+class _State:
+    failures: int = 0
+    kind: str | None = None  # None: closed
+    reason: str = ""
+    step: int = 0
+    open_until: float = 0.0  # monotonic
+    probing: bool = False
+
+
+class Breakers:
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        threshold: int = THRESHOLD,
+    ) -> None:
+        self.queue = queue
+        self.clock = clock
+        self.wall = wall
+        self.threshold = threshold
+        self.log = get_logger()
+        self._lock = threading.Lock()
+        self._states: dict[str, _State] = {}
+
+    def _state(self, name: str) -> _State:
+        return self._states.setdefault(name, _State())
+
+    def blocked(self) -> set[str]:
+        """Destinations whose jobs must not be claimed now."""
+        now = self.clock()
+        with self._lock:
+            return {
+                name
+                for name, s in self._states.items()
+                if s.kind is not None and (s.probing or now < s.open_until)
+            }
+
+    def admit(self, name: str) -> bool:
+        """May a job of ``name`` just claimed be sent? The first one after an open
+        circuit's wait is the probe; any other is put back (no attempt counted)."""
+        now = self.clock()
+        with self._lock:
+            s = self._state(name)
+            if s.kind is None:
+                return True
+            if s.probing or now < s.open_until:
+                return False
+            s.probing = True
+            return True
+
+    def paused(self, name: str) -> str | None:
+        with self._lock:
+            s = self._states.get(name)
+            return None if s is None else s.kind
+
+    def success(self, name: str) -> None:
+        """The destination answered (accepted, or refused one document on its merits)."""
+        with self._lock:
+            s = self._state(name)
+            was = s.kind
+            self._states[name] = _State()
+        if was is not None:
+            self.queue.clear_pause(name)
+            due = self.queue.make_due(name)
+            self.log.info("destination.resumed", destination=name, was=was, count=due)
+
+    def failure(
+        self, dest: Destination, kind: str, reason: str, retry_after: float | None = None
+    ) -> None:
+        """A transient failure (``OUTAGE``) or refused credentials (``AUTH``: opens at once)."""
+        with self._lock:
+            s = self._state(dest.name)
+            s.failures += 1
+            if s.kind is None and kind == OUTAGE and s.failures < self.threshold:
+                return
+            if s.kind is not None and not s.probing and kind == s.kind:
+                return  # a send that was already under way when the circuit opened
+            s.step = s.step + 1 if s.kind is not None else 0
+            s.kind, s.reason, s.probing = kind, reason, False
+            base = float(dest.timing("retry_base_seconds"))
+            wait = min(float(dest.timing("retry_cap_seconds")), base * 2 ** min(s.step, 32))
+            wait = max(wait, retry_after or 0.0)
+            s.open_until = self.clock() + wait
+            step = s.step
+        self.queue.set_pause(dest.name, kind, reason, until=self.wall() + wait)
+        self.log.warning(
+            "destination.paused",
+            destination=dest.name,
+            kind=kind,
+            reason=reason,
+            probe_in=round(wait, 1),
+            step=step,
+        )
+
+    def forget(self, name: str) -> None:
+        """A destination removed by a reload."""
+        with self._lock:
+            self._states.pop(name, None)
+        self.queue.clear_pause(name)

@@ -1,0 +1,242 @@
+"""FHIR R4 destinations: the sidecar mapped to a ``Media`` resource, and the client.
+
+The sidecar has the same shape as for Redox Media (so one scanner profile
+serves both), but only the fields below map to FHIR; any other key is an
+error that names it, so a typo cannot silently drop a field:
+
+    Patient.Identifiers[0].ID       subject.identifier.value
+    Patient.Identifiers[0].IDType   subject.identifier.system, when it is a URI
+                                    (else [fhir].patient_identifier_system)
+    Media.DocumentID                identifier[0].value (else the job's own ID)
+    Media.DocumentType              content.title (else Media.FileName)
+    Media.DocumentDescription       content.title, when DocumentType is absent
+    Media.FileName                  content.title, the last resort
+    Media.CreationDateTime          createdDateTime and content.creation
+                                    (else the file's modification time)
+
+``content`` carries the file as ``data`` (base64) with ``contentType`` (from
+the content's magic bytes), ``size`` and ``hash`` (base64 SHA-1). The POST
+carries ``If-None-Exist: identifier=<system>|<value>`` so a resend after an
+unknown outcome finds the first resource instead of creating a second one,
+on servers that support conditional create.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from daemon.config import Destination, FhirSettings, key_path
+from daemon.errors import AuthError, SidecarError
+from daemon.redox import (
+    BearerClient,
+    SendResult,
+    _json,
+    check_url,
+    classify,
+    expiry_from_seconds,
+    read_secret,
+)
+
+FHIR_JSON = "application/fhir+json"
+_URI = re.compile(r"^(urn:[a-z0-9][a-z0-9-]*:|https?://)\S+$", re.IGNORECASE)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+class _Sidecar(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Identifier(_Sidecar):
+    ID: str = Field(min_length=1)
+    IDType: str | None = None
+
+
+class _Patient(_Sidecar):
+    Identifiers: list[_Identifier] = Field(min_length=1)
+
+
+class _MediaFields(_Sidecar):
+    DocumentID: str | None = Field(None, min_length=1)
+    DocumentType: str | None = None
+    DocumentDescription: str | None = None
+    FileName: str | None = None
+    CreationDateTime: str | None = None
+
+
+class FhirSidecar(_Sidecar):
+    """What a sidecar may hold for a FHIR destination."""
+
+    Patient: _Patient
+    Media: _MediaFields = Field(default_factory=_MediaFields)
+
+
+_PLAIN = {
+    "missing": "is required but missing",
+    "extra_forbidden": "is not a field chartdrop sends to FHIR (check its spelling)",
+    "string_type": "must be text",
+    "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+    "list_type": "must be a list [ ... ]",
+    "model_type": "must be an object { ... }",
+    "dict_type": "must be an object { ... }",
+}
+
+
+def _problems(err: ValidationError, plain: dict[str, str]) -> list[str]:
+    lines = []
+    for e in err.errors(include_input=False, include_url=False):
+        lines.append(f"{key_path(tuple(e['loc']))} {plain.get(e['type'], e['msg'].lower())}")
+    return sorted(set(lines))
+
+
+def parse_sidecar(sidecar: dict[str, Any], settings: FhirSettings) -> FhirSidecar:
+    """The sidecar's FHIR fields, or SidecarError naming every problem."""
+    problems: list[str] = []
+    if "EventType" in sidecar and sidecar["EventType"] != "New":
+        problems.append("EventType: FHIR destinations only create (New) documents")
+    data = {k: v for k, v in sidecar.items() if k != "EventType"}
+    parsed: FhirSidecar | None = None
+    try:
+        parsed = FhirSidecar.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, _PLAIN))
+    if parsed is not None:
+        first = parsed.Patient.Identifiers[0]
+        if not (first.IDType and _URI.match(first.IDType)) and not (
+            settings.patient_identifier_system
+        ):
+            problems.append(
+                "Patient.Identifiers[0].IDType must be the identifier system as a URI "
+                "(e.g. urn:oid:...), or the admin sets [fhir].patient_identifier_system"
+            )
+    if problems:
+        raise SidecarError(problems)
+    assert parsed is not None
+    return parsed
+
+
+def document_identifier(settings: FhirSettings, document_id: str) -> tuple[str, str]:
+    """(system, value) of the document's identifier; a UUID under the RFC 3986
+    system is written as ``urn:uuid:...`` as FHIR expects."""
+    system = settings.document_identifier_system
+    if system == "urn:ietf:rfc:3986" and _UUID.match(document_id):
+        return system, f"urn:uuid:{document_id.lower()}"
+    return system, document_id
+
+
+def build_media(
+    *,
+    settings: FhirSettings,
+    sidecar: FhirSidecar,
+    document_id: str,
+    file_name: str,
+    mime: str,
+    data_b64: str,
+    size: int,
+    sha1_b64: str,
+    created: str,
+) -> dict[str, Any]:
+    """The FHIR R4 Media resource for one document."""
+    patient = sidecar.Patient.Identifiers[0]
+    patient_system = (
+        patient.IDType
+        if patient.IDType and _URI.match(patient.IDType)
+        else settings.patient_identifier_system
+    )
+    media = sidecar.Media
+    system, value = document_identifier(settings, media.DocumentID or document_id)
+    creation = media.CreationDateTime or created
+    return {
+        "resourceType": "Media",
+        "identifier": [{"system": system, "value": value}],
+        "status": "completed",
+        "subject": {"identifier": {"system": patient_system, "value": patient.ID}},
+        "createdDateTime": creation,
+        "content": {
+            "contentType": mime,
+            "data": data_b64,
+            "size": size,
+            "hash": sha1_b64,
+            "title": media.DocumentType or media.DocumentDescription or media.FileName or file_name,
+            "creation": creation,
+        },
+    }
+
+
+def if_none_exist(resource: dict[str, Any]) -> str:
+    ident = resource["identifier"][0]
+    return "identifier=" + quote(f"{ident['system']}|{ident['value']}", safe=":/")
+
+
+def validate_media(resource: dict[str, Any]) -> None:
+    """Check the resource against the FHIR R4B ``Media`` model (fhir.resources)."""
+    from fhir.resources.R4B.media import Media  # a large import, only when used
+
+    try:
+        Media.model_validate(resource)
+    except ValidationError as exc:
+        raise SidecarError(_problems(exc, _PLAIN)) from None
+
+
+class FhirClient(BearerClient):
+    """OAuth 2.0 client credentials (form-encoded) and ``POST {base}/Media``."""
+
+    service = "FHIR"
+
+    def __init__(self, settings: FhirSettings, http: httpx.Client) -> None:
+        if settings.token_url is not None:
+            check_url(settings.token_url, "fhir.token_url")
+        if settings.base_url is not None:
+            check_url(settings.base_url, "fhir.base_url")
+        super().__init__(http)
+        self.settings = settings
+
+    def _fetch_token(self) -> tuple[str, float]:
+        if self.settings.token_url is None:
+            raise AuthError("no [fhir].token_url is configured")
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.settings.client_id,
+            "client_secret": read_secret(
+                self.settings.client_secret_file, "FHIR client secret (client_secret_file)"
+            ),
+        }
+        if self.settings.scope:
+            form["scope"] = self.settings.scope
+        data = self._token_request("FHIR token endpoint", self.settings.token_url, data=form)
+        token = data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise AuthError("FHIR token endpoint answered without an access_token", status=200)
+        return token, expiry_from_seconds(data.get("expires_in"))
+
+    def base_url(self, dest: Destination) -> str:
+        base = dest.base_url or self.settings.base_url
+        if base is None:
+            raise AuthError(f"no FHIR base_url for destination {dest.name!r}")
+        check_url(base, f"destination {dest.name!r} base_url")
+        return base
+
+    def create_media(self, dest: Destination, resource: dict[str, Any]) -> SendResult:
+        headers = {
+            "Content-Type": FHIR_JSON,
+            "Accept": FHIR_JSON,
+            "If-None-Exist": if_none_exist(resource),
+        }
+        if self.settings.log_cdata:
+            headers["log-cdata"] = self.settings.log_cdata
+        if self.settings.log_cdata_format:
+            headers["log-cdata-format"] = self.settings.log_cdata_format
+        url = f"{self.base_url(dest)}/Media"
+        response = self._post("FHIR server", url, json=resource, headers=headers)
+        classify(response, "FHIR server")
+        resource_id = _json(response).get("id")
+        if not isinstance(resource_id, str):
+            location = response.headers.get("Location", "")
+            match = re.search(r"Media/([A-Za-z0-9\-.]{1,64})", location)
+            resource_id = match.group(1) if match else None
+        return SendResult(status=response.status_code, log_id=resource_id)

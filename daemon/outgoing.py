@@ -1,0 +1,213 @@
+"""What goes out for one job, per destination model, and the offline checks.
+
+The same functions serve the intake (check before queueing, so a bad
+sidecar fails at once with every problem named), ``chartdrop validate``, and
+delivery (build, validate again, send). Delivery re-reads everything from
+the spool, so what is sent is exactly what was checked, plus the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+from daemon import fhir
+from daemon.config import Destination, Settings
+from daemon.content import FileKind, check_kind_matches_extension, detect
+from daemon.errors import ContentError, SidecarError, TooLargeError
+from daemon.fhir import FhirClient
+from daemon.names import is_sidecar
+from daemon.payload import (
+    FileFacts,
+    attach,
+    build_redox,
+    iso,
+    merge,
+    sidecar_from_filename,
+    validate_redox,
+)
+from daemon.queue import Job
+from daemon.redox import RedoxClient, SendResult
+
+PLACEHOLDER = "cGxhY2Vob2xkZXI="
+
+
+def is_sidecar_only(job: Job) -> bool:
+    """A job made of a sidecar alone (an EventType Delete): its "document" is the sidecar."""
+    return job.spool_sidecar is None and job.sidecar_name is None and is_sidecar(job.original_name)
+
+
+def effective_sidecar(
+    dest: Destination, sidecar: dict[str, Any] | None, file_name: str
+) -> dict[str, Any]:
+    """The sidecar file's fields over those the destination's ``filename_pattern``
+    takes from the file name. SidecarError when there is neither."""
+    from_name = sidecar_from_filename(dest, file_name)
+    if sidecar is None:
+        if from_name is None:
+            if dest.filename_pattern is not None:
+                raise SidecarError(
+                    [
+                        "no sidecar (.json) came with the document, and its file name does "
+                        "not match the pattern this folder expects (ask IT for the naming rule)"
+                    ]
+                )
+            raise SidecarError(["no sidecar (.json) file came with the document"])
+        return from_name
+    merged: dict[str, Any] = merge(from_name or {}, sidecar)
+    return merged
+
+
+def check_kind(dest: Destination, kind: FileKind | None, file_name: str) -> FileKind:
+    """The content's kind, refused when unknown, not accepted here, or contradicting
+    the file's extension (a TIFF named .pdf: something went wrong upstream)."""
+    if kind is None:
+        accepted = ", ".join(dest.accepted_types)
+        raise ContentError(
+            f"the file's content is not a document type this folder takes ({accepted})"
+        )
+    if kind.redox_type not in dest.accepted_types:
+        accepted = ", ".join(dest.accepted_types)
+        raise ContentError(
+            f"the file is a {kind.redox_type} file; this folder takes only {accepted}"
+        )
+    if not check_kind_matches_extension(kind, file_name):
+        ext = file_name.rpartition(".")[2].lower()
+        raise ContentError(
+            f"the file's name ends in .{ext} but its content is a {kind.redox_type} file"
+        )
+    return kind
+
+
+def check_sidecar(
+    *,
+    dest: Destination,
+    settings: Settings,
+    sidecar: dict[str, Any],
+    file_name: str,
+    redox_type: str | None = "PDF",
+) -> None:
+    """Offline check of a sidecar for ``dest``: every problem at once, or nothing.
+    ``redox_type`` None means the sidecar came alone (a Delete)."""
+    if dest.model == "FHIR":
+        if redox_type is None:
+            raise SidecarError(["a sidecar without a document cannot be sent to FHIR"])
+        parsed = fhir.parse_sidecar(sidecar, settings.fhir)
+        fhir.validate_media(
+            fhir.build_media(
+                settings=settings.fhir,
+                sidecar=parsed,
+                document_id="placeholder",
+                file_name=file_name,
+                mime="application/pdf",
+                data_b64=PLACEHOLDER,
+                size=1,
+                sha1_b64=PLACEHOLDER,
+                created=iso(datetime.now(UTC)),
+            )
+        )
+        return
+    facts = None if redox_type is None else FileFacts(file_name, redox_type, datetime.now(UTC))
+    body = build_redox(
+        dest=dest, redox=settings.redox, sidecar=sidecar, document_id="placeholder", facts=facts
+    )
+    validate_redox(body, sidecar, dest.model, has_file=facts is not None)
+
+
+@dataclass
+class Sender:
+    """Sends one job's document (already open from the spool) to its destination.
+
+    ``upload`` stores and returns a blob URI (the caller records it on the job
+    so a retry does not upload again); ``on_sent`` is the crash-test hook.
+    """
+
+    settings: Settings
+    redox: RedoxClient
+    fhir: FhirClient
+
+    def send(
+        self,
+        job: Job,
+        dest: Destination,
+        fh: BinaryIO,
+        sidecar: dict[str, Any] | None,
+        upload: Callable[[BinaryIO, FileKind], str],
+    ) -> SendResult:
+        st = os.fstat(fh.fileno())
+        if is_sidecar_only(job):
+            return self._send_sidecar_only(job, dest, sidecar or {})
+        limit = int(dest.timing("upload_max_bytes"))
+        if st.st_size > limit:
+            raise TooLargeError(f"the file is {st.st_size:,} bytes; the limit is {limit:,} bytes")
+        kind = check_kind(dest, detect(fh), job.original_name)
+        fields = effective_sidecar(dest, sidecar, job.original_name)
+        created = datetime.fromtimestamp(st.st_mtime, UTC)
+        if dest.model == "FHIR":
+            return self._send_fhir(job, dest, fh, fields, kind, st.st_size, created)
+        facts = FileFacts(job.original_name, kind.redox_type, created)
+        body = build_redox(
+            dest=dest,
+            redox=self.settings.redox,
+            sidecar=fields,
+            document_id=job.document_id,
+            facts=facts,
+        )
+        validate_redox(body, fields, dest.model)  # before any network call
+        if st.st_size <= int(dest.timing("embed_max_bytes")):
+            contents = base64.b64encode(fh.read()).decode("ascii")
+        else:
+            contents = job.blob_uri or upload(fh, kind)
+        attach(body, dest.model, contents)
+        return self.redox.send(body)
+
+    def _send_sidecar_only(
+        self, job: Job, dest: Destination, sidecar: dict[str, Any]
+    ) -> SendResult:
+        if dest.model == "FHIR":
+            raise SidecarError(["a sidecar without a document cannot be sent to FHIR"])
+        body = build_redox(
+            dest=dest,
+            redox=self.settings.redox,
+            sidecar=sidecar,
+            document_id=job.document_id,
+            facts=None,
+        )
+        validate_redox(body, sidecar, dest.model, has_file=False)
+        return self.redox.send(body)
+
+    def _send_fhir(
+        self,
+        job: Job,
+        dest: Destination,
+        fh: BinaryIO,
+        fields: dict[str, Any],
+        kind: FileKind,
+        size: int,
+        created: datetime,
+    ) -> SendResult:
+        parsed = fhir.parse_sidecar(fields, self.settings.fhir)
+        data = fh.read()
+        if len(data) != size:
+            raise ContentError("the file changed while it was being sent")
+        resource = fhir.build_media(
+            settings=self.settings.fhir,
+            sidecar=parsed,
+            document_id=job.document_id,
+            file_name=job.original_name,
+            mime=kind.mime,
+            data_b64=base64.b64encode(data).decode("ascii"),
+            size=size,
+            sha1_b64=base64.b64encode(hashlib.sha1(data).digest()).decode(
+                "ascii"
+            ),  # FHIR Attachment.hash is SHA-1
+            created=iso(created),
+        )
+        del data
+        fhir.validate_media(resource)
+        return self.fhir.create_media(dest, resource)
