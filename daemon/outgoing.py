@@ -203,9 +203,7 @@ class Sender:
             mime=kind.mime,
             data_b64=base64.b64encode(data).decode("ascii"),
             size=size,
-            sha1_b64=base64.b64encode(hashlib.sha1(data).digest()).decode(
-                "ascii"
-            ),  # FHIR Attachment.hash is SHA-1
+            sha1_b64=base64.b64encode(hashlib.sha1(data, usedforsecurity=False).digest()).decode(),
             created=iso(created),
         )
         del data

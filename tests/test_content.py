@@ -252,10 +252,34 @@ def test_detect_real_files(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"hello world", b"PK\x03\x04" + b"\x00" * 40, b"\x00" * 2000, b" " * 1020 + b"%PD"],
+    [b"", b"PK\x03\x04" + b"\x00" * 40, b"\x00" * 2000, b"text\x01\x02", b"\xff\xfe\xfd"],
 )
 def test_detect_unknown(data: bytes) -> None:
     assert content.detect(io.BytesIO(data)) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"hello world\r\n", "TXT"),
+        (b" " * 1020 + b"%PD", "TXT"),
+        ("Grüße, café\n".encode(), "TXT"),
+        ("\ufeffwith a BOM\n".encode(), "TXT"),
+        # a multi-byte character cut by the 8 KiB sample is still text
+        (b"a" * 8191 + "é".encode(), "TXT"),
+        (b"{\\rtf1\\ansi hello}", "RTF"),
+    ],
+)
+def test_detect_text_kinds(data: bytes, kind: str) -> None:
+    found = content.detect(io.BytesIO(data))
+    assert found is not None and found.redox_type == kind
+
+
+def test_rtf_must_end_with_its_closing_brace() -> None:
+    whole = b"{\\rtf1\\ansi hello}\n"
+    assert content.incomplete_reason(io.BytesIO(whole), len(whole), content.RTF) is None
+    cut = whole[:-3]
+    assert content.incomplete_reason(io.BytesIO(cut), len(cut), content.RTF) == content.RTF_NO_END
 
 
 def test_detect_pdf_header_after_junk_within_1024() -> None:
@@ -270,7 +294,12 @@ def test_kinds() -> None:
         ("JPG", "image/jpeg", "jpg"),
         ("PNG", "image/png", "png"),
         ("GIF", "image/gif", "gif"),
+        ("RTF", "application/rtf", "rtf"),
+        ("TXT", "text/plain", "txt"),
     ]
+    from daemon.config import FILE_TYPES
+
+    assert sorted(FILE_TYPES) == sorted(k.redox_type for k in KINDS)
 
 
 @pytest.mark.parametrize(

@@ -283,11 +283,12 @@ def test_sigterm_style_stop_exits_zero_and_restart_resumes(
     sandbox.state.set_faults(outage=True)
     r = start_daemon(config)
     r.drop("waiting.pdf", pdf, sidecar)
-    wait_until(lambda: r.jobs(JobState.QUEUED) and r.jobs(JobState.QUEUED)[0].attempts >= 1)
+    # The token endpoint is down too: the destination pauses, the job waits unburnt.
+    wait_until(lambda: r.service.queue is not None and r.service.queue.pauses())
     r.stop()
     assert r.results == [0]
     after = Queue(r.settings.database_path)
-    assert [j.state for j in after.jobs()] == [JobState.QUEUED]  # still queued, not failed
+    assert [(j.state, j.attempts) for j in after.jobs()] == [(JobState.QUEUED, 0)]  # not failed
     after.close()
     sandbox.state.set_faults(outage=False)
     with running(config) as r2:

@@ -105,7 +105,10 @@ def test_reopening_applies_each_migration_once(queue: Queue, db_path: Path) -> N
     conn = raw(db_path)
     rows = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     conn.close()
-    assert rows == [("chartdrop", "m001_create_jobs_and_events")]
+    assert rows == [
+        ("chartdrop", "m001_create_jobs_and_events"),
+        ("chartdrop", "m002_create_pauses"),
+    ]
 
 
 def test_concurrent_first_opens_create_the_schema_once(db_path: Path) -> None:
@@ -120,7 +123,7 @@ def test_concurrent_first_opens_create_the_schema_once(db_path: Path) -> None:
         for future in [pool.submit(open_it) for _ in range(6)]:
             future.result(60)  # re-raises what the thread raised
     conn = raw(db_path)
-    assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (1,)
+    assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (2,)
     conn.close()
 
 
