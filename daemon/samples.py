@@ -59,7 +59,7 @@ def sample_sidecar(
             "Media": {"DocumentType": document_type},
         }
     if model == "Notes":
-        section = {"Note": {"DocumentType": document_type, "Provider": provider}}
+        section: dict[str, Any] = {"Note": {"DocumentType": document_type, "Provider": provider}}
     elif model == "Results":
         section = {
             "Orders": [
