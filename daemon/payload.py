@@ -319,6 +319,30 @@ def describe(err: ValidationError) -> list[str]:
     return sorted(set(lines))
 
 
+# Fields Redox's Results schema requires that the redox package's model leaves optional.
+_RESULTS_REQUIRED = (("ID", "Status"), ("Code", "Status"))
+
+
+def _results_problems(body: dict[str, Any]) -> list[str]:
+    problems = []
+    orders = body.get("Orders")
+    for i, order in enumerate(orders if isinstance(orders, list) else []):
+        if not isinstance(order, dict):
+            continue
+        paths = [(f"Orders[{i}]", order, _RESULTS_REQUIRED[0])]
+        results = order.get("Results")
+        for j, result in enumerate(results if isinstance(results, list) else []):
+            if isinstance(result, dict):
+                paths.append((f"Orders[{i}].Results[{j}]", result, _RESULTS_REQUIRED[1]))
+        for where, node, keys in paths:
+            for key in keys:
+                if key not in node:
+                    path = f"{where}.{key}"
+                    meaning = f" ({_MEANING[path]})" if path in _MEANING else ""
+                    problems.append(f"{path}{meaning} {_PLAIN['missing']}")
+    return problems
+
+
 def _event_problems(model: str, event: str, sidecar: dict[str, Any], has_file: bool) -> list[str]:
     if (model, event) not in REDOX_MODELS:
         return [f"EventType {event} is not possible for {model} destinations (only New)"]
@@ -350,5 +374,7 @@ def validate_redox(
             REDOX_MODELS[model, event].model_validate(body, strict=True)
         except ValidationError as exc:
             problems.extend(describe(exc))
+    if model == "Results":
+        problems.extend(_results_problems(body))
     if problems:
-        raise SidecarError(problems)
+        raise SidecarError(list(dict.fromkeys(problems)))

@@ -62,12 +62,41 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     key.chmod(0o600)
     state = SandboxState(blob_dir=tmp_path / "sandbox-blobs")
     state.register_client(CLIENT_ID, KEY_ID, public)
+    state.register_legacy_key(LEGACY_KEY, LEGACY_SECRET)
     with SandboxServer(state) as server:
         yield Sandbox(server=server, state=state, private_key=key)
 
 
-def write_config(tmp_path: Path, sandbox: Sandbox, **top: Any) -> Path:
-    """A config with one destination "consents" under tmp_path; ``top`` overrides keys."""
+LEGACY_KEY = "legacy-api-key"
+LEGACY_SECRET = "legacy-secret-value"
+
+MODEL_DEFAULTS = {
+    "Media": 'Media = { Availability = "Available" }',
+    "Notes": "",
+    "Results": "",
+    "FHIR": "",
+}
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value)  # strings, numbers, booleans and lists of them are TOML too
+
+
+def write_config(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    *,
+    model: str = "Media",
+    redox: dict[str, Any] | None = None,
+    fhir: dict[str, Any] | None = None,
+    dest: dict[str, Any] | None = None,
+    defaults: str | None = None,
+    tables: str = "",
+    **top: Any,
+) -> Path:
+    """A config with one destination "consents" under tmp_path; ``top`` overrides
+    top-level keys, ``redox``/``fhir``/``dest`` keys of those tables, ``defaults``
+    is the body of [destination.defaults] and ``tables`` raw TOML appended last."""
     for sub in ("inbox", "done", "failed"):
         (tmp_path / "consents" / sub).mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
@@ -81,27 +110,33 @@ def write_config(tmp_path: Path, sandbox: Sandbox, **top: Any) -> Path:
         "log_format": "json",
     }
     values.update(top)
-    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    lines += [
-        "[redox]",
-        f'api_url = "{sandbox.url}"',
-        f'upload_url = "{sandbox.url}/upload"',
-        f'client_id = "{CLIENT_ID}"',
-        f'key_id = "{KEY_ID}"',
-        f'private_key_file = "{sandbox.private_key}"',
-        'source_id = "test-source"',
-        "test = true",
-        "[[destination]]",
-        'name = "consents"',
-        'inbox = "consents/inbox"',
-        'done = "consents/done"',
-        'failed = "consents/failed"',
-        f'redox_destination_id = "{DEST_ID}"',
-        "[destination.defaults]",
-        'Media = { Availability = "Available" }',
-    ]
+    redox_values: dict[str, Any] = {
+        "api_url": sandbox.url,
+        "upload_url": f"{sandbox.url}/upload",
+        "client_id": CLIENT_ID,
+        "key_id": KEY_ID,
+        "private_key_file": str(sandbox.private_key),
+        "source_id": "test-source",
+        "test": True,
+    } | (redox or {})
+    dest_values: dict[str, Any] = {
+        "name": "consents",
+        "inbox": "consents/inbox",
+        "done": "consents/done",
+        "failed": "consents/failed",
+        "model": model,
+    }
+    if model != "FHIR":
+        dest_values["redox_destination_id"] = DEST_ID
+    dest_values |= dest or {}
+    lines = [f"{k} = {_toml(v)}" for k, v in values.items()]
+    lines += ["[redox]", *(f"{k} = {_toml(v)}" for k, v in redox_values.items())]
+    if fhir is not None:
+        lines += ["[fhir]", *(f"{k} = {_toml(v)}" for k, v in fhir.items())]
+    lines += ["[[destination]]", *(f"{k} = {_toml(v)}" for k, v in dest_values.items())]
+    lines += ["[destination.defaults]", MODEL_DEFAULTS[model] if defaults is None else defaults]
     path = tmp_path / "chartdrop.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + tables)
     return path
 
 
