@@ -3,7 +3,11 @@
     closed ──(``threshold`` transient failures in a row)──> open (outage)
     closed ──(credentials refused / token endpoint failing)──> open (auth)
     open ──(its wait is over: one job is let through as the probe)──> probing
-    probing ──success──> closed    (the waiting jobs are due again, in order)
+    probing ──success──> closed
+
+When it opens, the waiting jobs' own backoffs are set aside (they are due in
+the order they were queued): the breaker paces the destination, so the probe
+is always the oldest document and the queue drains in order.
     probing ──failure──> open, waiting twice as long (up to retry_cap_seconds)
 
 While a destination is open no attempts burn: workers do not claim its jobs,
@@ -117,6 +121,9 @@ class Breakers:
             s.open_until = self.clock() + wait
             step = s.step
         self.queue.set_pause(dest.name, kind, reason, until=self.wall() + wait)
+        # While open, the breaker paces this destination, not each job's backoff:
+        # the probe is always the oldest waiting document, so the queue drains in order.
+        self.queue.make_due(dest.name)
         self.log.warning(
             "destination.paused",
             destination=dest.name,

@@ -95,6 +95,8 @@ def decide(
     if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
         delay = max(delay, exc.retry_after)
     kind = "auth" if isinstance(exc, AuthError) else "transient"
+    if isinstance(exc, TransientDeliveryError) and exc.unknown_outcome:
+        kind = "unknown_outcome"  # it may have arrived: resent with the same DocumentID
     if not isinstance(exc, TransientDeliveryError):
         kind = "local_error"  # e.g. an unreadable spool file: retried, then reported
     return Decision("retry", delay=delay, error_kind=kind, error=safe_text(exc), http_status=status)
@@ -143,7 +145,10 @@ class Deliverer:
         except AuthError as exc:
             # The credentials or the token endpoint, not the document: it waits, unburnt.
             self.queue.release(job.id, job.lease_token)
-            self.breakers.failure(dest, AUTH, safe_text(exc), exc.retry_after)
+            refused = exc.status in (400, 401, 403)  # else the token endpoint is down
+            self.breakers.failure(
+                dest, AUTH if refused else OUTAGE, safe_text(exc), exc.retry_after
+            )
             log.warning("job.waiting", error_kind="auth", http_status=exc.status)
             return "queued"
         except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
@@ -161,10 +166,16 @@ class Deliverer:
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None
         decision = decide(exc, job, dest, now=self.clock())
-        if isinstance(exc, TransientDeliveryError):
-            self.breakers.failure(dest, OUTAGE, safe_text(exc), exc.retry_after)
-        elif isinstance(exc, PermanentDeliveryError):
-            self.breakers.success(dest.name)  # it answered: the destination is up
+        try:
+            return self._apply(job, decision, exc, log)
+        finally:  # after the job's own record, so an opening circuit can re-pace it
+            if isinstance(exc, TransientDeliveryError):
+                self.breakers.failure(dest, OUTAGE, safe_text(exc), exc.retry_after)
+            elif isinstance(exc, PermanentDeliveryError):
+                self.breakers.success(dest.name)  # it answered: the destination is up
+
+    def _apply(self, job: Job, decision: Decision, exc: Exception, log: Any) -> str:
+        assert job.lease_token is not None
         if decision.action == "retry":
             ok = self.queue.retry_later(
                 job.id,

@@ -476,12 +476,12 @@ class Queue:
     def make_due(self, destination: str) -> int:
         """After an outage ends: the destination's waiting jobs are due again, in
         the order they were queued (their backoff was the outage's, not theirs)."""
-        now = self._clock()
         with self._write() as conn:
             return conn.execute(
-                "UPDATE jobs SET next_attempt_at = MIN(COALESCE(queued_at, created_at), ?)"
-                " WHERE destination = ? AND state = ? AND next_attempt_at > ?",
-                (now, destination, JobState.QUEUED, now),
+                "UPDATE jobs SET next_attempt_at = COALESCE(queued_at, created_at)"
+                " WHERE destination = ? AND state = ?"
+                " AND next_attempt_at > COALESCE(queued_at, created_at)",
+                (destination, JobState.QUEUED),
             ).rowcount
 
     def counts_by_state(self) -> dict[str, int]:

@@ -170,8 +170,12 @@ class BearerClient:
         except httpx.HTTPError as exc:
             raise AuthError(f"{what} unreachable ({type(exc).__name__})") from None
         if response.status_code != 200:
+            status = response.status_code
+            down = status in TRANSIENT_STATUSES or status >= 500
             raise AuthError(
-                f"{what} refused the credentials (HTTP {response.status_code})",
+                f"{what} is unavailable (HTTP {status})"
+                if down
+                else f"{what} refused the credentials (HTTP {status})",
                 status=response.status_code,
                 retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
