@@ -83,13 +83,16 @@ def _path(loc: tuple[int | str, ...] | list[int | str]) -> str:
 
 
 def _strings_in(value: object, depth: int = 0) -> list[str]:
-    """Every string inside ``value`` (bounded), to make sure none is quoted back."""
+    """Every value inside ``value`` as text (bounded), to make sure none is quoted back.
+
+    Keys are element names, not values: naming an unknown element is the point.
+    """
     if isinstance(value, str):
         return [value]
     if depth > 6:
         return []
     if isinstance(value, dict):
-        return [s for k, v in value.items() for s in (*_strings_in(k), *_strings_in(v, depth + 1))]
+        return [s for v in value.values() for s in _strings_in(v, depth + 1)]
     if isinstance(value, list):
         return [s for v in value for s in _strings_in(v, depth + 1)]
     return [str(value)] if isinstance(value, int | float) else []
