@@ -355,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--client-id", default="chartdrop-demo")
     sb.add_argument("--key-id", default="demo-key")
+    sb.add_argument("--fhir-client-id", default="chartdrop-demo")
+    sb.add_argument(
+        "--fhir-client-secret-file",
+        help="file holding the FHIR client's secret (default: generate one in --dir)",
+    )
     sb.add_argument("--error-rate", type=float, default=0.0)
     sb.add_argument("--error-status", type=int, default=503)
     sb.add_argument("--retry-after")

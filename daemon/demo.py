@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -180,8 +181,16 @@ def run_sandbox(args: argparse.Namespace) -> int:
     else:
         public = _keys(base)
         key_note = f"private key for clients: {base / 'redox-key.pem'}"
+    if args.fhir_client_secret_file:
+        secret_file = Path(args.fhir_client_secret_file).absolute()
+        fhir_secret = secret_file.read_text().strip()
+    else:
+        secret_file = base / "fhir-client-secret"
+        fhir_secret = secrets.token_urlsafe(32)
+        _write_private(secret_file, fhir_secret.encode())
     state = SandboxState(blob_dir=base / "blobs", upload_max_bytes=args.upload_max_bytes)
     state.register_client(args.client_id, args.key_id, public)
+    state.register_fhir_client(args.fhir_client_id, fhir_secret)
     state.set_faults(
         error_rate=args.error_rate,
         error_status=args.error_status,
@@ -192,7 +201,10 @@ def run_sandbox(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"sandbox listening on {url}")
         print(f"  client_id = {args.client_id!r}, key_id = {args.key_id!r}; {key_note}")
-        print(f"  api_url = {url!r}, upload_url = '{url}/upload'. Ctrl-C to stop.", flush=True)
+        print(f"  api_url = {url!r}, upload_url = '{url}/upload'")
+        print(f"  [fhir] base_url = '{url}/fhir/r4', token_url = '{url}/fhir/oauth/token'")
+        print(f"  [fhir] client_id = {args.fhir_client_id!r}, client_secret_file = '{secret_file}'")
+        print("Ctrl-C to stop.", flush=True)
 
     serve_forever(state, port=args.port, on_ready=ready)
     return 0

@@ -233,6 +233,17 @@ def test_sandbox_command_serves_and_prints_what_to_configure(tmp_path: Path) -> 
 
         assert httpx.get(f"{url}/_sandbox/health", timeout=5).json() == {"ok": True}
         assert (tmp_path / "sb" / "redox-key.pem").stat().st_mode & 0o777 == 0o600
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert lines[-1].strip() == "Ctrl-C to stop."
+        assert f"base_url = '{url}/fhir/r4', token_url = '{url}/fhir/oauth/token'" in lines[2]
+        secret_file = tmp_path / "sb" / "fhir-client-secret"
+        assert f"client_id = 'chartdrop-demo', client_secret_file = '{secret_file}'" in lines[3]
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        form = {"grant_type": "client_credentials", "client_id": "chartdrop-demo"}
+        form["client_secret"] = secret_file.read_text()
+        token = httpx.post(f"{url}/fhir/oauth/token", data=form, timeout=5)
+        assert token.status_code == 200, token.text
+        assert token.json()["token_type"] == "Bearer"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)

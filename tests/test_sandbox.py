@@ -267,6 +267,83 @@ def test_legacy_authenticate(client: httpx.Client, state: SandboxState) -> None:
     assert ok.status_code == 200
 
 
+def legacy_login(client: httpx.Client, api_key: str, secret: str) -> dict[str, Any]:
+    response = client.post("/auth/authenticate", json={"apiKey": api_key, "secret": secret})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"accessToken", "expires", "refreshToken"}
+    return body
+
+
+def refresh(client: httpx.Client, api_key: str, token: str) -> httpx.Response:
+    return client.post("/auth/refreshToken", json={"apiKey": api_key, "refreshToken": token})
+
+
+def test_legacy_refresh_token_renews_and_rotates(client: httpx.Client, state: SandboxState) -> None:
+    state.register_legacy_key("api-key", "s3cret")
+    first = legacy_login(client, "api-key", "s3cret")
+    second = legacy_login(client, "api-key", "s3cret")
+    assert len(first["refreshToken"]) >= 32
+    assert first["refreshToken"] != second["refreshToken"]
+    # One refresh token per key: authenticating again replaced the first.
+    assert refresh(client, "api-key", first["refreshToken"]).status_code == 401
+    state.revoke_tokens()  # access tokens only: the refresh token still works
+    stale = {"Authorization": f"Bearer {second['accessToken']}"}
+    assert client.post("/endpoint", json=media_body(), headers=stale).status_code == 401
+    renewed = refresh(client, "api-key", second["refreshToken"])
+    assert renewed.status_code == 200, renewed.text
+    body = renewed.json()
+    assert set(body) == {"accessToken", "expires", "refreshToken"}
+    assert body["expires"].endswith("Z")
+    assert body["refreshToken"] != second["refreshToken"]  # rotated
+    fresh = {"Authorization": f"Bearer {body['accessToken']}"}
+    assert client.post("/endpoint", json=media_body(), headers=fresh).status_code == 200
+    assert upload(client, fresh, PDF).status_code == 201
+    # A used refresh token cannot be used again; the rotated one can.
+    assert refresh(client, "api-key", second["refreshToken"]).status_code == 401
+    assert refresh(client, "api-key", body["refreshToken"]).status_code == 200
+    assert state.refresh_requests == 4
+    assert state.token_requests == 2  # the two authentications; refreshes count apart
+
+
+def test_revoked_or_mismatched_refresh_tokens_are_refused(
+    client: httpx.Client, state: SandboxState
+) -> None:
+    state.register_legacy_key("key-a", "secret-a")
+    state.register_legacy_key("key-b", "secret-b")
+    a = legacy_login(client, "key-a", "secret-a")
+    b = legacy_login(client, "key-b", "secret-b")
+    assert refresh(client, "key-b", a["refreshToken"]).status_code == 401  # another key's
+    assert refresh(client, "nobody", a["refreshToken"]).status_code == 401
+    assert refresh(client, "key-a", "guessed-token").status_code == 401
+    state.revoke_refresh_tokens()
+    refused = refresh(client, "key-a", a["refreshToken"])
+    assert refused.status_code == 401
+    assert refused.json()["Meta"]["Errors"][0]["Text"] == "Unauthorized"
+    assert a["refreshToken"] not in refused.text
+    # Access tokens are left alone; authenticating again gives a working refresh token.
+    live = {"Authorization": f"Bearer {b['accessToken']}"}
+    assert client.post("/endpoint", json=media_body(), headers=live).status_code == 200
+    again = legacy_login(client, "key-a", "secret-a")
+    assert refresh(client, "key-a", again["refreshToken"]).status_code == 200
+    missing = client.post("/auth/refreshToken", json={"apiKey": "key-a"})
+    assert missing.status_code == 400
+    assert client.post("/auth/refreshToken", content=b"{nope").status_code == 400
+
+
+def test_legacy_endpoints_answer_an_outage(client: httpx.Client, state: SandboxState) -> None:
+    state.register_legacy_key("api-key", "s3cret")
+    token = legacy_login(client, "api-key", "s3cret")["refreshToken"]
+    state.set_faults(outage=True, error_status=503, retry_after="7")
+    refused = refresh(client, "api-key", token)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "7"
+    login = client.post("/auth/authenticate", json={"apiKey": "api-key", "secret": "s3cret"})
+    assert login.status_code == 503
+    state.set_faults(outage=False)
+    assert refresh(client, "api-key", token).status_code == 200  # not used up by the outage
+
+
 # ---- /endpoint --------------------------------------------------------------
 
 

@@ -4,10 +4,12 @@ Routes (see :func:`create_app`):
 
 * ``POST /v2/auth/token`` - OAuth 2.0 client credentials with a signed-JWT assertion.
 * ``POST /auth/authenticate`` - legacy API key + secret (``{"apiKey", "secret"}``).
+* ``POST /auth/refreshToken`` - legacy renewal (``{"apiKey", "refreshToken"}``).
 * ``POST /endpoint`` - a Redox data-model request; 200 with ``Meta.Logs`` or 400
   with ``Meta.Errors``.
 * ``POST /upload`` - multipart ``file``; 201 ``{"URI": ...}``, 413 over the limit.
 * ``GET /blob/{blob_id}`` - an uploaded file's bytes.
+* ``/fhir/...`` - a FHIR R4 ``Media`` endpoint and its token URL (:mod:`daemon.sandbox.fhir`).
 * ``/_sandbox/...`` - unauthenticated test controls (the sandbox binds loopback only).
 
 Nothing is logged but the type of an unexpected exception: bodies, headers,
@@ -16,9 +18,7 @@ tokens and file names are PHI or secrets.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,19 +41,24 @@ from daemon.sandbox.auth import (
     bearer_owner,
     verify_client_assertion,
 )
-from daemon.sandbox.state import InjectedFault, SandboxState, write_private_file
+from daemon.sandbox.fhir import fhir_routes
+from daemon.sandbox.http import (
+    Handler,
+    declared_length,
+    guarded,
+    inject_fault,
+    read_body,
+    read_json,
+)
+from daemon.sandbox.state import ANY_TOKEN, InjectedFault, SandboxState, write_private_file
 from daemon.sandbox.validation import document_id_of, validate_body
 
 __all__ = ["create_app"]
-
-log = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed on top of ``upload_max_bytes`` for multipart framing."""
 
 _RECORDED_HEADERS = ("content-type", "redox-source-id")
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _BodyTooLargeError(Exception):
@@ -88,20 +93,7 @@ def _injected(fault: InjectedFault) -> JSONResponse:
 
 def _guarded(handler: Handler) -> Handler:
     """Answer 500 on an unexpected exception, logging only its type (never its message)."""
-
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - never let a traceback (maybe PHI) reach a log
-            log.error(
-                "sandbox: unhandled %s on %s %s",
-                type(exc).__name__,
-                request.method,
-                request.url.path,
-            )
-            return JSONResponse(_errors(["Internal sandbox error"], module="Sandbox"), 500)
-
-    return wrapper
+    return guarded(handler, _errors(["Internal sandbox error"], module="Sandbox"))
 
 
 def _limited_receive(request: Request, limit: int) -> Callable[[], Awaitable[Message]]:
@@ -119,28 +111,6 @@ def _limited_receive(request: Request, limit: int) -> Callable[[], Awaitable[Mes
         return message
 
     return limited
-
-
-def _declared_length(request: Request) -> int | None:
-    try:
-        return int(request.headers["content-length"])
-    except (KeyError, ValueError):
-        return None
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None (without reading it all) if it is over ``limit``."""
-    declared = _declared_length(request)
-    if declared is not None and declared > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _copy_to_blob(source: IO[bytes], fd: int, limit: int) -> int | None:
@@ -202,11 +172,7 @@ def create_app(state: SandboxState) -> Starlette:
         if fault is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
             return JSONResponse(_errors(["Service unavailable"]), fault.status, headers=headers)
-        raw = await _read_body(request, 64 * 1024)
-        try:
-            body = json.loads(raw) if raw is not None else None
-        except ValueError:
-            body = None
+        body = read_json(await read_body(request, 64 * 1024))
         api_key = body.get("apiKey") if isinstance(body, dict) else None
         secret = body.get("secret") if isinstance(body, dict) else None
         if not isinstance(api_key, str) or not isinstance(secret, str):
@@ -214,25 +180,39 @@ def create_app(state: SandboxState) -> Starlette:
         expected = state.legacy_secret(api_key)
         if expected is None or not compare_digest(expected.encode(), secret.encode()):
             return _unauthorized()
+        return _legacy_tokens(api_key)
+
+    async def legacy_refresh(request: Request) -> Response:
+        state.count_refresh_request()
+        fault = state.outage_fault()
+        if fault is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            return JSONResponse(_errors(["Service unavailable"]), fault.status, headers=headers)
+        body = read_json(await read_body(request, 64 * 1024))
+        api_key = body.get("apiKey") if isinstance(body, dict) else None
+        refresh = body.get("refreshToken") if isinstance(body, dict) else None
+        if not isinstance(api_key, str) or not isinstance(refresh, str):
+            return JSONResponse(_errors(["apiKey and refreshToken are required"]), 400)
+        if not state.redeem_refresh_token(api_key, refresh):
+            return _unauthorized()
+        return _legacy_tokens(api_key)
+
+    def _legacy_tokens(api_key: str) -> Response:
+        """A new access token and a new (rotated) refresh token for a legacy key."""
         expires = datetime.now(UTC) + timedelta(seconds=state.token_ttl_seconds)
         return JSONResponse(
             {
                 "accessToken": state.issue_token(api_key),
                 "expires": expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "refreshToken": "sandbox-does-not-refresh",
+                "refreshToken": state.issue_refresh_token(api_key),
             }
         )
 
     # ---- data model requests ------------------------------------------------
 
     async def endpoint(request: Request) -> Response:
-        raw = await _read_body(request, state.request_max_bytes)
-        parsed: object = None
-        if raw is not None:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                parsed = None
+        raw = await read_body(request, state.request_max_bytes)
+        parsed = read_json(raw)
         response = await _endpoint(request, raw, parsed)
         state.record_attempt("/endpoint", response.status_code, document_id_of(parsed))
         return response
@@ -265,10 +245,7 @@ def create_app(state: SandboxState) -> Starlette:
         return JSONResponse({"Meta": {**meta, "Logs": logs}})
 
     async def _fault_injection() -> Response | None:
-        latency = state.latency()
-        if latency > 0:
-            await asyncio.sleep(latency)
-        fault = state.next_fault()
+        fault = await inject_fault(state)
         return None if fault is None else _injected(fault)
 
     # ---- blobs --------------------------------------------------------------
@@ -279,7 +256,7 @@ def create_app(state: SandboxState) -> Starlette:
         return response
 
     async def _upload(request: Request) -> Response:
-        owner = bearer_owner(state, request)
+        owner = bearer_owner(state, request, ANY_TOKEN)
         if owner is None:
             return _unauthorized()
         fault = await _fault_injection()
@@ -287,7 +264,7 @@ def create_app(state: SandboxState) -> Starlette:
             return fault
         too_large = JSONResponse(_errors(["File too large"], module="Upload"), 413)
         body_limit = state.upload_max_bytes + MULTIPART_OVERHEAD
-        declared = _declared_length(request)
+        declared = declared_length(request)
         if declared is not None and declared > body_limit:
             return too_large
         limited = Request(request.scope, _limited_receive(request, body_limit))
@@ -322,7 +299,7 @@ def create_app(state: SandboxState) -> Starlette:
         return JSONResponse({"URI": f"{base}/blob/{blob_id}"}, 201)
 
     async def get_blob(request: Request) -> Response:
-        owner = bearer_owner(state, request)
+        owner = bearer_owner(state, request, ANY_TOKEN)
         if owner is None:
             return _unauthorized()
         blob_id = request.path_params["blob_id"]
@@ -350,7 +327,7 @@ def create_app(state: SandboxState) -> Starlette:
     async def faults(request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse(state.faults.to_dict())
-        raw = await _read_body(request, 64 * 1024)
+        raw = await read_body(request, 64 * 1024)
         try:
             settings = json.loads(raw) if raw is not None else None
         except ValueError:
@@ -366,6 +343,7 @@ def create_app(state: SandboxState) -> Starlette:
     routes = [
         Route("/v2/auth/token", _guarded(token), methods=["POST"]),
         Route("/auth/authenticate", _guarded(legacy_authenticate), methods=["POST"]),
+        Route("/auth/refreshToken", _guarded(legacy_refresh), methods=["POST"]),
         Route("/endpoint", _guarded(endpoint), methods=["POST"]),
         Route("/upload", _guarded(upload), methods=["POST"]),
         Route("/blob/{blob_id}", _guarded(get_blob), methods=["GET"]),
@@ -373,5 +351,6 @@ def create_app(state: SandboxState) -> Starlette:
         Route("/_sandbox/received", _guarded(received), methods=["GET"]),
         Route("/_sandbox/attempts", _guarded(attempts), methods=["GET"]),
         Route("/_sandbox/faults", _guarded(faults), methods=["GET", "POST"]),
+        *fhir_routes(state),
     ]
     return Starlette(routes=routes)

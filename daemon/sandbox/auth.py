@@ -12,10 +12,12 @@ its claims or any key material.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import jwt
 from starlette.requests import Request
 
-from daemon.sandbox.state import SandboxState
+from daemon.sandbox.state import REDOX_TOKENS, SandboxState, TokenKind
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -96,11 +98,14 @@ def verify_client_assertion(state: SandboxState, assertion: str, audience: str) 
     return client_id
 
 
-def bearer_owner(state: SandboxState, request: Request) -> str | None:
-    """The owner of the request's ``Authorization: Bearer`` token, if issued and unexpired."""
+def bearer_owner(
+    state: SandboxState, request: Request, kinds: Collection[TokenKind] = REDOX_TOKENS
+) -> str | None:
+    """The owner of the request's ``Authorization: Bearer`` token, if issued for
+    one of ``kinds`` and unexpired."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
-    return state.token_owner(token)
+    return state.token_owner(token, kinds)

@@ -19,59 +19,41 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
+from hmac import compare_digest
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from daemon.sandbox.faults import Faults, InjectedFault, check_fault_value
+from daemon.sandbox.fhir_store import FhirReceived, FhirStore
+
 __all__ = [
+    "ANY_TOKEN",
+    "FHIR_TOKENS",
+    "REDOX_TOKENS",
     "AttemptRecord",
     "Faults",
+    "FhirReceived",
     "InjectedFault",
     "Received",
     "SandboxState",
+    "TokenKind",
 ]
 
+TokenKind = Literal["redox", "fhir"]
+"""Which API a bearer token was issued for: Redox tokens (``/v2/auth/token``,
+``/auth/authenticate``, ``/auth/refreshToken``) are refused on the FHIR routes
+and FHIR tokens (``/fhir/oauth/token``) on ``/endpoint``."""
+
+REDOX_TOKENS: tuple[TokenKind, ...] = ("redox",)
+FHIR_TOKENS: tuple[TokenKind, ...] = ("fhir",)
+ANY_TOKEN: tuple[TokenKind, ...] = ("redox", "fhir")
+
 _BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclass
-class Faults:
-    """Fault-injection settings for ``/endpoint``, ``/upload`` and the token endpoints.
-
-    * ``error_rate`` - probability (0..1) that a request answers ``error_status``.
-    * ``error_status`` - the status of injected errors (and of every request during
-      an ``outage``).
-    * ``retry_after`` - sent as the ``Retry-After`` header on injected errors.
-    * ``latency_seconds`` - added before every ``/endpoint`` and ``/upload`` answer.
-    * ``fail_next`` - deterministic: the next requests to ``/endpoint`` or ``/upload``
-      answer these statuses in order, consuming one each.
-    * ``outage`` - every ``/endpoint``, ``/upload`` and token request answers
-      ``error_status``.
-    * ``seed`` - seeds the random generator behind ``error_rate``.
-    """
-
-    error_rate: float = 0.0
-    error_status: int = 503
-    retry_after: str | None = None
-    latency_seconds: float = 0.0
-    fail_next: list[int] = field(default_factory=list)
-    outage: bool = False
-    seed: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class InjectedFault:
-    """An error the sandbox decided to answer instead of processing a request."""
-
-    status: int
-    retry_after: str | None
 
 
 @dataclass(frozen=True)
@@ -90,10 +72,11 @@ class Received:
 
 @dataclass(frozen=True)
 class AttemptRecord:
-    """One request to ``/endpoint`` or ``/upload``, whatever its outcome.
+    """One request to ``/endpoint``, ``/upload`` or ``POST /fhir/r4/Media``, whatever its outcome.
 
     ``document_id`` is the body's ``Media.DocumentID`` / ``Note.DocumentID``
-    (or, for Results, ``Orders[0].ID``) when the body could be parsed.
+    (for Results, ``Orders[0].ID``; for FHIR, ``identifier[0].value``) when
+    the body could be parsed.
     """
 
     path: str
@@ -111,6 +94,7 @@ class _Client:
 @dataclass(frozen=True)
 class _Token:
     owner: str
+    kind: TokenKind
     expires_at: float  # time.monotonic()
 
 
@@ -118,45 +102,6 @@ class _Token:
 class _Blob:
     owner: str
     size: int
-
-
-def _check_status(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
-        raise ValueError(f"{name} must be an HTTP error status (400-599)")
-    return value
-
-
-def _check_fault_value(name: str, value: object) -> object:
-    """Validate one ``Faults`` field value; returns the normalised value."""
-    if name == "error_rate":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise ValueError("error_rate must be a number between 0 and 1")
-        return float(value)
-    if name == "error_status":
-        return _check_status(value, name)
-    if name == "retry_after":
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return str(value)
-        raise ValueError("retry_after must be a string, a non-negative integer or null")
-    if name == "latency_seconds":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError("latency_seconds must be a non-negative number")
-        return float(value)
-    if name == "fail_next":
-        if not isinstance(value, list | tuple):
-            raise ValueError("fail_next must be a list of HTTP error statuses")
-        return [_check_status(item, "fail_next item") for item in value]
-    if name == "outage":
-        if not isinstance(value, bool):
-            raise ValueError("outage must be a boolean")
-        return value
-    if name == "seed":
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError("seed must be an integer or null")
-        return value
-    raise ValueError(f"unknown fault setting {name!r}")
 
 
 class SandboxState:
@@ -180,9 +125,14 @@ class SandboxState:
         self._rng = random.Random()  # noqa: S311 - fault injection, not security
         self._clients: dict[str, _Client] = {}  # by kid
         self._legacy_keys: dict[str, str] = {}  # api key -> secret
+        self._refresh_tokens: dict[str, str] = {}  # api key -> its current refresh token
+        self._fhir_clients: dict[str, str] = {}  # FHIR client_id -> client_secret
         self._tokens: dict[str, _Token] = {}
         self._seen_jtis: dict[str, float] = {}  # jti -> wall-clock exp, pruned after exp
         self._token_requests = 0
+        self._refresh_requests = 0
+        self._fhir_token_requests = 0
+        self._fhir = FhirStore()
         self._received: list[Received] = []
         self._attempts: list[AttemptRecord] = []
         self._blobs: dict[str, _Blob] = {}
@@ -204,6 +154,16 @@ class SandboxState:
         with self._lock:
             self._legacy_keys[api_key] = secret
 
+    def register_fhir_client(self, client_id: str, client_secret: str) -> None:
+        """Register an OAuth 2.0 client of ``/fhir/oauth/token`` (client credentials)."""
+        with self._lock:
+            self._fhir_clients[client_id] = client_secret
+
+    def fhir_client_secret(self, client_id: str) -> str | None:
+        """The secret registered for a FHIR client, if any."""
+        with self._lock:
+            return self._fhir_clients.get(client_id)
+
     def client_for_kid(self, key_id: str) -> tuple[str, RSAPublicKey] | None:
         """The ``(client_id, public_key)`` registered under ``key_id``, if any."""
         with self._lock:
@@ -222,9 +182,35 @@ class SandboxState:
 
     @property
     def token_requests(self) -> int:
-        """How many token requests (JWT or legacy) the sandbox has answered."""
+        """How many ``/v2/auth/token`` and ``/auth/authenticate`` requests were answered.
+
+        Refreshes and FHIR token requests are counted apart
+        (:attr:`refresh_requests`, :attr:`fhir_token_requests`).
+        """
         with self._lock:
             return self._token_requests
+
+    def count_refresh_request(self) -> None:
+        """Count one ``/auth/refreshToken`` request (successful or not)."""
+        with self._lock:
+            self._refresh_requests += 1
+
+    @property
+    def refresh_requests(self) -> int:
+        """How many ``/auth/refreshToken`` requests the sandbox has answered."""
+        with self._lock:
+            return self._refresh_requests
+
+    def count_fhir_token_request(self) -> None:
+        """Count one ``/fhir/oauth/token`` request (successful or not)."""
+        with self._lock:
+            self._fhir_token_requests += 1
+
+    @property
+    def fhir_token_requests(self) -> int:
+        """How many ``/fhir/oauth/token`` requests the sandbox has answered."""
+        with self._lock:
+            return self._fhir_token_requests
 
     def consume_jti(self, jti: str, exp: float) -> bool:
         """Remember an assertion's ``jti``; False if it was seen before (a replay)."""
@@ -237,28 +223,57 @@ class SandboxState:
             self._seen_jtis[jti] = exp
             return True
 
-    def issue_token(self, owner: str) -> str:
+    def issue_token(self, owner: str, kind: TokenKind = "redox") -> str:
         """Issue a random bearer token for ``owner`` valid for ``token_ttl_seconds``."""
         token = secrets.token_urlsafe(32)
         now = time.monotonic()
+        expires_at = now + self.token_ttl_seconds
         with self._lock:
             for old in [t for t, tok in self._tokens.items() if tok.expires_at <= now]:
                 del self._tokens[old]
-            self._tokens[token] = _Token(owner=owner, expires_at=now + self.token_ttl_seconds)
+            self._tokens[token] = _Token(owner=owner, kind=kind, expires_at=expires_at)
         return token
 
-    def token_owner(self, token: str) -> str | None:
-        """The owner of an issued, unexpired token; None otherwise."""
+    def token_owner(self, token: str, kinds: Collection[TokenKind] = REDOX_TOKENS) -> str | None:
+        """The owner of an issued, unexpired token of one of ``kinds``; None otherwise."""
         with self._lock:
             tok = self._tokens.get(token)
-        if tok is None or tok.expires_at <= time.monotonic():
+        if tok is None or tok.kind not in kinds or tok.expires_at <= time.monotonic():
             return None
         return tok.owner
 
     def revoke_tokens(self) -> None:
-        """Forget every issued token, as if all had expired (tests of re-authentication)."""
+        """Forget every issued access token (Redox and FHIR), as if all had expired.
+
+        Refresh tokens stay valid (revoke them with :meth:`revoke_refresh_tokens`),
+        so a client can show it renews through ``/auth/refreshToken``.
+        """
         with self._lock:
             self._tokens.clear()
+
+    def issue_refresh_token(self, api_key: str) -> str:
+        """A new random refresh token for a legacy API key; the key's previous one
+        stops working (one refresh token per key)."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._refresh_tokens[api_key] = token
+        return token
+
+    def redeem_refresh_token(self, api_key: str, refresh_token: str) -> bool:
+        """True when ``refresh_token`` is ``api_key``'s current refresh token; it is
+        then used up (the caller issues the next one)."""
+        with self._lock:
+            current = self._refresh_tokens.get(api_key)
+            if current is None or not compare_digest(current.encode(), refresh_token.encode()):
+                return False
+            del self._refresh_tokens[api_key]
+            return True
+
+    def revoke_refresh_tokens(self) -> None:
+        """Forget every legacy refresh token: ``/auth/refreshToken`` answers 401 until
+        the client authenticates again (access tokens are left alone)."""
+        with self._lock:
+            self._refresh_tokens.clear()
 
     # ---- faults -------------------------------------------------------------
 
@@ -274,7 +289,7 @@ class SandboxState:
         Raises ValueError on an unknown name or a bad value (and then changes nothing).
         Setting ``seed`` reseeds the generator behind ``error_rate``.
         """
-        checked = {name: _check_fault_value(name, value) for name, value in kwargs.items()}
+        checked = {name: check_fault_value(name, value) for name, value in kwargs.items()}
         with self._lock:
             self._faults = dataclasses.replace(self._faults, **checked)  # type: ignore[arg-type]
             if "seed" in checked:
@@ -287,12 +302,12 @@ class SandboxState:
             self._faults = Faults()
 
     def latency(self) -> float:
-        """Seconds to wait before answering ``/endpoint`` or ``/upload``."""
+        """Seconds to wait before answering a sending route."""
         with self._lock:
             return self._faults.latency_seconds
 
     def next_fault(self) -> InjectedFault | None:
-        """Decide whether this ``/endpoint`` or ``/upload`` request fails.
+        """Decide whether this request to a sending route fails.
 
         An outage wins; otherwise one queued ``fail_next`` status is consumed;
         otherwise ``error_rate`` is rolled.
@@ -325,7 +340,7 @@ class SandboxState:
         return log_id
 
     def record_attempt(self, path: str, status: int, document_id: str | None) -> None:
-        """Record one ``/endpoint`` or ``/upload`` request and the status it got."""
+        """Record one request to a sending route and the status it got."""
         with self._lock:
             self._attempts.append(AttemptRecord(path, status, document_id, time.time()))
 
@@ -336,15 +351,36 @@ class SandboxState:
 
     @property
     def attempts(self) -> list[AttemptRecord]:
-        """Every ``/endpoint`` and ``/upload`` request with its status, oldest first."""
+        """Every request to a sending route with its status, oldest first."""
         with self._lock:
             return list(self._attempts)
 
     def clear_records(self) -> None:
-        """Forget received bodies and attempts (blobs, tokens and faults stay)."""
+        """Forget received bodies and attempts (blobs, FHIR resources, tokens and faults stay)."""
         with self._lock:
             self._received.clear()
             self._attempts.clear()
+        self._fhir.clear_received()
+
+    # ---- FHIR ---------------------------------------------------------------
+
+    def accept_fhir_media(
+        self, body: dict[str, Any], headers: dict[str, str], if_none_exist: tuple[str, str] | None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Create (conditionally) a validated Media; see :meth:`FhirStore.accept_media`."""
+        return self._fhir.accept_media(body, headers, if_none_exist)
+
+    def fhir_received(self) -> list[FhirReceived]:
+        """Every accepted ``POST /fhir/r4/Media`` (201 or 200), oldest first."""
+        return self._fhir.received()
+
+    def fhir_resources(self) -> list[dict[str, Any]]:
+        """Copies of every Media resource the sandbox created, oldest first."""
+        return self._fhir.resources()
+
+    def fhir_resource(self, resource_id: str) -> dict[str, Any] | None:
+        """A copy of the created Media with this id, or None."""
+        return self._fhir.get(resource_id)
 
     # ---- blobs --------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""Fault-injection settings of the sandbox and their validation.
+
+:class:`Faults` holds what the tests (or ``chartdrop sandbox``) asked for;
+:class:`InjectedFault` is one error the sandbox decided to answer instead of
+processing a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Faults", "InjectedFault", "check_fault_value"]
+
+
+@dataclass
+class Faults:
+    """Fault-injection settings for the sending routes and the token endpoints.
+
+    The sending routes are ``/endpoint``, ``/upload`` and ``POST /fhir/r4/Media``;
+    the token endpoints are ``/v2/auth/token``, ``/auth/authenticate``,
+    ``/auth/refreshToken`` and ``/fhir/oauth/token``.
+
+    * ``error_rate`` - probability (0..1) that a sending request answers ``error_status``.
+    * ``error_status`` - the status of injected errors (and of every request during
+      an ``outage``).
+    * ``retry_after`` - sent as the ``Retry-After`` header on injected errors.
+    * ``latency_seconds`` - added before every sending route's answer.
+    * ``fail_next`` - deterministic: the next requests to the sending routes
+      answer these statuses in order, consuming one each.
+    * ``outage`` - every sending and token request answers ``error_status``.
+    * ``seed`` - seeds the random generator behind ``error_rate``.
+    """
+
+    error_rate: float = 0.0
+    error_status: int = 503
+    retry_after: str | None = None
+    latency_seconds: float = 0.0
+    fail_next: list[int] = field(default_factory=list)
+    outage: bool = False
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """An error the sandbox decided to answer instead of processing a request."""
+
+    status: int
+    retry_after: str | None
+
+
+def _check_status(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise ValueError(f"{name} must be an HTTP error status (400-599)")
+    return value
+
+
+def check_fault_value(name: str, value: object) -> object:
+    """Validate one ``Faults`` field value; returns the normalised value."""
+    if name == "error_rate":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError("error_rate must be a number between 0 and 1")
+        return float(value)
+    if name == "error_status":
+        return _check_status(value, name)
+    if name == "retry_after":
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        raise ValueError("retry_after must be a string, a non-negative integer or null")
+    if name == "latency_seconds":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError("latency_seconds must be a non-negative number")
+        return float(value)
+    if name == "fail_next":
+        if not isinstance(value, list | tuple):
+            raise ValueError("fail_next must be a list of HTTP error statuses")
+        return [_check_status(item, "fail_next item") for item in value]
+    if name == "outage":
+        if not isinstance(value, bool):
+            raise ValueError("outage must be a boolean")
+        return value
+    if name == "seed":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("seed must be an integer or null")
+        return value
+    raise ValueError(f"unknown fault setting {name!r}")

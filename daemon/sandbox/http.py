@@ -1,0 +1,85 @@
+"""HTTP helpers shared by the sandbox's Redox and FHIR routes.
+
+Nothing here logs more than the type of an unexpected exception: bodies,
+headers, tokens and file names are PHI or secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from daemon.sandbox.state import InjectedFault, SandboxState
+
+__all__ = ["Handler", "declared_length", "guarded", "inject_fault", "read_body", "read_json"]
+
+log = logging.getLogger("daemon.sandbox.app")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def guarded(handler: Handler, error_body: dict[str, Any], media_type: str | None = None) -> Handler:
+    """Answer 500 with ``error_body`` on an unexpected exception, logging only its
+    type (never its message, which may quote a request)."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - never let a traceback (maybe PHI) reach a log
+            log.error(
+                "sandbox: unhandled %s on %s %s",
+                type(exc).__name__,
+                request.method,
+                request.url.path,
+            )
+            return JSONResponse(error_body, 500, media_type=media_type)
+
+    return wrapper
+
+
+def declared_length(request: Request) -> int | None:
+    """The request's ``Content-Length``, or None when absent or malformed."""
+    try:
+        return int(request.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None (without reading it all) if it is over ``limit``."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_json(raw: bytes | None) -> object:
+    """``raw`` parsed as JSON, or None when it is absent or not JSON."""
+    if raw is None:
+        return None
+    try:
+        parsed: object = json.loads(raw)
+    except ValueError:
+        return None
+    return parsed
+
+
+async def inject_fault(state: SandboxState) -> InjectedFault | None:
+    """Wait the configured latency, then decide whether this sending request fails."""
+    latency = state.latency()
+    if latency > 0:
+        await asyncio.sleep(latency)
+    return state.next_fault()
