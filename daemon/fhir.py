@@ -124,9 +124,16 @@ def document_identifier(settings: FhirSettings, document_id: str) -> tuple[str, 
     """(system, value) of the document's identifier; a UUID under the RFC 3986
     system is written as ``urn:uuid:...`` as FHIR expects."""
     system = settings.document_identifier_system
-    if system == "urn:ietf:rfc:3986" and _UUID.match(document_id):
+    if system != "urn:ietf:rfc:3986" or _URI.match(document_id):
+        return system, document_id
+    if _UUID.match(document_id):
         return system, f"urn:uuid:{document_id.lower()}"
-    return system, document_id
+    raise SidecarError(
+        [
+            "Media.DocumentID must be a UUID or a URI for this FHIR server (or the admin "
+            "sets [fhir].document_identifier_system to the system these IDs belong to)"
+        ]
+    )
 
 
 def build_media(

@@ -102,7 +102,7 @@ def check_sidecar(
             fhir.build_media(
                 settings=settings.fhir,
                 sidecar=parsed,
-                document_id="placeholder",
+                document_id="00000000-0000-4000-8000-000000000000",  # a job's IDs are UUIDs
                 file_name=file_name,
                 mime="application/pdf",
                 data_b64=PLACEHOLDER,

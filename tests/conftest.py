@@ -48,10 +48,21 @@ class Sandbox:
     server: SandboxServer
     state: SandboxState
     private_key: Path
+    fhir_secret: Path
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def fhir_table(self, **extra: Any) -> dict[str, Any]:
+        """The [fhir] table for the sandbox's FHIR server."""
+        return {
+            "base_url": f"{self.url}/fhir/r4",
+            "token_url": f"{self.url}/fhir/oauth/token",
+            "client_id": FHIR_CLIENT,
+            "client_secret_file": str(self.fhir_secret),
+            "patient_identifier_system": "urn:oid:2.16.840.1.113883.3.9999",
+        } | extra
 
 
 @pytest.fixture
@@ -63,10 +74,16 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     state = SandboxState(blob_dir=tmp_path / "sandbox-blobs")
     state.register_client(CLIENT_ID, KEY_ID, public)
     state.register_legacy_key(LEGACY_KEY, LEGACY_SECRET)
+    state.register_fhir_client(FHIR_CLIENT, FHIR_SECRET)
+    fhir_secret = tmp_path / "fhir-secret"
+    fhir_secret.write_text(FHIR_SECRET + "\n")
+    fhir_secret.chmod(0o600)
     with SandboxServer(state) as server:
-        yield Sandbox(server=server, state=state, private_key=key)
+        yield Sandbox(server=server, state=state, private_key=key, fhir_secret=fhir_secret)
 
 
+FHIR_CLIENT = "fhir-client"
+FHIR_SECRET = "fhir-client-secret-value"
 LEGACY_KEY = "legacy-api-key"
 LEGACY_SECRET = "legacy-secret-value"
 

@@ -7,6 +7,7 @@ wrong credential pauses the destination instead of failing documents."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from contextlib import redirect_stdout
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 from conftest import (
     LEGACY_KEY,
     LEGACY_SECRET,
@@ -23,12 +25,14 @@ from conftest import (
     wait_until,
     write_config,
 )
+from fhir.resources.R4B.media import Media as FhirMedia
 from redox.media.replace import Replace as MediaReplace
 from redox.notes.delete import Delete as NotesDelete
 from redox.notes.new import New as NotesNew
 from redox.results.new import New as ResultsNew
 
 from daemon.cli import main as cli_main
+from daemon.errors import PermanentDeliveryError
 from daemon.queue import JobState
 from daemon.samples import sample_pdf, sample_sidecar
 from daemon.sandbox import generate_keypair
@@ -312,3 +316,132 @@ def test_wrong_jwt_key_pauses_the_destination(tmp_path: Path, sandbox: Sandbox, 
     assert job.state == JobState.QUEUED and job.attempts == 0
     assert sandbox.state.received() == []
     assert not any((tmp_path / "consents" / "failed").iterdir())
+
+
+# -- FHIR R4 Media --------------------------------------------------------------------
+
+
+def _fhir_config(tmp_path: Path, sandbox: Sandbox, **kw: Any) -> Path:
+    fhir = sandbox.fhir_table(log_cdata="site=test-clinic", log_cdata_format="kv")
+    return write_config(tmp_path, sandbox, model="FHIR", fhir=fhir | kw.pop("fhir", {}), **kw)
+
+
+def test_fhir_media_end_to_end(tmp_path: Path, sandbox: Sandbox, pdf: bytes) -> None:
+    config = _fhir_config(tmp_path, sandbox)
+    with running(config) as r:
+        r.drop("consent.pdf", pdf, sample_sidecar(model="FHIR"))
+        (job,) = r.finished(1)
+    assert job.state == JobState.DONE, job.last_error
+    (received,) = sandbox.state.fhir_received()
+    resource = received.body
+    media = FhirMedia.model_validate(resource)  # a real FHIR model library
+    assert media.status == "completed"
+    assert media.subject.identifier.value == "0000000001"
+    assert media.subject.identifier.system == "urn:oid:2.16.840.1.113883.3.0"  # the sidecar's URI
+    assert media.identifier[0].value == f"urn:uuid:{job.document_id}"
+    content = resource["content"]
+    data = base64.b64decode(content["data"])
+    assert data == pdf and content["size"] == len(pdf)
+    assert base64.b64decode(content["hash"]) == hashlib.sha1(pdf, usedforsecurity=False).digest()
+    assert content["contentType"] == "application/pdf" and content["title"] == "Consent Form"
+    assert received.headers["if-none-exist"].startswith("identifier=urn:ietf:rfc:3986")
+    assert received.headers["log-cdata"] == "site=test-clinic"
+    assert received.headers["log-cdata-format"] == "kv"
+    assert received.headers["content-type"].startswith("application/fhir+json")
+    assert job.remote_id == received.resource_id
+    assert sandbox.state.fhir_token_requests == 1
+
+
+def test_fhir_resend_after_unknown_outcome_creates_no_second_resource(
+    tmp_path: Path, sandbox: Sandbox, pdf: bytes
+) -> None:
+    """A 504 makes chartdrop resend with the same identifier; and a resend of a
+    resource the server did store (its answer lost) finds it via If-None-Exist."""
+    config = _fhir_config(tmp_path, sandbox)
+    sandbox.state.set_faults(fail_next=[504], retry_after="0")
+    with running(config) as r:
+        r.drop("consent.pdf", pdf, sample_sidecar(model="FHIR"))
+        (job,) = r.finished(1)
+    assert job.state == JobState.DONE and job.attempts == 2
+    ident = f"urn:uuid:{job.document_id}"
+    tries = [a for a in sandbox.state.attempts if a.path == "/fhir/r4/Media"]
+    assert [(a.status, a.document_id) for a in tries] == [(504, ident), (201, ident)]
+
+    def stored() -> list[dict[str, Any]]:
+        return [x for x in sandbox.state.fhir_resources() if x["identifier"][0]["value"] == ident]
+
+    assert len(stored()) == 1
+    from daemon.config import load_settings
+    from daemon.fhir import FhirClient
+    from daemon.redox import make_http_client
+
+    settings = load_settings(config)
+    client = FhirClient(settings.fhir, make_http_client(settings))
+    resource = {k: v for k, v in stored()[0].items() if k not in ("id", "meta")}
+    again = client.create_media(settings.destination[0], resource)
+    assert (again.status, again.log_id) == (200, job.remote_id)
+    assert len(stored()) == 1
+
+
+def test_fhir_wrong_client_secret_pauses_the_destination(
+    tmp_path: Path, sandbox: Sandbox, pdf: bytes
+) -> None:
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("not-it")
+    config = _fhir_config(tmp_path, sandbox, fhir={"client_secret_file": str(wrong)})
+    with running(config) as r:
+        r.drop("a.pdf", pdf, sample_sidecar(model="FHIR"))
+        wait_until(lambda: r.queue.pauses())
+        status = _status(config)
+        (job,) = r.jobs()
+    assert "PAUSED consents (auth" in status
+    assert "FHIR token endpoint refused the credentials (HTTP 401)" in status
+    assert "not-it" not in status
+    assert job.attempts == 0 and job.state in (JobState.QUEUED, JobState.LEASED)
+    assert sandbox.state.fhir_received() == []
+    assert not any((tmp_path / "consents" / "failed").iterdir())
+
+
+def test_fhir_sidecar_with_unknown_key_fails_naming_it(
+    tmp_path: Path, sandbox: Sandbox, pdf: bytes
+) -> None:
+    config = _fhir_config(tmp_path, sandbox)
+    sidecar = sample_sidecar(model="FHIR")
+    sidecar["Media"]["DocumentTyp"] = "typo"
+    with running(config) as r:
+        r.drop("a.pdf", pdf, sidecar)
+        (job,) = r.finished(1)
+        note = (r.failed / "a.pdf.error.txt").read_text()
+    assert job.state == JobState.FAILED
+    assert "Media.DocumentTyp is not a field chartdrop sends to FHIR (check its spelling)" in note
+
+
+def test_legacy_token_is_renewed_with_the_refresh_token_then_by_authenticating(
+    tmp_path: Path, sandbox: Sandbox, pdf: bytes
+) -> None:
+    from daemon.config import load_settings
+    from daemon.redox import RedoxClient, make_http_client
+
+    secret = tmp_path / "redox-secret"
+    secret.write_text(LEGACY_SECRET)
+    redox = {"auth": "legacy", "api_key": LEGACY_KEY, "secret_file": str(secret)}
+    settings = load_settings(write_config(tmp_path, sandbox, redox=redox))
+    client = RedoxClient(settings.redox, make_http_client(settings))
+    first = client.token()
+    assert sandbox.state.token_requests == 1 and sandbox.state.refresh_requests == 0
+    sandbox.state.revoke_tokens()  # the access token is rejected: a 401 renews it
+    client.invalidate(first)
+    second = client.token()
+    assert second != first
+    assert sandbox.state.refresh_requests == 1 and sandbox.state.token_requests == 1
+    sandbox.state.revoke_tokens()
+    sandbox.state.revoke_refresh_tokens()  # the refresh token is refused too: authenticate again
+    client.invalidate(second)
+    client.token()
+    assert sandbox.state.refresh_requests == 2 and sandbox.state.token_requests == 2
+    # And a real send with a token the server forgot: 401, renewed once, delivered.
+    body = {"Meta": {"DataModel": "Media"}}
+    sandbox.state.revoke_tokens()
+    with pytest.raises(PermanentDeliveryError):  # the renewed token works; the body is refused
+        client.send(body)
+    assert sandbox.state.refresh_requests == 3
