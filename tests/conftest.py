@@ -80,6 +80,21 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     fhir_secret.chmod(0o600)
     with SandboxServer(state) as server:
         yield Sandbox(server=server, state=state, private_key=key, fhir_secret=fhir_secret)
+    check_everything_received(state)
+
+
+def check_everything_received(state: SandboxState) -> None:
+    """Every body the sandbox accepted in a test, checked again independently: Redox
+    bodies against Redox's JSON schemas, FHIR resources with fhir.resources."""
+    import jsonschema
+    from fhir.resources.R4B.media import Media
+
+    for received in state.received():
+        meta = received.body["Meta"]
+        name = f"{meta['DataModel'].lower()}/{meta['EventType'].lower()}.json"
+        jsonschema.Draft4Validator(load_schema(name)).validate(received.body)
+    for fhir_received in state.fhir_received():
+        Media.model_validate(fhir_received.body)
 
 
 FHIR_CLIENT = "fhir-client"
