@@ -75,9 +75,11 @@ class NotifySocket:
 class DaemonProcess:
     """``chartdrop run -c CONFIG`` with its JSON log lines collected from stderr."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            [CHARTDROP, "run", "-c", str(config)],
+            [*(prefix or []), CHARTDROP, "run", "-c", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -123,9 +125,12 @@ class DaemonProcess:
 
 
 @contextmanager
-def daemon_process(config: Path, env: dict[str, str] | None = None) -> Iterator[DaemonProcess]:
-    """The daemon for the length of a ``with`` block; always stopped (SIGTERM, then kill)."""
-    d = DaemonProcess(config, env)
+def daemon_process(
+    config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> Iterator[DaemonProcess]:
+    """The daemon for the length of a ``with`` block; always stopped (SIGTERM, then kill).
+    ``prefix`` runs it through a launcher (setpriv, tests/confine.py)."""
+    d = DaemonProcess(config, env, prefix)
     try:
         yield d
     finally:
@@ -198,3 +203,45 @@ class TricklingPeer:
         for t in self._threads:
             t.join(5)
         self._server.close()
+
+
+@contextmanager
+def tls_sandbox(state: Any, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The sandbox app served over HTTPS on 127.0.0.1 with a test CA (trustme):
+    yields the base URL and the CA bundle to put in ``redox.ca_bundle``."""
+    import trustme
+    import uvicorn
+
+    from daemon.sandbox.app import create_app
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file = tmp_path / "test-ca.pem", tmp_path / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    config = uvicorn.Config(
+        create_app(state),
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=str(cert_file),
+        ssl_keyfile=str(cert_file),
+    )
+    server = uvicorn.Server(config)
+    sock = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="tls-sandbox", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the TLS sandbox did not start")
+        time.sleep(0.02)
+    try:
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}", ca_file
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
