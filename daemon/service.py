@@ -81,7 +81,49 @@ def folder_problems(settings: Settings) -> list[str]:
             "the inboxes, done/, failed/ and state_dir must be on one filesystem so files move "
             f"atomically (found several: {groups})"
         )
+    elif devices:
+        problems.extend(_mount_problems([probe, *_folders(settings)]))
     return problems
+
+
+def _folders(settings: Settings) -> list[Path]:
+    return [p for d in settings.destination for p in (d.inbox, d.done, d.failed) if p.is_dir()]
+
+
+def _mount_points() -> list[tuple[str, str]]:
+    """(mount point, mount id) of this process's mounts, longest first; [] if unknown."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:
+            point = fields[4].encode().decode("unicode_escape")  # \040 for a space
+            mounts.append((point, fields[0]))
+    return sorted(mounts, key=lambda m: len(m[0]), reverse=True)
+
+
+def _mount_problems(paths: list[Path]) -> list[str]:
+    """rename() cannot cross mounts, even on one filesystem: a bind mount (systemd's
+    ReadWritePaths= and StateDirectory= under ProtectSystem=strict make one each)
+    splits the tree. One line naming the mounts found."""
+    mounts = _mount_points()
+    found: dict[str, str] = {}
+    for path in paths:
+        resolved = str(path.resolve())
+        for point, mount_id in mounts:
+            if resolved == point or resolved.startswith(point.rstrip("/") + "/"):
+                found.setdefault(mount_id, point)
+                break
+    if len(found) <= 1:
+        return []
+    return [
+        "the inboxes, done/, failed/ and state_dir must be under one mount so files move by "
+        f"rename (found mounts at {', '.join(sorted(found.values()))}); under systemd put "
+        "them all below one ReadWritePaths= folder"
+    ]
 
 
 def _client_inputs(settings: Settings) -> tuple[object, ...]:

@@ -50,8 +50,7 @@ def test_unit_runs_the_installed_entry_point_without_a_shell() -> None:
         "ExecReload=/bin/kill -HUP $MAINPID",
         "User=chartdrop",
         "SupplementaryGroups=chartdrop-scan",
-        "StateDirectory=chartdrop",
-        "StateDirectoryMode=0700",
+        "ReadWritePaths=/srv/chartdrop",
         "UMask=0077",
         "LoadCredential=redox-key:/etc/chartdrop/credentials/redox-key.pem",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
@@ -105,7 +104,14 @@ def test_sysusers_and_tmpfiles_declare_the_user_group_and_folders() -> None:
     for folder in ("inbox", "done", "failed"):
         _kind, _path, mode, user, group, _age = entries[f"/srv/chartdrop/consents/{folder}"]
         assert (mode, user, group) == ("2770", "chartdrop", "chartdrop-scan")
+    assert entries["/srv/chartdrop/state"][2:5] == ["0700", "chartdrop", "chartdrop"]
     assert entries["/etc/chartdrop/credentials"][2:5] == ["0700", "root", "root"]
+    # state and folders in one writable tree: rename() cannot cross the mounts that
+    # ReadWritePaths= and StateDirectory= each create
+    assert [line for line in unit_lines() if line.startswith("ReadWritePaths=")] == [
+        "ReadWritePaths=/srv/chartdrop"
+    ]
+    assert not [line for line in unit_lines() if line.startswith("StateDirectory")]
 
 
 # -- the daemon under the unit's restrictions ---------------------------------
@@ -228,3 +234,29 @@ def test_confine_reads_the_units_filter_as_systemd_does() -> None:
     settings = [("SystemCallFilter", "@a"), ("SystemCallFilter", "~@c"), ("User", "u")]
     assert confine.allowed_syscalls(settings, groups) == {"x", "z"}
     assert ("SystemCallFilter", "~@privileged @resources") in confine.directives(UNIT)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"
+)
+def test_check_refuses_folders_split_by_a_bind_mount(tmp_path: Path, sandbox: Sandbox) -> None:
+    """What ReadWritePaths=/srv/chartdrop plus StateDirectory= would do: one
+    filesystem, two mounts, and every rename between them fails with EXDEV.
+    The bind mount is made in a private mount namespace (unshare -m)."""
+    config = write_config(tmp_path, sandbox)
+    done = tmp_path / "consents" / "done"
+    chartdrop = Path(sys.executable).with_name("chartdrop")
+    script = f'mount --bind "{done}" "{done}" && exec "{chartdrop}" check -c "{config}"'
+    split = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert split.returncode == 2, split.stdout + split.stderr
+    assert "must be under one mount" in split.stderr
+    whole = subprocess.run(
+        [str(chartdrop), "check", "-c", str(config)], capture_output=True, text=True, check=False
+    )
+    assert whole.returncode == 0, whole.stderr
