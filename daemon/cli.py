@@ -50,9 +50,10 @@ def _ts(value: float | None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.service import Service
 
-    settings = _settings(args)
+    path = config_path(args.config)
+    settings = load_settings(path)
     logs.configure(level=settings.log_level, fmt=settings.log_format)
-    service = Service(settings)
+    service = Service(settings, config_path=path)
     service.start()
     return service.run()
 

@@ -170,6 +170,15 @@ class Filer:
     def finish_safely(self, job: Job) -> bool:
         """:meth:`finish`, logging instead of raising when the disk refuses. The job
         stays sent/rejected and :meth:`finish_pending` tries the move again later."""
+        if all(d.name != job.destination for d in self.settings.destination):
+            # its destination was removed (a reload): filed once it is configured again
+            self.log.warning(
+                "job.move_waiting",
+                job_id=job.id,
+                destination=job.destination,
+                error_kind="destination_removed",
+            )
+            return False
         try:
             self.finish(job)
         except OSError as exc:

@@ -159,7 +159,10 @@ class Intake:
 
     # -- detection --------------------------------------------------------
     def notify(self, dest_name: str, path: str) -> None:
-        dest = self.settings.get_destination(dest_name)
+        try:
+            dest = self.settings.get_destination(dest_name)
+        except KeyError:  # an event from before a reload removed the destination
+            return
         p = Path(path)
         if p.parent != dest.inbox or is_junk(p.name):
             return
@@ -176,6 +179,27 @@ class Intake:
         with self._lock:
             self._pending[dest.name].update(names)
         return len(names)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take a reloaded config (from the main loop, between ticks). A destination
+        whose settings changed starts afresh (its files are still in its inbox: the
+        next rescan finds them); a removed one is forgotten; every inbox is
+        rescanned at the next tick, as the observer is restarted meanwhile."""
+        before = {d.name: d for d in self.settings.destination}
+        with self._lock:
+            self.settings = settings
+            for dest in settings.destination:
+                if before.get(dest.name) != dest:
+                    self._pending[dest.name] = set()
+                    self._trackers[dest.name] = StabilityTracker(
+                        float(dest.timing("settle_seconds")), self.clock
+                    )
+            names = {d.name for d in settings.destination}
+            for gone in set(before) - names:
+                self._pending.pop(gone, None)
+                self._trackers.pop(gone, None)
+            self._next_rescan = dict.fromkeys(names, 0.0)
+        self.wake.set()
 
     def waiting(self) -> dict[str, int]:
         with self._lock:

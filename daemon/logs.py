@@ -59,6 +59,13 @@ SAFE_KEYS = frozenset(
         "intake_finished",
         "intake_abandoned",
         "moves_finished",
+        "stalled",
+        "problems",
+        "added",
+        "changed",
+        "removed",
+        "client_rebuilt",
+        "needs_restart",
     }
 )
 

@@ -108,6 +108,7 @@ class Pause:
 
 
 MIGRATIONS = Migrations("chartdrop")
+BUSY_TIMEOUT_SECONDS = 10.0  # a writer waits this long for another one (health.py counts on it)
 
 _STATES = ", ".join(f"'{state.value}'" for state in JobState)
 
@@ -225,10 +226,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         _create_private(path)
         target, uri = str(path), False
     conn = sqlite3.connect(
-        target, uri=uri, timeout=10, isolation_level=None, check_same_thread=False
+        target, uri=uri, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
     )
     try:
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         db = Database(conn, recursive_triggers=False, execute_plugins=False)
         if readonly:
             conn.execute("PRAGMA query_only = ON")

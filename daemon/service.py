@@ -1,10 +1,17 @@
 """The daemon: wires intake, the queue, the worker pool and the filer.
 
 Threads: watchdog's observer (detects only), the main loop (intake ticks,
-lease expiry, pending moves, observer health) and ``workers`` delivery
-threads. SIGTERM stops taking work, lets in-flight sends finish within
-``shutdown_grace_seconds`` and returns; anything still in flight then is
-left leased and resent (same DocumentID) on the next start.
+lease expiry, pending moves, observer health, systemd notifications) and
+``workers`` delivery threads. SIGTERM stops taking work, lets in-flight sends
+finish within ``shutdown_grace_seconds`` and returns; anything still in flight
+then is left leased and resent (same DocumentID) on the next start.
+
+Under systemd (``Type=notify``): ``READY=1`` once recovery is done and the
+observer and workers run; ``STATUS=`` counts every few seconds; ``WATCHDOG=1``
+from the main loop only while every heartbeat is fresh (:mod:`daemon.health`);
+``STOPPING=1`` at shutdown. SIGHUP reloads the config file (:meth:`Service.reload`):
+destinations are added, changed and removed without losing a queued job; a bad
+file is refused with its problems logged and the running config kept.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
@@ -22,20 +30,24 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from daemon.breaker import Breakers
-from daemon.config import Settings
+from daemon.config import Settings, load_settings
 from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
 from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_dir
+from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger
+from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.redox import RedoxClient, make_http_client
 
 TICK_SECONDS = 0.25
 MOVE_RETRY_SECONDS = 30.0
+STATUS_SECONDS = 5.0  # how often systemd's STATUS= line is refreshed
+RESTART_ONLY_KEYS = ("log_format", "log_level")  # a reload logs that these wait for a restart
 
 
 def folder_problems(settings: Settings) -> list[str]:
@@ -69,18 +81,87 @@ def folder_problems(settings: Settings) -> list[str]:
             "the inboxes, done/, failed/ and state_dir must be on one filesystem so files move "
             f"atomically (found several: {groups})"
         )
+    elif devices:
+        problems.extend(_mount_problems([probe, *_folders(settings)]))
     return problems
 
 
+def _folders(settings: Settings) -> list[Path]:
+    return [p for d in settings.destination for p in (d.inbox, d.done, d.failed) if p.is_dir()]
+
+
+def _mount_points() -> list[tuple[str, str]]:
+    """(mount point, mount id) of this process's mounts, longest first; [] if unknown."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:
+            point = fields[4].encode().decode("unicode_escape")  # \040 for a space
+            mounts.append((point, fields[0]))
+    return sorted(mounts, key=lambda m: len(m[0]), reverse=True)
+
+
+def _mount_problems(paths: list[Path]) -> list[str]:
+    """rename() cannot cross mounts, even on one filesystem: a bind mount (systemd's
+    ReadWritePaths= and StateDirectory= under ProtectSystem=strict make one each)
+    splits the tree. One line naming the mounts found."""
+    mounts = _mount_points()
+    found: dict[str, str] = {}
+    for path in paths:
+        resolved = str(path.resolve())
+        for point, mount_id in mounts:
+            if resolved == point or resolved.startswith(point.rstrip("/") + "/"):
+                found.setdefault(mount_id, point)
+                break
+    if len(found) <= 1:
+        return []
+    return [
+        "the inboxes, done/, failed/ and state_dir must be under one mount so files move by "
+        f"rename (found mounts at {', '.join(sorted(found.values()))}); under systemd put "
+        "them all below one ReadWritePaths= folder"
+    ]
+
+
+def _client_inputs(settings: Settings) -> tuple[object, ...]:
+    """What the API clients are built from: a reload rebuilds them only if these change."""
+    return (
+        settings.redox,
+        settings.fhir,
+        settings.connect_timeout_seconds,
+        settings.read_timeout_seconds,
+        settings.write_timeout_seconds,
+        settings.pool_timeout_seconds,
+    )
+
+
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.log = get_logger()
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.health = Health(allowance_for(settings))
         self.stopping = threading.Event()
         self.work = threading.Event()
+        self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
-        self._threads: list[threading.Thread] = []
+        self._workers: dict[int, threading.Thread] = {}
         self._observer: BaseObserver | None = None
+        self._observer_check = ObserverCheck(stuck_after=self.health.allowance)
+        self._retired: list[Sender] = []
+        self._stalled: list[str] = []
+        self._next_ping = 0.0
+        self._next_status = 0.0
         self.queue: Queue | None = None
         self.intake: Intake | None = None
 
@@ -115,7 +196,7 @@ class Service:
         self.breakers = Breakers(self.queue)
         self.filer = Filer(self.settings, self.queue)
         self.deliverer = Deliverer(
-            self.settings, self.queue, self.make_sender(self.settings), self.filer,
+            self.settings, self.queue, self._new_sender(self.settings), self.filer,
             breakers=self.breakers,
         )  # fmt: skip
         self.intake = Intake(
@@ -131,11 +212,9 @@ class Service:
             intake_abandoned=recovered["abandoned"],
             moves_finished=moved,
         )
+        self._report_unconfigured()
         self._start_observer()
-        for i in range(self.settings.workers):
-            t = threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._start_workers()
         self.log.info(
             "daemon.started",
             workers=self.settings.workers,
@@ -146,29 +225,60 @@ class Service:
     def make_sender(settings: Settings) -> Sender:
         """The API clients for every destination model (one HTTP connection pool)."""
         http = make_http_client(settings)
-        return Sender(settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http))
+        try:
+            return Sender(
+                settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http)
+            )
+        except BaseException:
+            http.close()
+            raise
+
+    def _new_sender(self, settings: Settings) -> Sender:
+        """The daemon's clients (start and reload): every step of their HTTP requests
+        beats the calling worker's heartbeat (:mod:`daemon.health`)."""
+        sender = self.make_sender(settings)
+        self.health.watch_http(sender.redox.http)
+        return sender
+
+    def _start_workers(self) -> None:
+        """Start the workers the config asks for that are not running (start and reload)."""
+        for i in range(self.settings.workers):
+            running = self._workers.get(i)
+            if running is None or not running.is_alive():
+                t = threading.Thread(
+                    target=self._worker, args=(i,), name=f"worker-{i}", daemon=True
+                )
+                t.start()
+                self._workers[i] = t
 
     # -- loops ------------------------------------------------------------
-    def _worker(self) -> None:
+    def _worker(self, index: int) -> None:
         assert self.queue is not None
-        while not self.stopping.is_set():
-            try:
-                job = self.queue.claim(
-                    lease_seconds=self.settings.lease_seconds,
-                    exclude_destinations=self.breakers.blocked(),
-                )
-            except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
-                self.log.error("worker.claim_failed", exc_type=type(exc).__name__)
-                self.stopping.wait(1.0)
-                continue
-            if job is None:
-                self.work.wait(0.5)
-                self.work.clear()
-                continue
-            try:
-                self.deliverer.process(job)
-            except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
-                self.log.error("worker.crashed_job", job_id=job.id, exc_type=type(exc).__name__)
+        name = threading.current_thread().name
+        try:
+            # a reload that lowers ``workers`` ends the surplus after their current job
+            while not self.stopping.is_set() and index < self.settings.workers:
+                self.health.beat(name)
+                try:
+                    job = self.queue.claim(
+                        lease_seconds=self.settings.lease_seconds,
+                        exclude_destinations=self.breakers.blocked(),
+                    )
+                except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
+                    self.log.error("worker.claim_failed", exc_type=type(exc).__name__)
+                    self.stopping.wait(1.0)
+                    continue
+                if job is None:
+                    self.work.wait(0.5)
+                    self.work.clear()
+                    continue
+                self.health.beat(name)
+                try:
+                    self.deliverer.process(job)
+                except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
+                    self.log.error("worker.crashed_job", job_id=job.id, exc_type=type(exc).__name__)
+        finally:
+            self.health.forget(name)
 
     def tick(self) -> None:
         assert self.queue is not None and self.intake is not None
@@ -179,18 +289,21 @@ class Service:
     def run(self, *, until: Callable[[], bool] | None = None) -> int:
         """Main loop until SIGTERM/SIGINT (or ``until()`` is true). Returns the exit code."""
         self._install_signals()
+        self.notifier.ready(self.status_text())
         last_moves = time.monotonic()
         while not self.stopping.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
             try:
                 self.tick()
                 if time.monotonic() - last_moves > MOVE_RETRY_SECONDS:
                     last_moves = time.monotonic()
                     self.filer.finish_pending()
-                if self._observer is not None and not self._observer.is_alive():
-                    self.log.error("daemon.observer_died")
-                    self._start_observer()
+                self._check_observer()
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; the rescan catches up
                 self.log.error("daemon.tick_failed", exc_type=type(exc).__name__)
+            self._tell_systemd()
             if until is not None and until():
                 break
             assert self.intake is not None
@@ -208,6 +321,133 @@ class Service:
         observer.start()
         self._observer = observer
 
+    def _check_observer(self) -> None:
+        """Restart a dead observer; beat its heartbeat while it is alive and dispatching."""
+        if self._observer is None:
+            return
+        if not self._observer.is_alive():
+            self.log.error("daemon.observer_died")
+            self._start_observer()
+        if self._observer_check.healthy(self._observer):
+            self.health.beat("observer")
+
+    # -- systemd ----------------------------------------------------------
+    def status_text(self) -> str:
+        """systemd's STATUS= line: counts only, never a name."""
+        if self.queue is None:
+            return "starting"
+        totals = self.queue.status().values()
+        queued = sum(s.queued + s.retrying for s in totals)
+        in_flight = sum(s.in_flight for s in totals)
+        failed = sum(s.failed for s in totals)
+        text = f"{queued} queued, {in_flight} in flight, {failed} failed"
+        if self._stalled:
+            text += f"; not responding: {', '.join(self._stalled)}"
+        return text
+
+    def _tell_systemd(self) -> None:
+        """Watchdog pings while every heartbeat is fresh; STATUS= every few seconds."""
+        now = time.monotonic()
+        stalled = self.health.stalled()
+        if stalled != self._stalled:
+            if stalled:
+                self.log.error("daemon.unhealthy", stalled=stalled)
+            else:
+                self.log.info("daemon.healthy")
+            self._stalled = stalled
+            self._next_status = 0.0
+        interval = self.notifier.watchdog_interval
+        if interval is not None and not stalled and now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + interval / 2
+        if self.notifier.enabled and now >= self._next_status:
+            self._next_status = now + STATUS_SECONDS
+            try:
+                self.notifier.status(self.status_text())
+            except Exception as exc:  # noqa: BLE001 - a busy database only delays the status line
+                self.log.warning("daemon.status_failed", exc_type=type(exc).__name__)
+
+    # -- reload (SIGHUP) --------------------------------------------------
+    def reload(self) -> bool:
+        """Reload the config file; keep the running config if the new one is bad."""
+        self.notifier.reloading()
+        try:
+            new, sender = self._prepare_reload()
+        except ConfigError as exc:
+            self.log.error("daemon.reload_refused", problems=exc.problems)
+            self.notifier.ready(self.status_text())
+            return False
+        old = self.settings
+        added, changed, removed = _destination_changes(old, new)
+        self._apply_settings(new, sender)
+        if added or changed or removed:
+            self._restart_observer()
+        self._start_workers()
+        restart_only = [k for k in RESTART_ONLY_KEYS if getattr(old, k) != getattr(new, k)]
+        self.log.info(
+            "daemon.reloaded",
+            added=added,
+            changed=changed,
+            removed=removed,
+            workers=new.workers,
+            client_rebuilt=sender is not None,
+            needs_restart=restart_only or None,
+        )
+        self._report_unconfigured()
+        self.work.set()
+        self.notifier.ready(self.status_text())
+        return True
+
+    def _prepare_reload(self) -> tuple[Settings, Sender | None]:
+        """Load and check the new file; build new API clients if their inputs changed.
+        Raises ConfigError (every problem) and changes nothing."""
+        if self.config_path is None:
+            raise ConfigError("the daemon was started without a config file; nothing to reload")
+        new = load_settings(self.config_path)
+        problems = folder_problems(new)
+        if new.state_dir != self.settings.state_dir:
+            problems.append("state_dir cannot change while running; restart the service")
+        if problems:
+            raise ConfigError(problems)
+        if _client_inputs(new) == _client_inputs(self.settings):
+            return new, None
+        return new, self._new_sender(new)
+
+    def _apply_settings(self, new: Settings, sender: Sender | None) -> None:
+        """Swap the settings (and API clients) in every stage. Jobs stay where they are:
+        a removed destination's jobs stay queued (Deliverer retries them) and
+        finish if it comes back."""
+        assert self.intake is not None
+        self.settings = new
+        self.health.allowance = allowance_for(new)
+        self._observer_check.stuck_after = self.health.allowance
+        self.filer.settings = new
+        self.deliverer.settings = new
+        if sender is not None:
+            self._retired.append(self.deliverer.sender)  # in-flight sends may still use it
+            self.deliverer.sender = sender
+        else:
+            self.deliverer.sender.settings = new
+        self.intake.reconfigure(new)
+
+    def _restart_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(2.0)
+        self._start_observer()
+
+    def _report_unconfigured(self) -> None:
+        """Jobs still waiting for a destination the config no longer has (no names, counts)."""
+        assert self.queue is not None
+        configured = {d.name for d in self.settings.destination}
+        for name, s in self.queue.status().items():
+            waiting = s.queued + s.retrying + s.in_flight + s.awaiting_move
+            if name not in configured and waiting:
+                self.log.warning(
+                    "daemon.destination_not_configured", destination=name, count=waiting
+                )
+
+    # -- signals and shutdown --------------------------------------------
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -218,8 +458,14 @@ class Service:
             if self.intake is not None:
                 self.intake.wake.set()
 
+        def reload_handler(_signum: int, _frame: FrameType | None) -> None:
+            self.reload_requested.set()
+            if self.intake is not None:
+                self.intake.wake.set()
+
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, reload_handler)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -229,19 +475,33 @@ class Service:
     def shutdown(self) -> int:
         self.stopping.set()
         self.work.set()
+        self.notifier.stopping("stopping: finishing in-flight sends")
         if self._observer is not None:
             self._observer.stop()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
-        for t in self._threads:
+        for t in self._workers.values():
             t.join(max(0.0, deadline - time.monotonic()))
-        busy = [t.name for t in self._threads if t.is_alive()]
+        busy = [t.name for t in self._workers.values() if t.is_alive()]
         if self._observer is not None:
             self._observer.join(2.0)
         if busy:
             self.log.warning("daemon.stopped_with_inflight", count=len(busy))
-        elif self.queue is not None:
-            self.queue.close()
+        else:
+            for sender in self._retired:
+                sender.redox.http.close()
+            if self.queue is not None:
+                self.queue.close()
         if self._lock_file is not None:
             self._lock_file.close()
         self.log.info("daemon.stopped")
+        self.notifier.close()
         return 0
+
+
+def _destination_changes(old: Settings, new: Settings) -> tuple[list[str], list[str], list[str]]:
+    before = {d.name: d for d in old.destination}
+    after = {d.name: d for d in new.destination}
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
+    return added, changed, removed
