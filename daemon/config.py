@@ -326,7 +326,12 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Field(
-        Path("/var/lib/chartdrop"), description="SQLite database and spool (0700)."
+        Path("/var/lib/chartdrop"), description="SQLite database (and the spool by default), 0700."
+    )
+    spool_dir: Path = Field(
+        Path("/var/lib/chartdrop/spool"),
+        description="Where queued documents wait (0700); default state_dir/spool. Documents "
+        "move in and out by rename, so it must be on the same mount as the inboxes.",
     )
     workers: int = Field(4, ge=1, le=64, description="Concurrent deliveries.")
     log_format: Literal["auto", "json", "console"] = Field(
@@ -373,10 +378,18 @@ class Settings(BaseSettings):
         ..., min_length=1, description="One [[destination]] table per watched inbox."
     )
 
-    @field_validator("state_dir")
+    @field_validator("state_dir", "spool_dir")
     @classmethod
     def _state_dir(cls, value: Path) -> Path:
         return _resolve(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_spool(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("spool_dir") is None:
+            state = data.get("state_dir", cls.model_fields["state_dir"].default)
+            data = data | {"spool_dir": Path(state) / "spool"}
+        return data
 
     @model_validator(mode="after")
     def _fill_destinations(self) -> Settings:
@@ -417,10 +430,6 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.state_dir / "chartdrop.sqlite3"
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.state_dir / "spool"
 
     def get_destination(self, name: str) -> Destination:
         for dest in self.destination:

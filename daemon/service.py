@@ -71,14 +71,15 @@ def folder_problems(settings: Settings) -> list[str]:
                 or dest.inbox.resolve() in path.resolve().parents
             ):
                 problems.append(f"destination {dest.name!r} {label} must not be inside its inbox")
-    state = settings.state_dir
-    probe = state if state.exists() else state.parent
-    if probe.exists():
-        devices.setdefault(probe.stat().st_dev, []).append(f"state_dir ({state})")
+    spool = settings.spool_dir  # the database may live elsewhere: nothing is renamed there
+    probe = spool
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    devices.setdefault(probe.stat().st_dev, []).append(f"spool_dir ({spool})")
     if len(devices) > 1:
         groups = "; ".join(", ".join(v) for v in devices.values())
         problems.append(
-            "the inboxes, done/, failed/ and state_dir must be on one filesystem so files move "
+            "the inboxes, done/, failed/ and spool_dir must be on one filesystem so files move "
             f"atomically (found several: {groups})"
         )
     elif devices:
@@ -120,7 +121,7 @@ def _mount_problems(paths: list[Path]) -> list[str]:
     if len(found) <= 1:
         return []
     return [
-        "the inboxes, done/, failed/ and state_dir must be under one mount so files move by "
+        "the inboxes, done/, failed/ and spool_dir must be under one mount so files move by "
         f"rename (found mounts at {', '.join(sorted(found.values()))}); under systemd put "
         "them all below one ReadWritePaths= folder"
     ]
@@ -405,8 +406,8 @@ class Service:
             raise ConfigError("the daemon was started without a config file; nothing to reload")
         new = load_settings(self.config_path)
         problems = folder_problems(new)
-        if new.state_dir != self.settings.state_dir:
-            problems.append("state_dir cannot change while running; restart the service")
+        if (new.state_dir, new.spool_dir) != (self.settings.state_dir, self.settings.spool_dir):
+            problems.append("state_dir and spool_dir cannot change while running; restart")
         if problems:
             raise ConfigError(problems)
         if _client_inputs(new) == _client_inputs(self.settings):

@@ -104,14 +104,15 @@ def test_sysusers_and_tmpfiles_declare_the_user_group_and_folders() -> None:
     for folder in ("inbox", "done", "failed"):
         _kind, _path, mode, user, group, _age = entries[f"/srv/chartdrop/consents/{folder}"]
         assert (mode, user, group) == ("2770", "chartdrop", "chartdrop-scan")
-    assert entries["/srv/chartdrop/state"][2:5] == ["0700", "chartdrop", "chartdrop"]
+    assert entries["/srv/chartdrop/spool"][2:5] == ["0700", "chartdrop", "chartdrop"]
     assert entries["/etc/chartdrop/credentials"][2:5] == ["0700", "root", "root"]
-    # state and folders in one writable tree: rename() cannot cross the mounts that
-    # ReadWritePaths= and StateDirectory= each create
+    # spool and folders in one writable tree: rename() cannot cross the mounts that
+    # ReadWritePaths= and StateDirectory= each create; the database has its own
     assert [line for line in unit_lines() if line.startswith("ReadWritePaths=")] == [
         "ReadWritePaths=/srv/chartdrop"
     ]
-    assert not [line for line in unit_lines() if line.startswith("StateDirectory")]
+    assert "StateDirectory=chartdrop" in unit_lines()
+    assert "StateDirectoryMode=0700" in unit_lines()
 
 
 # -- the daemon under the unit's restrictions ---------------------------------
