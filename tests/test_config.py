@@ -168,3 +168,11 @@ def test_toml_syntax_error_is_one_clear_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_spool_dir_defaults_to_state_dir_and_can_be_set(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, 'state_dir = "st"\n' + MINIMAL))
+    assert settings.spool_dir == tmp_path / "st" / "spool"
+    settings = load_settings(_write(tmp_path, 'spool_dir = "/srv/x/spool"\n' + MINIMAL))
+    assert settings.spool_dir == Path("/srv/x/spool")
+    assert settings.state_dir == Path("/var/lib/chartdrop")
