@@ -216,6 +216,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from daemon import audit
+
+    since = audit.parse_when(args.since)
+    until = audit.parse_when(args.until, end=True) if args.until else None
+    queue = _open_queue(_settings(args))
+    events = queue.audit_rows(
+        since=since, until=until, destination=args.destination, sha256=args.sha256
+    )
+    audit.write(sys.stdout, "json" if args.json else "csv" if args.csv else "text", events)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from daemon.outgoing import check_sidecar
     from daemon.sidecar import read_sidecar
@@ -336,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--json", action="store_true")
     sh = cmd("show", cmd_show, "one job's history")
     sh.add_argument("job")
+    au = cmd("audit", cmd_audit, "export the audit trail (every state change, no patient data)")
+    au.add_argument(
+        "--since", required=True, help="YYYY-MM-DD (local midnight) or an ISO date and time"
+    )
+    au.add_argument("--until", help="YYYY-MM-DD (that whole day included) or an ISO date and time")
+    au.add_argument("-d", "--destination")
+    au.add_argument("--sha256", help="only this document (its SHA-256, hex)")
+    fmt = au.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
     v = cmd("validate", cmd_validate, "check a sidecar offline, every error at once")
     v.add_argument("sidecar")
     v.add_argument("-d", "--destination", required=True)

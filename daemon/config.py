@@ -12,6 +12,7 @@ credential: a bare name found in ``$CREDENTIALS_DIRECTORY`` wins.
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import tomllib
@@ -19,7 +20,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -372,6 +381,31 @@ class Settings(BaseSettings):
         30_000_000, gt=0, description="Files over this size fail before any network call."
     )
 
+    keep_done_days: int = Field(
+        30,
+        ge=1,
+        le=36_500,
+        description=(
+            "Documents (and sidecars) in done/ are deleted this many days after they were "
+            "delivered, and their job rows keep only non-PHI facts. failed/ is never cleaned."
+        ),
+    )
+    files_group: int | str | None = Field(
+        None,
+        description=(
+            "Group (name or gid) given to documents, sidecars, .error.txt notes and the "
+            "done/YYYY-MM-DD folders chartdrop creates, so staff can read them."
+        ),
+    )
+    files_mode: int = Field(
+        0o640,
+        description="Mode of documents, sidecars and notes moved to done/ and failed/ (octal).",
+    )
+    dirs_mode: int = Field(
+        0o750,
+        description="Mode of the done/YYYY-MM-DD folders chartdrop creates (octal).",
+    )
+
     redox: RedoxSettings = Field(default_factory=RedoxSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
     destination: list[Destination] = Field(
@@ -390,6 +424,32 @@ class Settings(BaseSettings):
             state = data.get("state_dir", cls.model_fields["state_dir"].default)
             data = data | {"spool_dir": Path(state) / "spool"}
         return data
+
+    @field_validator("files_mode", "dirs_mode")
+    @classmethod
+    def _private_mode(cls, value: int, info: ValidationInfo) -> int:
+        if not 0 <= value <= 0o777:
+            raise ValueError("must be a permission mode between 0o000 and 0o777 (e.g. 0o640)")
+        if info.field_name == "dirs_mode" and value & 0o700 != 0o700:
+            raise ValueError(f"{value:#o} must give chartdrop (the owner) full access, e.g. 0o750")
+        if value & 0o007:
+            raise ValueError(
+                f"{value:#o} gives other users access; documents are patient data "
+                "(use the group bits and files_group instead)"
+            )
+        return value
+
+    @field_validator("files_group")
+    @classmethod
+    def _group(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            group_id(value)  # raises ValueError for an unknown group
+        return value
+
+    @property
+    def files_gid(self) -> int | None:
+        """``files_group`` as a gid (None: leave the group alone)."""
+        return None if self.files_group is None else group_id(self.files_group)
 
     @model_validator(mode="after")
     def _fill_destinations(self) -> Settings:
@@ -436,6 +496,20 @@ class Settings(BaseSettings):
             if dest.name == name:
                 return dest
         raise KeyError(name)
+
+
+def group_id(group: int | str) -> int:
+    """A gid from a group name or number; ValueError if there is no such group."""
+    if isinstance(group, int):
+        if group < 0:
+            raise ValueError("a gid cannot be negative")
+        return group
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"there is no group named {group!r} on this machine") from None
 
 
 def key_path(loc: tuple[int | str, ...]) -> str:

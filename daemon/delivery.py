@@ -58,6 +58,7 @@ class Decision:
     error_kind: str = ""
     error: str = ""
     http_status: int | None = None
+    remote_id: str | None = None  # the log ID the remote side gave the failed request
 
 
 def decide(
@@ -72,8 +73,10 @@ def decide(
             error_kind="remote_rejected",
             error=f"the destination refused the document (HTTP {exc.status})",
             http_status=exc.status,
+            remote_id=exc.remote_id,
         )
     status = exc.status if isinstance(exc, TransientDeliveryError) else None
+    remote_id = exc.remote_id if isinstance(exc, TransientDeliveryError) else None
     started = job.queued_at or job.created_at
     give_up = float(dest.timing("give_up_after_hours")) * 3600
     if now - started >= give_up:
@@ -85,6 +88,7 @@ def decide(
                 f"(last problem: {safe_text(exc)})"
             ),
             http_status=status,
+            remote_id=remote_id,
         )
     delay = backoff(
         job.attempts,
@@ -99,7 +103,14 @@ def decide(
         kind = "unknown_outcome"  # it may have arrived: resent with the same DocumentID
     if not isinstance(exc, TransientDeliveryError):
         kind = "local_error"  # e.g. an unreadable spool file: retried, then reported
-    return Decision("retry", delay=delay, error_kind=kind, error=safe_text(exc), http_status=status)
+    return Decision(
+        "retry",
+        delay=delay,
+        error_kind=kind,
+        error=safe_text(exc),
+        http_status=status,
+        remote_id=remote_id,
+    )
 
 
 class Deliverer:
@@ -184,6 +195,7 @@ class Deliverer:
                 error_kind=decision.error_kind,
                 error=decision.error,
                 http_status=decision.http_status,
+                remote_id=decision.remote_id,
             )
             log.warning(
                 "job.retry",
@@ -201,9 +213,13 @@ class Deliverer:
             error_kind=decision.error_kind,
             error=decision.error,
             http_status=decision.http_status,
+            remote_id=decision.remote_id,
         )
         log.warning(
-            "job.rejected", error_kind=decision.error_kind, http_status=decision.http_status
+            "job.rejected",
+            error_kind=decision.error_kind,
+            http_status=decision.http_status,
+            remote_id=decision.remote_id,
         )
         if ok:
             self._finish(job.id)

@@ -81,10 +81,14 @@ class NotRegularFileError(InputError):
 
 
 class DeliveryError(ChartdropError):
-    """Talking to the remote API failed. ``status`` is the HTTP status, if any."""
+    """Talking to the remote API failed. ``status`` is the HTTP status, if any;
+    ``remote_id`` the log ID the remote side gave the failed request, if any."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, remote_id: str | None = None
+    ) -> None:
         self.status = status
+        self.remote_id = remote_id
         super().__init__(message)
 
 
@@ -98,8 +102,9 @@ class TransientDeliveryError(DeliveryError):
         status: int | None = None,
         retry_after: float | None = None,
         unknown_outcome: bool = False,
+        remote_id: str | None = None,
     ) -> None:
-        super().__init__(message, status=status)
+        super().__init__(message, status=status, remote_id=remote_id)
         self.retry_after = retry_after
         # True when the request may have reached the server (e.g. a read
         # timeout after sending): the resend carries the same DocumentID.

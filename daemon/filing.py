@@ -5,6 +5,12 @@ move, so a crash mid-move is finished on the next start instead of leaving a
 document nobody can find. Moves are same-filesystem renames that never
 overwrite (a taken name gets " (1)", " (2)", …) followed by a directory fsync.
 A failed document gets ``<name>.error.txt`` in plain words for front-desk staff.
+
+Documents, sidecars and notes get ``files_mode`` (and ``files_group``) before
+they appear in done/ or failed/, and the done/YYYY-MM-DD folders ``dirs_mode``,
+so staff can read them while everything else the daemon makes stays private
+(umask 077). The kernel lets the daemon change only files it owns: a document
+another account dropped keeps its owner, and a refusal is logged, not fatal.
 """
 
 from __future__ import annotations
@@ -20,12 +26,10 @@ from daemon.errors import (
     SidecarError,
     TooLargeError,
 )
-from daemon.fsutil import ensure_dir, fsync_dir, rename_noreplace, write_file_atomic
+from daemon.fsutil import ensure_dir, fsync_dir, rename_noreplace, set_mode, write_file_atomic
 from daemon.logs import get_logger
 from daemon.names import error_note_name, paired_sidecar_name, suffixed
 from daemon.queue import Job, JobState, Queue
-
-NOTE_MODE = 0o640
 
 FIX_BY_KIND: dict[str, str] = {
     cls.reason: cls.fix
@@ -83,6 +87,19 @@ class Filer:
         self.queue = queue
         self.log = get_logger()
 
+    def _share(self, path: Path, job: Job, *, directory: bool = False) -> None:
+        """files_mode / dirs_mode and files_group on one file or dated folder
+        (read from the settings each time: a reload may change them)."""
+        mode = self.settings.dirs_mode if directory else self.settings.files_mode
+        if not set_mode(path, mode, self.settings.files_gid, directory=directory):
+            self.log.warning(
+                "job.mode_not_set",
+                job_id=job.id,
+                destination=job.destination,
+                path_kind="folder" if directory else "file",
+                reason="not permitted (owned by another user, or not a member of files_group)",
+            )
+
     def finish(self, job: Job) -> Path | None:
         """Move a sent or rejected job's files to their final place and mark it."""
         if job.state == JobState.SENT:
@@ -120,10 +137,15 @@ class Filer:
         target = Path(job.final_path) if job.final_path else None
         spool_doc = Path(job.spool_document) if job.spool_document else None
         doc_in_spool = spool_doc is not None and (spool_doc.exists() or spool_doc.is_symlink())
+        if doc_in_spool:
+            assert spool_doc is not None
+            self._share(spool_doc, job)  # before it is visible in done/ or failed/
         while True:
             if target is None:
                 folder = self._target_dir(dest, failed)
-                ensure_dir(folder, mode=0o750)
+                ensure_dir(folder, mode=self.settings.dirs_mode)
+                if not failed:  # failed/ itself is the admin's folder; done/DATE is ours
+                    self._share(folder, job, directory=True)
                 target = self._choose(job, folder, failed)
                 self.queue.set_final_path(job.id, str(target))
             if not doc_in_spool:
@@ -140,6 +162,7 @@ class Filer:
             spool_side = Path(job.spool_sidecar)
             if spool_side.exists() or spool_side.is_symlink():
                 name = paired_sidecar_name(target.name, job.original_name, job.sidecar_name)
+                self._share(spool_side, job)
                 n = 0
                 while True:
                     try:
@@ -151,7 +174,8 @@ class Filer:
             note = folder / error_note_name(target.name)
             if not note.exists():
                 text = note_text(job, dest, datetime.now().astimezone())
-                write_file_atomic(note, text.encode("utf-8"), mode=NOTE_MODE)
+                write_file_atomic(note, text.encode("utf-8"), mode=self.settings.files_mode)
+                self._share(note, job)
         fsync_dir(folder)
         fsync_dir(self.settings.spool_dir)
         if failed:

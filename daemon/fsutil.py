@@ -127,13 +127,17 @@ def open_document(path: Path, *, expected_dev: int | None = None) -> BinaryIO:
 
     Refused with :class:`NotRegularFileError`: a symlink (never followed, so
     its target is never opened), a FIFO, socket, device or directory, a file
-    with more than one hard link, and (if ``expected_dev`` is given) a file on
-    another filesystem. The descriptor is opened non-blocking (a FIFO swapped
-    in at the last moment cannot hang us), checked with ``fstat``, then set
-    back to blocking. The caller closes the returned file (it is a context
-    manager). A vanished file raises ``FileNotFoundError``.
+    with more than one hard link, and a file on another filesystem than
+    ``expected_dev`` (default: the device of the folder it is in, so a file
+    bind-mounted into an inbox or the spool is refused). The descriptor is
+    opened non-blocking (a FIFO swapped in at the last moment cannot hang us),
+    checked with ``fstat``, then set back to blocking. The caller closes the
+    returned file (it is a context manager). A vanished file raises
+    ``FileNotFoundError``.
     """
     with _no_names():
+        if expected_dev is None:
+            expected_dev = path.parent.stat().st_dev
         _precheck(path, expected_dev)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
         try:
@@ -258,6 +262,62 @@ def ensure_dir(path: Path, mode: int = 0o700) -> None:
             raise ConfigError(f"cannot create folder {path}: {exc.strerror}") from None
         if lstat_kind(path) != "directory":  # lost a race with something else
             raise ConfigError(f"{path} exists but is not a folder")
+
+
+def set_mode(path: Path, mode: int, gid: int | None = None, *, directory: bool = False) -> bool:
+    """Give the regular file (or, with ``directory``, the folder) at ``path`` itself
+    ``mode`` and, if given, group ``gid``.
+
+    Never through a symlink (``O_NOFOLLOW``; the opened descriptor is checked
+    with ``fstat``), and never on a FIFO, socket or device: those, and a symlink,
+    are left as they are. Returns False if the kernel refused (a file owned by
+    another user, a group this user is not in), True otherwise.
+    """
+    wanted = stat.S_ISDIR if directory else stat.S_ISREG
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if directory:
+        flags |= os.O_DIRECTORY
+    with _no_names():
+        if not wanted(os.lstat(path).st_mode):
+            return True
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return False
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENODEV):
+                return True  # swapped for a link or special file since the lstat: leave it
+            raise
+        try:
+            st = os.fstat(fd)
+            if not wanted(st.st_mode):
+                return True
+            try:
+                if gid is not None and st.st_gid != gid:
+                    os.fchown(fd, -1, gid)
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+            except PermissionError:
+                return False
+            return True
+        finally:
+            os.close(fd)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """:func:`ensure_dir` with mode 0700, and an existing folder tightened to 0700.
+
+    Raises :class:`ConfigError` if the folder lets others in and this user may
+    not change that (it belongs to someone else).
+    """
+    ensure_dir(path, mode=0o700)
+    if not set_mode(path, 0o700, directory=True):
+        current = stat.S_IMODE(os.lstat(path).st_mode)
+        if current & 0o077:
+            raise ConfigError(
+                f"{path} is open to other users ({current:#o}) and belongs to another user; "
+                f"chown it to the chartdrop user and chmod 700 it"
+            )
 
 
 def same_filesystem(paths: Iterable[Path]) -> bool:

@@ -40,7 +40,7 @@ from daemon.errors import (
     SidecarError,
     TooLargeError,
 )
-from daemon.fsutil import fsync_dir, open_document, rename_noreplace, sha256_file
+from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
 from daemon.logs import get_logger
 from daemon.names import is_junk, is_sidecar, sidecar_candidates
 from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
@@ -397,6 +397,9 @@ class Intake:
                 verdict = Verdict(
                     rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
                 )
+        for moved in (spool_doc, spool_side):
+            if moved is not None and moved.exists():
+                set_mode(moved, 0o600)  # best effort: only files the daemon owns can change
         fsync_dir(spool)
         fsync_dir(dest.inbox)
         return self._complete(job, dest, verdict)

@@ -66,6 +66,11 @@ SAFE_KEYS = frozenset(
         "removed",
         "client_rebuilt",
         "needs_restart",
+        "files_deleted",
+        "files_missing",
+        "files_kept",
+        "rows_scrubbed",
+        "files_unknown",
     }
 )
 

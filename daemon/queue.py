@@ -35,9 +35,10 @@ from typing import Any, Self
 
 from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, Pause, connect
 
-__all__ = ["DestinationStatus", "Job", "JobState", "Pause", "Queue"]
+__all__ = ["SCRUBBED_NAME", "DestinationStatus", "Job", "JobState", "Pause", "Queue"]
 
 _DETAIL_MAX = 300  # event details are short, PHI-free texts we wrote
+SCRUBBED_NAME = "(removed by retention)"  # original_name of a job whose files were deleted
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -106,16 +107,29 @@ class Queue:
 
     @staticmethod
     def _event(
-        conn: sqlite3.Connection, job: Job, from_state: JobState | None, detail: str | None
+        conn: sqlite3.Connection,
+        job: Job,
+        from_state: JobState | None,
+        detail: str | None,
+        *,
+        outcome: bool = False,
     ) -> None:
-        """Append the audit row for ``job``'s new state: PHI-free columns only."""
+        """Append the audit row for ``job``'s new state: PHI-free columns only.
+
+        ``outcome``: this change is the result of an attempt or a final state
+        (sent, retry, rejected, done, failed), so the row carries the job's HTTP
+        status, remote id (Redox log ID / FHIR resource id) and error kind. Other
+        rows (claim, release, lease expiry, upload, retention) leave them empty,
+        so an old attempt's status is never read as this change's.
+        """
+        result = (job.http_status, job.remote_id, job.error_kind) if outcome else (None,) * 3
         conn.execute(
             "INSERT INTO events (job_id, at, destination, from_state, to_state, attempt,"
             " http_status, remote_id, error_kind, detail, sha256, size)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 *(job.id, job.updated_at, job.destination, from_state, job.state, job.attempts),
-                *(job.http_status, job.remote_id, job.error_kind),
+                *result,
                 *(detail[:_DETAIL_MAX] if detail else None, job.sha256, job.size),
             ),
         )
@@ -129,12 +143,13 @@ class Queue:
         token: str | None = None,
         detail: str | None = None,
         count_attempt: bool = False,
+        outcome: bool = False,
         **values: object,
     ) -> Job | None:
         """Move one job ``from_state`` -> ``to_state``, only if it is in
         ``from_state`` (and holds ``token``, if given); set the columns in
-        ``values`` and append the event, in one transaction. ``None`` if the
-        guard did not match (and nothing changed)."""
+        ``values`` and append the event (``outcome``: see :meth:`_event`), in
+        one transaction. ``None`` if the guard did not match (and nothing changed)."""
         changes: dict[str, object] = {"state": to_state, "updated_at": self._clock(), **values}
         if from_state is JobState.LEASED and to_state is not JobState.LEASED:
             changes.update(lease_token=None, lease_expires_at=None)
@@ -154,7 +169,7 @@ class Queue:
             if not rows:
                 return None
             job = _job(rows[0])
-            self._event(conn, job, from_state, detail)
+            self._event(conn, job, from_state, detail, outcome=outcome)
         return job
 
     # -- intake ---------------------------------------------------------------
@@ -206,7 +221,7 @@ class Queue:
         else:
             kind, error = rejection
             job = self._move(
-                job_id, JobState.INTAKE, JobState.REJECTED, detail=error,
+                job_id, JobState.INTAKE, JobState.REJECTED, detail=error, outcome=True,
                 sha256=sha256, size=size, error_kind=kind, last_error=error,
             )  # fmt: skip
         if job is None:
@@ -261,7 +276,7 @@ class Queue:
     ) -> bool:
         """leased -> sent: the remote side accepted it (the attempt counts)."""
         job = self._move(
-            job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True,
+            job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True, outcome=True,
             remote_id=remote_id, http_status=http_status, sent_at=self._clock(),
             error_kind=None, last_error=None,
         )  # fmt: skip
@@ -276,12 +291,14 @@ class Queue:
         error_kind: str,
         error: str,
         http_status: int | None = None,
+        remote_id: str | None = None,
     ) -> bool:
-        """leased -> queued, due ``delay`` seconds from now (the attempt counts)."""
+        """leased -> queued, due ``delay`` seconds from now (the attempt counts).
+        ``remote_id``: the log ID the remote side gave this failed attempt, if any."""
         job = self._move(
             job_id, JobState.LEASED, JobState.QUEUED, token=token, count_attempt=True,
-            detail=error, next_attempt_at=self._clock() + delay, error_kind=error_kind,
-            last_error=error, http_status=http_status,
+            outcome=True, detail=error, next_attempt_at=self._clock() + delay,
+            error_kind=error_kind, last_error=error, http_status=http_status, remote_id=remote_id,
         )  # fmt: skip
         return job is not None
 
@@ -293,11 +310,14 @@ class Queue:
         error_kind: str,
         error: str,
         http_status: int | None = None,
+        remote_id: str | None = None,
     ) -> bool:
-        """leased -> rejected: a permanent failure (the attempt counts)."""
+        """leased -> rejected: a permanent failure (the attempt counts). ``remote_id``:
+        the log ID the remote side gave the refusal, if any."""
         job = self._move(
             job_id, JobState.LEASED, JobState.REJECTED, token=token, count_attempt=True,
-            detail=error, error_kind=error_kind, last_error=error, http_status=http_status,
+            outcome=True, detail=error, error_kind=error_kind, last_error=error,
+            http_status=http_status, remote_id=remote_id,
         )  # fmt: skip
         return job is not None
 
@@ -339,16 +359,18 @@ class Queue:
         """sent -> done: the files are in done/."""
         now = self._clock()
         job = self._move(
-            job_id, JobState.SENT, JobState.DONE, final_path=final_path, finished_at=now
-        )
+            job_id, JobState.SENT, JobState.DONE, outcome=True, final_path=final_path,
+            finished_at=now,
+        )  # fmt: skip
         return job is not None
 
     def mark_failed(self, job_id: str, final_path: str) -> bool:
         """rejected -> failed: the files are in failed/."""
         now = self._clock()
         job = self._move(
-            job_id, JobState.REJECTED, JobState.FAILED, final_path=final_path, finished_at=now
-        )
+            job_id, JobState.REJECTED, JobState.FAILED, outcome=True, final_path=final_path,
+            finished_at=now,
+        )  # fmt: skip
         return job is not None
 
     def requeue(self, job_id: str, *, spool_document: str, spool_sidecar: str | None) -> bool:
@@ -360,6 +382,31 @@ class Queue:
             attempts=0, next_attempt_at=now, queued_at=now, spool_document=spool_document,
             spool_sidecar=spool_sidecar, final_path=None, sent_at=None, finished_at=None,
             blob_uri=None, remote_id=None, http_status=None, last_error=None, error_kind=None,
+        )  # fmt: skip
+        return job is not None
+
+    # -- retention ------------------------------------------------------------
+
+    def done_before(self, cutoff: float, *, limit: int = 500) -> list[Job]:
+        """Done jobs that finished before ``cutoff`` and still name their files
+        (not yet through retention), oldest first."""
+        sql = (
+            "SELECT * FROM jobs WHERE state = ? AND finished_at < ? AND final_path IS NOT NULL"
+            " ORDER BY finished_at, id LIMIT ?"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (JobState.DONE, cutoff, limit)).fetchall()
+        return [_job(row) for row in rows]
+
+    def scrub_done(self, job_id: str, detail: str) -> bool:
+        """Retention: a done job keeps only non-PHI facts (ids, destination, hashes,
+        size, times, HTTP status, remote id). File names and paths are replaced
+        (``original_name`` by :data:`SCRUBBED_NAME`, the rest by NULL) and an event
+        with ``detail`` is appended. False if the job is not done."""
+        job = self._move(
+            job_id, JobState.DONE, JobState.DONE, detail=detail, original_name=SCRUBBED_NAME,
+            sidecar_name=None, spool_document=None, spool_sidecar=None, final_path=None,
+            blob_uri=None, last_error=None,
         )  # fmt: skip
         return job is not None
 
@@ -407,6 +454,41 @@ class Queue:
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
         return [dict(row) for row in rows]
+
+    def audit_rows(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        destination: str | None = None,
+        sha256: str | None = None,
+        batch: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Audit rows (events with their job's fixed DocumentID), oldest first, with
+        ``since <= at < until``; read in batches so a long export holds no lock."""
+        where, params = ["e.id > ?"], list[object]()
+        for condition, value in (
+            ("e.at >= ?", since),
+            ("e.at < ?", until),
+            ("e.destination = ?", destination),
+            ("e.sha256 = ?", sha256.lower() if sha256 else None),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        sql = (
+            "SELECT e.*, j.document_id FROM events e JOIN jobs j ON j.id = e.job_id"  # noqa: S608
+            f" WHERE {' AND '.join(where)} ORDER BY e.id LIMIT ?"
+        )
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(sql, [last, *params, batch]).fetchall()
+            for row in rows:
+                yield dict(row)
+            if len(rows) < batch:
+                return
+            last = rows[-1]["id"]
 
     def status(self, *, now: float | None = None) -> dict[str, DestinationStatus]:
         """Per destination that has jobs: the numbers ``chartdrop status`` shows."""

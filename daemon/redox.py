@@ -3,17 +3,23 @@
 Statuses are turned into the exception tree here, and only here:
 
     2xx                                  success
+    3xx                                  TransientDeliveryError (redirects are never
+                                         followed: the configured URL is wrong)
     401                                  renew the token once, then AuthError
     400, 403, 404, 413, other 4xx         PermanentDeliveryError
     408, 429, 5xx, connect/read errors   TransientDeliveryError (Retry-After honoured)
 
 Nothing from a response body is put into an exception message: Redox error
-texts can echo patient data back.
+texts can echo patient data back. The one value taken from an error body is
+its log ID (``Meta.Logs[0].ID``), and only if it looks like an ID. Every
+response body is read through :func:`read_capped` (at most
+``MAX_RESPONSE_BYTES``) before anything parses it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
 import threading
 import time
@@ -41,6 +47,10 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RENEW_BEFORE_SECONDS = 60
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 1_000_000
+# A Redox log ID is a UUID, a FHIR resource id [A-Za-z0-9.-]{1,64}: anything else is not kept.
+_REMOTE_ID = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
+# Headers that describe the wire body, not the capped, decoded copy read_capped returns.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 def is_loopback(url: str) -> bool:
@@ -90,8 +100,49 @@ def make_http_client(settings: Settings) -> httpx.Client:
         ),
         verify=verify,
         follow_redirects=False,
-        headers={"User-Agent": "chartdrop"},
+        # Uncompressed answers: read_capped's limit then bounds what is received, too.
+        headers={"User-Agent": "chartdrop", "Accept-Encoding": "identity"},
     )
+
+
+def read_capped(
+    http: httpx.Client, request: httpx.Request, limit: int = MAX_RESPONSE_BYTES
+) -> httpx.Response:
+    """Send ``request`` and read at most ``limit`` bytes of the answer's body.
+
+    Returns a complete, closed response holding the body, or an empty body if
+    the server sent (or announced) more than ``limit`` bytes: nothing after the
+    limit is read, so an endless or huge answer cannot exhaust memory before
+    parsing. Status and headers are kept. Redirects are never followed.
+    Raises what ``httpx`` raises for connection and timeout errors.
+    """
+    response = http.send(request, stream=True, follow_redirects=False)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        declared = response.headers.get("Content-Length", "")
+        if not (declared.isdigit() and int(declared) > limit):
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    chunks.clear()
+                    break
+                chunks.append(chunk)
+    finally:
+        response.close()
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"".join(chunks), request=request
+    )
+
+
+def remote_log_id(response: httpx.Response) -> str | None:
+    """``Meta.Logs[0].ID`` of a Redox answer (success or error), if it looks like an ID."""
+    meta = _json(response).get("Meta")
+    logs = meta.get("Logs") if isinstance(meta, dict) else None
+    first = logs[0] if isinstance(logs, list) and logs else None
+    log_id = first.get("ID") if isinstance(first, dict) else None
+    return log_id if isinstance(log_id, str) and _REMOTE_ID.match(log_id) else None
 
 
 def classify(response: httpx.Response, what: str) -> None:
@@ -99,18 +150,29 @@ def classify(response: httpx.Response, what: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
+    remote_id = remote_log_id(response)
+    if 300 <= status < 400:
+        raise TransientDeliveryError(
+            f"{what} answered with a redirect (HTTP {status}), which chartdrop does not "
+            "follow: check the configured URL",
+            status=status,
+        )
     if status in TRANSIENT_STATUSES or status >= 500:
         raise TransientDeliveryError(
             f"{what} answered HTTP {status}",
             status=status,
             retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            remote_id=remote_id,
         )
     if status == 401:
         raise AuthError(f"{what} refused the access token (HTTP 401)", status=status)
-    raise PermanentDeliveryError(f"{what} refused the request (HTTP {status})", status=status)
+    raise PermanentDeliveryError(
+        f"{what} refused the request (HTTP {status})", status=status, remote_id=remote_id
+    )
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
+    """The body as a JSON object, or {} (bodies come capped from :func:`read_capped`)."""
     if len(response.content) > MAX_RESPONSE_BYTES:
         return {}
     try:
@@ -166,7 +228,7 @@ class BearerClient:
     def _token_request(self, what: str, url: str, **kwargs: Any) -> dict[str, Any]:
         """POST to a token endpoint: the JSON answer, or AuthError (never its body)."""
         try:
-            response = self.http.post(url, **kwargs)
+            response = read_capped(self.http, self.http.build_request("POST", url, **kwargs))
         except httpx.HTTPError as exc:
             raise AuthError(f"{what} unreachable ({type(exc).__name__})") from None
         if response.status_code != 200:
@@ -207,9 +269,10 @@ class BearerClient:
         for attempt in (1, 2):
             token = self.token()
             try:
-                response = self.http.post(
-                    url, headers=self._headers(token) | extra_headers, **kwargs
+                request = self.http.build_request(
+                    "POST", url, headers=self._headers(token) | extra_headers, **kwargs
                 )
+                response = read_capped(self.http, request)
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
                 raise TransientDeliveryError(
@@ -366,11 +429,7 @@ class RedoxClient(BearerClient):
     def send(self, body: dict[str, Any]) -> SendResult:
         response = self._post("Redox", f"{self.settings.api_url}/endpoint", json=body)
         classify(response, "Redox")
-        logs = _json(response).get("Meta", {}).get("Logs") or [{}]
-        log_id = logs[0].get("ID") if isinstance(logs, list) and isinstance(logs[0], dict) else None
-        return SendResult(
-            status=response.status_code, log_id=log_id if isinstance(log_id, str) else None
-        )
+        return SendResult(status=response.status_code, log_id=remote_log_id(response))
 
 
 __all__ = [
@@ -381,5 +440,7 @@ __all__ = [
     "check_url",
     "classify",
     "make_http_client",
+    "read_capped",
+    "remote_log_id",
     "retry_after_seconds",
 ]

@@ -35,7 +35,7 @@ from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
 from daemon.fhir import FhirClient
 from daemon.filing import Filer
-from daemon.fsutil import ensure_dir
+from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger
@@ -43,6 +43,7 @@ from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.redox import RedoxClient, make_http_client
+from daemon.retention import Retention
 
 TICK_SECONDS = 0.25
 MOVE_RETRY_SECONDS = 30.0
@@ -184,8 +185,8 @@ class Service:
         problems = folder_problems(self.settings)
         if problems:
             raise ConfigError(problems)
-        ensure_dir(self.settings.state_dir, mode=0o700)
-        ensure_dir(self.settings.spool_dir, mode=0o700)
+        ensure_private_dir(self.settings.state_dir)
+        ensure_private_dir(self.settings.spool_dir)
         self._take_lock()
         self.queue = Queue(self.settings.database_path)
         if not self.queue.integrity_ok():
@@ -196,6 +197,7 @@ class Service:
         self.queue.clear_all_pauses()  # re-learnt by this run
         self.breakers = Breakers(self.queue)
         self.filer = Filer(self.settings, self.queue)
+        self.retention = Retention(self.settings, self.queue)
         self.deliverer = Deliverer(
             self.settings, self.queue, self._new_sender(self.settings), self.filer,
             breakers=self.breakers,
@@ -298,6 +300,7 @@ class Service:
                 self.reload()
             try:
                 self.tick()
+                self.retention.maybe_run()  # at start-up, then daily
                 if time.monotonic() - last_moves > MOVE_RETRY_SECONDS:
                     last_moves = time.monotonic()
                     self.filer.finish_pending()
@@ -423,6 +426,7 @@ class Service:
         self.health.allowance = allowance_for(new)
         self._observer_check.stuck_after = self.health.allowance
         self.filer.settings = new
+        self.retention.settings = new
         self.deliverer.settings = new
         if sender is not None:
             self._retired.append(self.deliverer.sender)  # in-flight sends may still use it

@@ -18,6 +18,7 @@ tokens and file names are PHI or secrets.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -80,6 +81,27 @@ def _errors(
     return {"Meta": {**(meta or {}), "Errors": errors}}
 
 
+def _logs() -> list[dict[str, str]]:
+    """A Redox-style ``Meta.Logs`` entry: real Redox answers errors with log IDs too."""
+    return [{"ID": str(uuid.uuid4()), "AttemptID": str(uuid.uuid4())}]
+
+
+def _echoed(response: Response, raw: bytes | None) -> Response:
+    """An error answer that also quotes the request body (the ``echo_body`` fault)."""
+    if raw is None or response.status_code < 400:
+        return response
+    data = json.loads(bytes(response.body))
+    text = raw.decode("utf-8", "replace")
+    data["Meta"].setdefault("Errors", []).extend(
+        [
+            {"ID": 98, "Text": f"Could not process: {text}", "Type": "echo", "Module": "Sandbox"},
+            {"ID": 99, "Text": base64.b64encode(raw).decode(), "Type": "echo", "Module": "Sandbox"},
+        ]
+    )
+    headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+    return JSONResponse(data, response.status_code, headers=headers)
+
+
 def _unauthorized() -> JSONResponse:
     return JSONResponse(_errors(["Unauthorized"], error_type="auth", module="Auth"), 401)
 
@@ -87,7 +109,7 @@ def _unauthorized() -> JSONResponse:
 def _injected(fault: InjectedFault) -> JSONResponse:
     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
     text = f"Sandbox injected fault: HTTP {fault.status}"
-    body = _errors([text], error_type="transport", module="Sandbox")
+    body = _errors([text], error_type="transport", module="Sandbox", meta={"Logs": _logs()})
     return JSONResponse(body, fault.status, headers=headers)
 
 
@@ -215,7 +237,7 @@ def create_app(state: SandboxState) -> Starlette:
         parsed = read_json(raw)
         response = await _endpoint(request, raw, parsed)
         state.record_attempt("/endpoint", response.status_code, document_id_of(parsed))
-        return response
+        return _echoed(response, raw) if state.echo_body() else response
 
     async def _endpoint(request: Request, raw: bytes | None, parsed: object) -> Response:
         owner = bearer_owner(state, request)
@@ -238,7 +260,7 @@ def create_app(state: SandboxState) -> Starlette:
         dm, et, problems = validate_body(parsed, blob_prefix=blob_prefix, resolve_blob=resolve)
         meta = {"DataModel": dm, "EventType": et}
         if problems:
-            return JSONResponse(_errors(problems, meta=meta), 400)
+            return JSONResponse(_errors(problems, meta={**meta, "Logs": _logs()}), 400)
         headers = {h: request.headers[h] for h in _RECORDED_HEADERS if h in request.headers}
         log_id = state.record_received(parsed, headers)
         logs = [{"ID": log_id, "AttemptID": str(uuid.uuid4())}]

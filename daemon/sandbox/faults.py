@@ -31,6 +31,10 @@ class Faults:
       answer these statuses in order, consuming one each.
     * ``outage`` - every sending and token request answers ``error_status``.
     * ``seed`` - seeds the random generator behind ``error_rate``.
+    * ``echo_body`` - test-only: every ``/endpoint`` error answer quotes the request
+      body back (its text, plus base64) in ``Meta.Errors``, the way a careless
+      server might; it proves nothing from an error body reaches chartdrop's
+      logs, notes or database.
     """
 
     error_rate: float = 0.0
@@ -40,6 +44,7 @@ class Faults:
     fail_next: list[int] = field(default_factory=list)
     outage: bool = False
     seed: int | None = None
+    echo_body: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
@@ -82,9 +87,9 @@ def check_fault_value(name: str, value: object) -> object:
         if not isinstance(value, list | tuple):
             raise ValueError("fail_next must be a list of HTTP error statuses")
         return [_check_status(item, "fail_next item") for item in value]
-    if name == "outage":
+    if name in ("outage", "echo_body"):
         if not isinstance(value, bool):
-            raise ValueError("outage must be a boolean")
+            raise ValueError(f"{name} must be a boolean")
         return value
     if name == "seed":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

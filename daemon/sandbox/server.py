@@ -49,7 +49,7 @@ def _loopback_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
     return address
 
 
-def _bind_loopback(host: str, port: int) -> tuple[socket.socket, str]:
+def _bind_loopback(host: str, port: int, scheme: str = "http") -> tuple[socket.socket, str]:
     """Bind and listen on ``host:port``; returns the socket and the base URL.
 
     Raises ValueError when ``host`` is not a loopback address.
@@ -67,14 +67,16 @@ def _bind_loopback(host: str, port: int) -> tuple[socket.socket, str]:
         raise
     bound_port = sock.getsockname()[1]
     shown = f"[{literal}]" if address.version == 6 else literal
-    return sock, f"http://{shown}:{bound_port}"
+    return sock, f"{scheme}://{shown}:{bound_port}"
 
 
-def _config(state: SandboxState) -> uvicorn.Config:
+def _config(state: SandboxState, tls: tuple[str, str] | None = None) -> uvicorn.Config:
     # log_config=None leaves logging to the host process; access_log=False
     # because even a request line is more than the sandbox needs to say.
     return uvicorn.Config(
         create_app(state),
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
         log_level="warning",
         log_config=None,
         access_log=False,
@@ -119,11 +121,20 @@ class SandboxServer:
 
     ``start()`` returns once uvicorn is accepting connections (or raises
     RuntimeError after a timeout); ``stop()`` asks it to exit and joins the
-    thread, bounded. Also a context manager.
+    thread, bounded. Also a context manager. ``tls=(certfile, keyfile)`` serves
+    https instead of http (tests of certificate verification).
     """
 
-    def __init__(self, state: SandboxState, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        state: SandboxState,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         self.state = state
+        self._tls = tls
         self._host = host
         self._port = port
         self._url: str | None = None
@@ -136,7 +147,7 @@ class SandboxServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>`` of the running server."""
+        """``http(s)://127.0.0.1:<port>`` of the running server."""
         if self._url is None:
             raise RuntimeError("the sandbox server is not started")
         return self._url
@@ -145,8 +156,9 @@ class SandboxServer:
         """Bind, start uvicorn in a daemon thread and wait until it listens."""
         if self._thread is not None:
             raise RuntimeError("the sandbox server is already started")
-        self._sock, self._url = _bind_loopback(self._host, self._port)
-        self._server = _Server(_config(self.state), self._started.set)
+        scheme = "https" if self._tls else "http"
+        self._sock, self._url = _bind_loopback(self._host, self._port, scheme)
+        self._server = _Server(_config(self.state, self._tls), self._started.set)
         self._thread = threading.Thread(target=self._run, name="chartdrop-sandbox", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

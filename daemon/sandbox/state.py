@@ -242,6 +242,11 @@ class SandboxState:
             return None
         return tok.owner
 
+    def issued_tokens(self) -> list[str]:
+        """Every bearer token issued and not yet expired or revoked (tests look for leaks)."""
+        with self._lock:
+            return list(self._tokens)
+
     def revoke_tokens(self) -> None:
         """Forget every issued access token (Redox and FHIR), as if all had expired.
 
@@ -300,6 +305,11 @@ class SandboxState:
         """Back to no faults at all."""
         with self._lock:
             self._faults = Faults()
+
+    def echo_body(self) -> bool:
+        """Whether error answers quote the request body back (see :class:`Faults`)."""
+        with self._lock:
+            return self._faults.echo_body
 
     def latency(self) -> float:
         """Seconds to wait before answering a sending route."""
