@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from daemon.names import paired_sidecar_name
 from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, Pause, connect
 
 __all__ = ["SCRUBBED_NAME", "DestinationStatus", "Job", "JobState", "Pause", "Queue"]
@@ -398,6 +399,24 @@ class Queue:
             rows = self._conn.execute(sql, (JobState.DONE, cutoff, limit)).fetchall()
         return [_job(row) for row in rows]
 
+    def done_names_in(self, folder: str) -> set[str]:
+        """Names (document and sidecar) that done jobs not yet through retention
+        have in ``folder`` (PHI: for comparing with a listing, never for logs)."""
+        prefix = folder.rstrip("/") + "/"
+        sql = (
+            "SELECT final_path, original_name, sidecar_name FROM jobs WHERE state = ?"
+            " AND final_path IS NOT NULL AND substr(final_path, 1, ?) = ?"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (JobState.DONE, len(prefix), prefix)).fetchall()
+        names: set[str] = set()
+        for final_path, original, sidecar in rows:
+            name = final_path[len(prefix) :]
+            names.add(name)
+            if sidecar:
+                names.add(paired_sidecar_name(name, original, sidecar))
+        return names
+
     def scrub_done(self, job_id: str, detail: str) -> bool:
         """Retention: a done job keeps only non-PHI facts (ids, destination, hashes,
         size, times, HTTP status, remote id). File names and paths are replaced
@@ -465,13 +484,14 @@ class Queue:
         batch: int = 1000,
     ) -> Iterator[dict[str, Any]]:
         """Audit rows (events with their job's fixed DocumentID), oldest first, with
-        ``since <= at < until``; read in batches so a long export holds no lock."""
+        ``since <= at < until``; with ``sha256``, every row of the jobs of that
+        document. Read in batches, so a long export holds no lock."""
         where, params = ["e.id > ?"], list[object]()
         for condition, value in (
             ("e.at >= ?", since),
             ("e.at < ?", until),
             ("e.destination = ?", destination),
-            ("e.sha256 = ?", sha256.lower() if sha256 else None),
+            ("j.sha256 = ?", sha256.lower() if sha256 else None),  # all of that job's rows
         ):
             if value is not None:
                 where.append(condition)

@@ -191,8 +191,8 @@ class Retention:
 
     # -- files nobody knows -----------------------------------------------
     def _count_unknown(self, cutoff: float) -> int:
-        """Files left in done/YYYY-MM-DD folders older than the cutoff's day (which
-        every job filed there has passed): nothing in the queue names them any more."""
+        """Files in done/YYYY-MM-DD folders older than the cutoff's day that no done
+        job names: put there by hand, or left in place by the rules above."""
         last_day = datetime.fromtimestamp(cutoff).strftime("%Y-%m-%d")
         count = 0
         for dest in self.settings.destination:
@@ -209,19 +209,25 @@ class Retention:
                         and e.name < last_day
                         and e.is_dir(follow_symlinks=False)
                     ]
-                count += sum(self._count_in(done_fd, day) for day in days)
+                for day in days:
+                    known = self.queue.done_names_in(str(dest.done / day))
+                    count += self._count_in(done_fd, day, known)
             finally:
                 os.close(done_fd)
         return count
 
     @staticmethod
-    def _count_in(done_fd: int, day: str) -> int:
+    def _count_in(done_fd: int, day: str, known: set[str]) -> int:
         try:
             day_fd = os.open(day, _DIR_FLAGS, dir_fd=done_fd)
         except OSError:
             return 0
         try:
             with os.scandir(day_fd) as entries:
-                return sum(1 for e in entries if not e.is_dir(follow_symlinks=False))
+                return sum(
+                    1
+                    for e in entries
+                    if e.name not in known and not e.is_dir(follow_symlinks=False)
+                )
         finally:
             os.close(day_fd)
