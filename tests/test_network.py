@@ -1,0 +1,382 @@
+"""Outgoing HTTP: TLS verification always on (a CA bundle can be added), plain http
+only to loopback, redirects never followed, answers capped before parsing.
+
+Real servers on 127.0.0.1: the sandbox over TLS (a CA and certificates made with
+`cryptography`), and small stdlib HTTP servers for redirects and huge answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import CLIENT_ID, KEY_ID, Sandbox, running, write_config
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from daemon.config import RedoxSettings, Settings, load_settings
+from daemon.errors import AuthError, ConfigError, TransientDeliveryError
+from daemon.queue import JobState
+from daemon.redox import MAX_RESPONSE_BYTES, RedoxClient, make_http_client, read_capped
+from daemon.samples import sample_pdf, sample_sidecar
+from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
+
+CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
+
+# -- certificates -------------------------------------------------------------
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def make_pki(tmp_path: Path, *, server_name: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for ``server_name`` signed by it: (ca, cert, key)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("chartdrop test CA"))
+        .issuer_name(_name("chartdrop test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(server_name))
+    except ValueError:
+        alt = x509.DNSName(server_name)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(server_name))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server-key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@contextmanager
+def tls_sandbox(tmp_path: Path, cert: Path, key: Path) -> Iterator[Sandbox]:
+    private, public = generate_keypair()
+    client_key = tmp_path / "redox-key.pem"
+    client_key.write_bytes(private)
+    client_key.chmod(0o600)
+    state = SandboxState(blob_dir=tmp_path / "blobs")
+    state.register_client(CLIENT_ID, KEY_ID, public)
+    with SandboxServer(state, tls=(str(cert), str(key))) as server:
+        yield Sandbox(server=server, state=state, private_key=client_key)
+
+
+def client_for(config: Path) -> RedoxClient:
+    settings = load_settings(config)
+    return RedoxClient(settings.redox, make_http_client(settings))
+
+
+# -- TLS --------------------------------------------------------------------
+
+
+def test_tls_is_verified_and_a_ca_bundle_can_be_added(tmp_path: Path) -> None:
+    ca, cert, key = make_pki(tmp_path)
+    with tls_sandbox(tmp_path, cert, key) as sandbox:
+        assert sandbox.url.startswith("https://127.0.0.1:")
+        config = write_config(tmp_path, sandbox)
+        refused = client_for(config)
+        with pytest.raises(AuthError, match="unreachable"):  # self-made CA: not trusted
+            refused.check_auth()
+        refused.http.close()
+        assert sandbox.state.token_requests == 0  # the handshake failed: nothing was posted
+
+        config = write_config(tmp_path, sandbox, log_format="json")
+        text = config.read_text().replace("[redox]\n", f'[redox]\nca_bundle = "{ca}"\n')
+        config.write_text(text)
+        with running(config) as r:  # the daemon delivers over verified TLS
+            r.drop("tls.pdf", sample_pdf("tls"), sample_sidecar())
+            (job,) = r.finished(1)
+        assert job.state == JobState.DONE
+        assert len(sandbox.state.received()) == 1
+
+
+def test_a_trusted_certificate_for_another_name_is_refused(tmp_path: Path) -> None:
+    ca, cert, key = make_pki(tmp_path, server_name="ehr.example")
+    with tls_sandbox(tmp_path, cert, key) as sandbox:
+        config = write_config(tmp_path, sandbox)
+        config.write_text(config.read_text().replace("[redox]\n", f'[redox]\nca_bundle = "{ca}"\n'))
+        client = client_for(config)
+        with pytest.raises(AuthError, match="unreachable"):
+            client.check_auth()
+        client.http.close()
+        assert sandbox.state.token_requests == 0
+
+
+def test_there_is_no_setting_that_turns_verification_off(tmp_path: Path, sandbox: Sandbox) -> None:
+    keys = {*Settings.model_fields, *RedoxSettings.model_fields}
+    assert not [k for k in keys if any(w in k for w in ("verify", "insecure", "ssl", "tls"))]
+    config = write_config(tmp_path, sandbox)
+    for line in ("verify = false", "verify_tls = false", "insecure = true"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(config.read_text().replace("[redox]\n", f"[redox]\n{line}\n"))
+        with pytest.raises(ConfigError, match="Extra inputs are not permitted"):
+            load_settings(bad)
+
+
+def test_verification_cannot_be_turned_off_through_the_environment(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTDROP_REDOX__VERIFY", "false")
+    with pytest.raises(ConfigError):
+        load_settings(write_config(tmp_path, sandbox))
+
+
+# -- plain http ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://192.0.2.10",
+        "http://api.redoxengine.com",
+        "http://localhost.example.com",
+        "http://127.0.0.1.nip.io",
+        "http://[::ffff:127.0.0.1]",
+    ],
+)
+def test_plain_http_to_another_host_is_refused_before_any_connection(url: str) -> None:
+    requests: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200)
+
+    http = httpx.Client(transport=httpx.MockTransport(record))
+    for settings in (
+        RedoxSettings(api_url=url, client_id="c"),
+        RedoxSettings(upload_url=f"{url}/upload", client_id="c"),
+    ):
+        with pytest.raises(ConfigError, match="must use https"):
+            RedoxClient(settings, http)
+    assert requests == []
+
+
+def test_the_daemon_refuses_to_start_with_plain_http_to_another_host(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    config.write_text(config.read_text().replace(sandbox.url, "http://192.0.2.10"))
+    started = time.monotonic()
+    result = subprocess.run(
+        [CHARTDROP, "run", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "must use https://" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 20  # no connect timeout was waited out
+
+
+# -- small local servers ----------------------------------------------------------
+
+Reply = Callable[[BaseHTTPRequestHandler], None]
+
+
+@contextmanager
+def http_server(routes: dict[str, Reply]) -> Iterator[tuple[str, list[str]]]:
+    """A stdlib HTTP server on 127.0.0.1: POST ``path`` -> ``routes[path](handler)``.
+    Yields its base URL and the paths it was asked for."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            routes.get(self.path, not_found)(self)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def send_json(status: int, body: object, headers: dict[str, str] | None = None) -> Reply:
+    def reply(h: BaseHTTPRequestHandler) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    return reply
+
+
+def not_found(h: BaseHTTPRequestHandler) -> None:
+    send_json(404, {})(h)
+
+
+TOKEN = send_json(200, {"access_token": "t0ken", "expires_in": 3600})
+
+
+def redirect_to(url: str) -> Reply:
+    return send_json(302, {}, {"Location": url})
+
+
+def client(base: str, tmp_path: Path) -> RedoxClient:
+    private, _ = generate_keypair()
+    key = tmp_path / "k.pem"
+    key.write_bytes(private)
+    settings = RedoxSettings(
+        api_url=base, upload_url=f"{base}/upload", client_id="c", key_id="k", private_key_file=key
+    )
+    return RedoxClient(settings, httpx.Client(timeout=5, follow_redirects=False))
+
+
+# -- redirects --------------------------------------------------------------------
+
+
+def test_redirects_are_never_followed(tmp_path: Path) -> None:
+    with http_server({"/endpoint": TOKEN, "/upload": TOKEN, "/v2/auth/token": TOKEN}) as (
+        elsewhere,
+        elsewhere_hits,
+    ):
+        routes = {
+            "/v2/auth/token": redirect_to(f"{elsewhere}/v2/auth/token"),
+            "/endpoint": redirect_to(f"{elsewhere}/endpoint"),
+            "/upload": redirect_to(f"{elsewhere}/upload"),
+        }
+        with http_server(routes) as (base, hits):
+            c = client(base, tmp_path)
+            with pytest.raises(AuthError, match="HTTP 302"):
+                c.check_auth()
+            routes["/v2/auth/token"] = TOKEN
+            with pytest.raises(TransientDeliveryError, match="redirect") as sent:
+                c.send({"Meta": {}})
+            assert sent.value.status == 302
+            with pytest.raises(TransientDeliveryError, match="redirect"):
+                (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.4")
+                with (tmp_path / "doc.pdf").open("rb") as fh:
+                    c.upload(fh, upload_name="x.pdf", mime="application/pdf")
+            c.http.close()
+        assert hits == ["/v2/auth/token", "/v2/auth/token", "/endpoint", "/upload"]
+    assert elsewhere_hits == []  # the other host was never asked
+
+
+def test_the_daemon_client_follows_no_redirect_and_verifies(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(url="http://127.0.0.1:9", private_key=tmp_path / "k.pem")
+    with make_http_client(load_settings(write_config(tmp_path, fake))) as http:  # type: ignore[arg-type]
+        assert http.follow_redirects is False
+        assert http.headers["Accept-Encoding"] == "identity"  # so the cap bounds the wire, too
+
+
+# -- size caps ----------------------------------------------------------------------
+
+
+def endless(h: BaseHTTPRequestHandler) -> None:
+    """200, chunked, never ending: a client that reads it all never returns."""
+    h.send_response(200)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    chunk = b'{"access_token": "' + b"x" * 65536
+    try:
+        while True:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except OSError:
+        return  # the client hung up: what we want
+
+
+def huge_declared(h: BaseHTTPRequestHandler) -> None:
+    h.send_response(200)
+    h.send_header("Content-Length", str(50 * MAX_RESPONSE_BYTES))
+    h.end_headers()
+    try:
+        h.wfile.write(b"{" * 65536)
+    except OSError:
+        return
+
+
+def test_answers_are_capped_before_parsing(tmp_path: Path) -> None:
+    routes = {"/v2/auth/token": endless, "/endpoint": huge_declared}
+    with http_server(routes) as (base, _):
+        c = client(base, tmp_path)
+        started = time.monotonic()
+        with pytest.raises(AuthError, match="without an access_token"):
+            c.check_auth()
+        assert time.monotonic() - started < 5
+        routes["/v2/auth/token"] = TOKEN
+        result = c.send({"Meta": {}})  # 200 with a 50 MB body: accepted, body not read
+        assert result.status == 200 and result.log_id is None
+        c.http.close()
+
+
+def test_read_capped_keeps_bodies_up_to_the_limit(tmp_path: Path) -> None:
+    body = {"Meta": {"Logs": [{"ID": "d9f5d293-7110-461e-a875-3beb089e79f3"}]}}
+    size = len(json.dumps(body))
+    with http_server({"/a": send_json(200, body)}) as (base, _), httpx.Client() as http:
+        kept = read_capped(http, http.build_request("POST", f"{base}/a"), limit=size)
+        cut = read_capped(http, http.build_request("POST", f"{base}/a"), limit=size - 1)
+    assert kept.json() == body and kept.status_code == 200
+    assert cut.content == b"" and cut.status_code == 200
