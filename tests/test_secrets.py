@@ -1,0 +1,131 @@
+"""Secrets (the Redox private key, access tokens) never reach logs, errors, `check`
+output or the database; `check` warns about a key file others can read."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import structlog
+from conftest import CLIENT_ID, KEY_ID, Sandbox, running, wait_until, write_config
+
+from daemon import cli, logs
+from daemon.queue import JobState
+from daemon.samples import sample_pdf, sample_sidecar
+from daemon.sandbox import generate_keypair
+
+CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
+
+
+def check(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHARTDROP, "check", "-c", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def key_pieces(pem: bytes) -> list[str]:
+    """The key's base64 lines: any of them in an output would be a leak."""
+    return [line for line in pem.decode().splitlines() if line and not line.startswith("-----")]
+
+
+def cli_run(*args: str) -> tuple[int, str]:
+    """A command in-process (the entry point's own code): exit code, stdout + stderr."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = cli.main(list(args))
+    return code, out.getvalue()
+
+
+def cli_output(*args: str) -> str:
+    code, out = cli_run(*args)
+    assert code == 0, out
+    return out
+
+
+def test_key_and_tokens_appear_nowhere(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox, log_level="debug")
+    stream = io.StringIO()
+    logs.configure(fmt="json", level="debug", stream=stream)
+    tokens: set[str] = set()
+    try:
+        with running(config) as r:
+            r.drop("first.pdf", sample_pdf("1"), sample_sidecar())
+            r.finished(1)
+            tokens |= set(sandbox.state.issued_tokens())
+            sandbox.state.revoke_tokens()  # the next send gets a 401 and a new token
+            r.drop("second.pdf", sample_pdf("2"), sample_sidecar())
+            jobs = r.finished(2)
+            tokens |= set(sandbox.state.issued_tokens())
+    finally:
+        structlog.reset_defaults()
+    assert {j.state for j in jobs} == {JobState.DONE}
+    assert len(tokens) == 2 and sandbox.state.token_requests == 2
+    secrets = [*tokens, *key_pieces(sandbox.private_key.read_bytes())]
+
+    outputs = {"daemon logs": stream.getvalue()}
+    online = check(config, "--online")
+    assert online.returncode == 0, online.stderr
+    outputs["check --online"] = online.stdout + online.stderr
+    for args in (("status",), ("jobs", "--json"), ("audit", "--since", "2000-01-01", "--csv")):
+        outputs[" ".join(args)] = cli_output(*args, "-c", str(config))
+    for job in jobs:
+        outputs[f"show {job.id}"] = cli_output("show", job.id, "-c", str(config))
+    db = sqlite3.connect(r.settings.database_path)
+    for table in ("jobs", "events"):  # every column, names and paths included
+        outputs[table] = repr(db.execute(f"SELECT * FROM {table}").fetchall())
+    db.close()
+    assert "job.sent" in outputs["daemon logs"]
+    found = {where: [s[:8] for s in secrets if s in text] for where, text in outputs.items()}
+    assert {where: hits for where, hits in found.items() if hits} == {}
+
+
+def test_an_unusable_key_is_reported_without_its_content(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox)
+    sandbox.private_key.write_text(
+        "-----BEGIN PRIVATE KEY-----\nSECRETCANARYc2VjcmV0IGtleSBtYXRlcmlhbA==\n"
+        "-----END PRIVATE KEY-----\n"
+    )
+    code, out = cli_run("check", "-c", str(config), "--online")
+    assert code == 2
+    assert out.count("\n") == 1 and "not a usable RSA private key" in out
+    assert "SECRETCANARY" not in out and "c2VjcmV0" not in out
+
+
+def test_check_warns_when_the_key_is_readable_by_others(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox)
+    for mode, warned in ((0o600, False), (0o400, False), (0o640, True), (0o604, True)):
+        sandbox.private_key.chmod(mode)
+        code, out = cli_run("check", "-c", str(config))
+        assert code == 0, out
+        assert ("warning" in out and "chmod 600" in out) is warned, oct(mode)
+        assert not [p for p in key_pieces(sandbox.private_key.read_bytes()) if p in out]
+
+
+def test_a_refused_assertion_leaves_an_auth_error_not_what_the_server_said(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    sandbox.state.register_client(CLIENT_ID, KEY_ID, generate_keypair()[1])  # not our key
+    stream = io.StringIO()
+    logs.configure(fmt="json", stream=stream)
+    try:
+        with running(config) as r:
+            r.drop("waits.pdf", sample_pdf("w"), sample_sidecar())
+            job = wait_until(lambda: next((j for j in r.jobs() if j.error_kind == "auth"), None))
+            events = r.queue.events(job.id)
+    finally:
+        structlog.reset_defaults()
+    assert job.state == JobState.QUEUED  # documents wait: the credentials are wrong, not they
+    assert job.last_error == "token endpoint refused the credentials (HTTP 401)"
+    assert '"job.retry"' in stream.getvalue()
+    text = stream.getvalue() + json.dumps(events)
+    assert "invalid_client" not in text and "signature" not in text.lower()
