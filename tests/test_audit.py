@@ -58,7 +58,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Any:
     docs = {name: sample_pdf(f"audit {name}") for name in ("accepted", "retried", "refused")}
     started = time.time()
     with SandboxServer(state) as server:
-        sandbox = Sandbox(server=server, state=state, private_key=key)
+        sandbox = Sandbox(server=server, state=state, private_key=key, fhir_secret=key)
         config = write_config(tmp_path, sandbox)
         with running(config) as r:
             for name, fault in (("accepted", []), ("retried", [503]), ("refused", [400])):

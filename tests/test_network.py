@@ -116,7 +116,7 @@ def tls_sandbox(tmp_path: Path, cert: Path, key: Path) -> Iterator[Sandbox]:
     state = SandboxState(blob_dir=tmp_path / "blobs")
     state.register_client(CLIENT_ID, KEY_ID, public)
     with SandboxServer(state, tls=(str(cert), str(key))) as server:
-        yield Sandbox(server=server, state=state, private_key=client_key)
+        yield Sandbox(server=server, state=state, private_key=client_key, fhir_secret=client_key)
 
 
 def client_for(config: Path) -> RedoxClient:
@@ -138,9 +138,7 @@ def test_tls_is_verified_and_a_ca_bundle_can_be_added(tmp_path: Path) -> None:
         refused.http.close()
         assert sandbox.state.token_requests == 0  # the handshake failed: nothing was posted
 
-        config = write_config(tmp_path, sandbox, log_format="json")
-        text = config.read_text().replace("[redox]\n", f'[redox]\nca_bundle = "{ca}"\n')
-        config.write_text(text)
+        config = write_config(tmp_path, sandbox, redox={"ca_bundle": str(ca)})
         with running(config) as r:  # the daemon delivers over verified TLS
             r.drop("tls.pdf", sample_pdf("tls"), sample_sidecar())
             (job,) = r.finished(1)
@@ -151,8 +149,7 @@ def test_tls_is_verified_and_a_ca_bundle_can_be_added(tmp_path: Path) -> None:
 def test_a_trusted_certificate_for_another_name_is_refused(tmp_path: Path) -> None:
     ca, cert, key = make_pki(tmp_path, server_name="ehr.example")
     with tls_sandbox(tmp_path, cert, key) as sandbox:
-        config = write_config(tmp_path, sandbox)
-        config.write_text(config.read_text().replace("[redox]\n", f'[redox]\nca_bundle = "{ca}"\n'))
+        config = write_config(tmp_path, sandbox, redox={"ca_bundle": str(ca)})
         client = client_for(config)
         with pytest.raises(AuthError, match="unreachable"):
             client.check_auth()

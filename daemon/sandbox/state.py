@@ -243,9 +243,10 @@ class SandboxState:
         return tok.owner
 
     def issued_tokens(self) -> list[str]:
-        """Every bearer token issued and not yet expired or revoked (tests look for leaks)."""
+        """Every access token (Redox and FHIR) not yet expired or revoked, and every
+        current legacy refresh token (tests look for them where they must not be)."""
         with self._lock:
-            return list(self._tokens)
+            return [*self._tokens, *self._refresh_tokens.values()]
 
     def revoke_tokens(self) -> None:
         """Forget every issued access token (Redox and FHIR), as if all had expired.
