@@ -8,6 +8,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 from conftest import Sandbox, running, wait_until, write_config
 
-from daemon.errors import NotRegularFileError
+from daemon.config import load_settings
+from daemon.errors import ConfigError, NotRegularFileError
 from daemon.fsutil import open_document, set_mode
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
@@ -204,3 +206,23 @@ def test_a_symlinked_document_is_refused_and_its_target_never_read(
     assert secret.read_bytes().startswith(b"%PDF")
     with Queue.open_readonly(r.settings.database_path) as queue:
         assert queue.get(job.id).sha256 == ""  # type: ignore[union-attr]  # the target was never hashed
+
+
+def test_mode_and_group_settings_are_checked(tmp_path: Path, sandbox: Sandbox) -> None:
+    settings = load_settings(write_config(tmp_path, sandbox))
+    assert (settings.files_mode, settings.dirs_mode, settings.files_gid) == (0o640, 0o750, None)
+    assert settings.keep_done_days == 30
+    group = grp.getgrgid(os.getegid())
+    named = load_settings(write_config(tmp_path, sandbox, files_group=group.gr_name))
+    assert named.files_gid == group.gr_gid
+    assert load_settings(write_config(tmp_path, sandbox, files_group=4242)).files_gid == 4242
+    bad = {
+        "files_mode": (0o644, "gives other users access"),
+        "dirs_mode": (0o640, "must give chartdrop (the owner) full access"),
+        "files_group": ("no-such-group-here", "there is no group named"),
+        "keep_done_days": (0, "greater than or equal to 1"),
+    }
+    for key, (value, message) in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+            load_settings(write_config(tmp_path, sandbox, **{key: value}))
+        assert refused.value.problems[0].startswith(f"{key}:")
