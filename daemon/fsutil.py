@@ -270,8 +270,9 @@ def set_mode(path: Path, mode: int, gid: int | None = None, *, directory: bool =
 
     Never through a symlink (``O_NOFOLLOW``; the opened descriptor is checked
     with ``fstat``), and never on a FIFO, socket or device: those, and a symlink,
-    are left as they are. Returns False if the kernel refused (a file owned by
-    another user, a group this user is not in), True otherwise.
+    are left as they are. A folder keeps its setgid and sticky bits. Returns
+    False if the kernel refused (a file owned by another user, a group this
+    user is not in), True otherwise.
     """
     wanted = stat.S_ISDIR if directory else stat.S_ISREG
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -292,13 +293,18 @@ def set_mode(path: Path, mode: int, gid: int | None = None, *, directory: bool =
             st = os.fstat(fd)
             if not wanted(st.st_mode):
                 return True
+            if directory:  # keep a folder's setgid/sticky bits (group inheritance)
+                mode |= stat.S_IMODE(st.st_mode) & 0o7000
             try:
                 if gid is not None and st.st_gid != gid:
                     os.fchown(fd, -1, gid)
                 if stat.S_IMODE(st.st_mode) != mode:
                     os.fchmod(fd, mode)
-            except PermissionError:
-                return False
+            except OSError as exc:
+                # EPERM: not ours / not our group; EINVAL: a gid this user namespace lacks
+                if exc.errno in (errno.EPERM, errno.EACCES, errno.EINVAL):
+                    return False
+                raise
             return True
         finally:
             os.close(fd)

@@ -104,6 +104,7 @@ def test_done_and_failed_get_the_configured_mode_and_group(
     config = write_config(tmp_path, sandbox, **extra)
     failed_dir = tmp_path / "consents" / "failed"
     failed_dir.chmod(0o755)
+    (tmp_path / "consents" / "done").chmod(0o2770)  # setgid, as tmpfiles makes it
     with running(config) as r:
         drop_open(r.inbox, "ok.pdf", sample_pdf("ok"), sample_sidecar())
         bad = sample_sidecar()
@@ -116,7 +117,7 @@ def test_done_and_failed_get_the_configured_mode_and_group(
     files = [done, done.with_name("ok.pdf.json"), failed, failed.with_name("bad.pdf.json")]
     files.append(failed.with_name("bad.pdf.error.txt"))
     assert {p.name: oct(mode(p)) for p in files} == {p.name: "0o660" for p in files}
-    assert oct(mode(done.parent)) == "0o770"  # done/YYYY-MM-DD, created by the daemon
+    assert oct(mode(done.parent)) == "0o2770"  # done/YYYY-MM-DD: dirs_mode, setgid kept
     assert oct(mode(failed_dir)) == "0o755"  # the admin's own folder is left alone
     if staff_group is not None:
         for path in [*files, done.parent]:
