@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from daemon.config import Destination, FhirSettings, key_path
 from daemon.errors import AuthError, SidecarError
 from daemon.redox import (
+    REMOTE_ID,
     BearerClient,
     SendResult,
     _json,
@@ -242,7 +243,7 @@ class FhirClient(BearerClient):
         response = self._post("FHIR server", url, json=resource, headers=headers)
         classify(response, "FHIR server")
         resource_id = _json(response).get("id")
-        if not isinstance(resource_id, str):
+        if not (isinstance(resource_id, str) and REMOTE_ID.match(resource_id)):
             location = response.headers.get("Location", "")
             match = re.search(r"Media/([A-Za-z0-9\-.]{1,64})", location)
             resource_id = match.group(1) if match else None

@@ -48,7 +48,7 @@ RENEW_BEFORE_SECONDS = 60
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 1_000_000
 # A Redox log ID is a UUID, a FHIR resource id [A-Za-z0-9.-]{1,64}: anything else is not kept.
-_REMOTE_ID = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
+REMOTE_ID = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 # Headers that describe the wire body, not the capped, decoded copy read_capped returns.
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
@@ -142,7 +142,7 @@ def remote_log_id(response: httpx.Response) -> str | None:
     logs = meta.get("Logs") if isinstance(meta, dict) else None
     first = logs[0] if isinstance(logs, list) and logs else None
     log_id = first.get("ID") if isinstance(first, dict) else None
-    return log_id if isinstance(log_id, str) and _REMOTE_ID.match(log_id) else None
+    return log_id if isinstance(log_id, str) and REMOTE_ID.match(log_id) else None
 
 
 def classify(response: httpx.Response, what: str) -> None:
