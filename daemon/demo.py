@@ -2,10 +2,11 @@
 
 The demo starts the sandbox on a free loopback port, makes a key pair and a
 folder tree under ``./chartdrop-demo/``, writes a config, runs the real daemon
-on it, drops three sample documents (a small PDF that is embedded, a large one
-that is uploaded, one with a broken sidecar that lands in failed/) and prints
-where each went. It keeps watching until Ctrl-C, or with ``--exit-when-idle``
-exits 0 once every document has an outcome.
+on it, drops sample documents and prints where each went: into a Redox Media
+destination a small PDF that is embedded, a large one that is uploaded and one
+with a broken sidecar that lands in failed/; one into a Redox Notes
+destination; one into a FHIR R4 Media destination. It keeps watching until
+Ctrl-C, or with ``--exit-when-idle`` exits 0 once every document has an outcome.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from daemon.sandbox import SandboxServer, SandboxState, generate_keypair, serve_
 
 CLIENT_ID = "chartdrop-demo"
 KEY_ID = "demo-key"
+FHIR_CLIENT_ID = "chartdrop-demo-fhir"
 DESTINATION_ID = "af394f14-b34a-464f-8d24-895f370af4c9"
+DESTINATIONS = ("consents", "letters", "gateway")
 ACTIVE = (JobState.INTAKE, JobState.QUEUED, JobState.LEASED, JobState.SENT, JobState.REJECTED)
 
 
@@ -64,6 +67,14 @@ key_id = "{KEY_ID}"
 private_key_file = "redox-key.pem"
 test = true
 
+[fhir]
+base_url = "{url}/fhir/r4"
+token_url = "{url}/fhir/oauth/token"
+client_id = "{FHIR_CLIENT_ID}"
+client_secret_file = "fhir-client-secret"
+log_cdata = "site=chartdrop-demo"
+log_cdata_format = "kv"
+
 [[destination]]
 name = "consents"
 inbox = "consents/inbox"
@@ -73,6 +84,21 @@ model = "Media"
 redox_destination_id = "{DESTINATION_ID}"
 [destination.defaults]
 Media = {{ Availability = "Available" }}
+
+[[destination]]
+name = "letters"
+inbox = "letters/inbox"
+done = "letters/done"
+failed = "letters/failed"
+model = "Notes"
+redox_destination_id = "{DESTINATION_ID}"
+
+[[destination]]
+name = "gateway"
+inbox = "gateway/inbox"
+done = "gateway/done"
+failed = "gateway/failed"
+model = "FHIR"
 """
 
 
@@ -102,16 +128,34 @@ def drop_samples(inbox: Path, stamp: str) -> list[str]:
     return [small, large, broken]
 
 
+def drop_more_samples(base: Path, stamp: str) -> list[str]:
+    """One document for the Notes destination and one for the FHIR destination."""
+    letter, scan = f"{stamp}-referral.pdf", f"{stamp}-consent.pdf"
+    letters, gateway = base / "letters" / "inbox", base / "gateway" / "inbox"
+    notes = sample_sidecar(document_type="Referral Letter", model="Notes")
+    _drop(letters, letter + ".json", json.dumps(notes).encode())
+    _drop(letters, letter, sample_pdf("Referral letter (demo)"))
+    _drop(gateway, scan + ".json", json.dumps(sample_sidecar(model="FHIR")).encode())
+    _drop(gateway, scan, sample_pdf("Consent form for FHIR (demo)"))
+    fsync_dir(letters)
+    fsync_dir(gateway)
+    return [letter, scan]
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from daemon.service import Service
 
     base = Path(args.dir).absolute()
-    for sub in ("consents/inbox", "consents/done", "consents/failed"):
-        ensure_dir(base / sub, mode=0o750)
+    for dest in DESTINATIONS:
+        for sub in ("inbox", "done", "failed"):
+            ensure_dir(base / dest / sub, mode=0o750)
     ensure_dir(base / "state", mode=0o700)
     public = _keys(base)
+    fhir_secret = secrets.token_urlsafe(32)
+    _write_private(base / "fhir-client-secret", fhir_secret.encode())
     state = SandboxState(blob_dir=base / "sandbox-blobs")
     state.register_client(CLIENT_ID, KEY_ID, public)
+    state.register_fhir_client(FHIR_CLIENT_ID, fhir_secret)
     logs.configure(level="warning", fmt="console")
     with SandboxServer(state) as sandbox:
         config = base / "chartdrop.toml"
@@ -121,10 +165,15 @@ def run_demo(args: argparse.Namespace) -> int:
         service.start()
         assert service.queue is not None
         started = time.time()
-        dropped = drop_samples(base / "consents" / "inbox", time.strftime("%H%M%S"))
-        print(f"sandbox: {sandbox.url} (Redox-compatible, on this machine only)")
+        stamp = time.strftime("%H%M%S")
+        dropped = drop_samples(base / "consents" / "inbox", stamp)
+        dropped += drop_more_samples(base, stamp)
+        print(f"sandbox: {sandbox.url} (Redox and FHIR compatible, on this machine only)")
         print(f"config:  {config}")
-        print(f"dropped {len(dropped)} sample documents into {base / 'consents' / 'inbox'}")
+        print(
+            f"dropped {len(dropped)} sample documents into {base}/{{{','.join(DESTINATIONS)}}}"
+            "/inbox (Redox Media, Redox Notes, FHIR)"
+        )
         printed: set[str] = set()
         deadline = time.monotonic() + args.timeout
         inbox = base / "consents" / "inbox"
@@ -137,11 +186,15 @@ def run_demo(args: argparse.Namespace) -> int:
                     continue
                 printed.add(job.id)
                 where = os.path.relpath(job.final_path or "?", Path.cwd())
+                label = f"{job.destination:<8} {job.original_name:<24}"
                 if job.state == JobState.DONE:
-                    note = f"Redox log ID {job.remote_id}"
-                    print(f"  {job.original_name:<24} -> {where}   {note}")
+                    fhir = settings.get_destination(job.destination).model == "FHIR"
+                    note = (
+                        f"FHIR Media/{job.remote_id}" if fhir else f"Redox log ID {job.remote_id}"
+                    )
+                    print(f"  {label} -> {where}   {note}")
                     continue
-                print(f"  {job.original_name:<24} -> {where}   ({job.error_kind})")
+                print(f"  {label} -> {where}   ({job.error_kind})")
                 note_path = Path(f"{job.final_path}.error.txt")
                 if note_path.exists():
                     problems = note_path.read_text().split("What is wrong:")[-1].split("How to")[0]
@@ -150,6 +203,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 print("\nall samples have an outcome.")
                 if not args.exit_when_idle:
                     print(f"Drop more documents, each with a .json sidecar, into {inbox}")
+                    print("(or into letters/inbox for Notes, gateway/inbox for FHIR)")
                     print("and watch them appear in done/ or failed/. Ctrl-C to stop.")
             if not args.exit_when_idle:
                 return False

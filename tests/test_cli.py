@@ -184,11 +184,14 @@ def test_demo_exits_zero_when_idle(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("Redox log ID") == 2
+    assert result.stdout.count("Redox log ID") == 3  # two Media, one Notes
+    assert result.stdout.count("FHIR Media/") == 1
     assert "invalid_sidecar" in result.stdout
-    done = list((tmp_path / "chartdrop-demo" / "consents" / "done").rglob("*.pdf"))
-    assert len(done) == 2
-    assert len(list((tmp_path / "chartdrop-demo" / "consents" / "failed").glob("*.error.txt"))) == 1
+    demo = tmp_path / "chartdrop-demo"
+    assert len(list((demo / "consents" / "done").rglob("*.pdf"))) == 2
+    assert len(list((demo / "consents" / "failed").glob("*.error.txt"))) == 1
+    assert len(list((demo / "letters" / "done").rglob("*.pdf"))) == 1
+    assert len(list((demo / "gateway" / "done").rglob("*.pdf"))) == 1
 
 
 def test_folders_on_two_filesystems_are_refused(tmp_path: Path, sandbox: Sandbox) -> None:
