@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(path)
     logs.configure(level=settings.log_level, fmt=settings.log_format)
     service = Service(settings, config_path=path)
+    service.install_signals()
     service.start()
     return service.run()
 

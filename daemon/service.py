@@ -472,6 +472,13 @@ class Service:
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGHUP, reload_handler)
 
+    def install_signals(self) -> None:
+        """From now on SIGTERM/SIGINT stop the daemon gracefully (and SIGHUP asks
+        for a reload). ``chartdrop run`` calls this before :meth:`start`, so a stop
+        during start-up recovery also ends in a clean exit 0 (:meth:`run` installs
+        them too)."""
+        self._install_signals()
+
     def stop(self) -> None:
         self.stopping.set()
         if self.intake is not None:

@@ -319,7 +319,7 @@ def run_soak(
     big_fraction: float = 0.2,
     bad_fraction: float = 0.03,
     drain_timeout: float = 120.0,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
 ) -> Figures:
     """Drop ``documents`` while killing the daemon ``kills`` times, drain, check.
     Returns the figures; ``figures.problems`` lists every check that failed."""
@@ -398,6 +398,7 @@ def run_soak(
         workers=workers,
         slack=latency_seconds + 0.5,  # well under the ~1 s a restart takes
     )
+    out = out or sys.stdout
     print(figures.line(), file=out)
     for problem in figures.problems[:20]:
         print(f"  problem: {problem}", file=out)
