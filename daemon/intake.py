@@ -455,6 +455,7 @@ class Intake:
                 if inbox_side.exists():
                     rename_noreplace(inbox_side, side)
                     fsync_dir(side.parent)
+                    fsync_dir(inbox_side.parent)
             if side is not None and not side.exists():
                 verdict = Verdict(
                     rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
