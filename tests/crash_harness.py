@@ -208,6 +208,25 @@ def filed(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
+def count_filed(folder: Path) -> int:
+    return sum(
+        1
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.endswith((".json", ".error.txt"))
+    )
+
+
+@contextmanager
+def _joined(thread: threading.Thread, stop: threading.Event) -> Iterator[None]:
+    """Stop and join ``thread`` however the block ends (a failed run included)."""
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(30)
+
+
 def has_sidecar(doc: Path) -> bool:
     stem = doc.name.rsplit(".", 1)[0]
     return (doc.parent / f"{doc.name}.json").is_file() or (doc.parent / f"{stem}.json").is_file()
@@ -336,17 +355,19 @@ def run_soak(
     expected = kills * (1.5 + max_up / 2)  # ~1.5 s to start, then up for uniform(0, max_up)
     pace = expected / max(1, documents)
     dropper_error: list[BaseException] = []
+    stop = threading.Event()
 
     def dropper() -> None:
         try:
             for doc in docs:
                 drop(inbox, doc)
-                time.sleep(pace * rng.uniform(0.2, 1.8))
+                if stop.wait(pace * rng.uniform(0.2, 1.8)):
+                    return
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             dropper_error.append(exc)
 
-    with daemon(config, root / "logs") as d:
-        thread = threading.Thread(target=dropper, name="dropper", daemon=True)
+    thread = threading.Thread(target=dropper, name="dropper", daemon=True)
+    with daemon(config, root / "logs") as d, _joined(thread, stop):
         thread.start()
         killer = random.Random(seed + 1)
         d.start()
@@ -363,16 +384,13 @@ def run_soak(
         thread.join()
         if dropper_error:
             raise dropper_error[0]
-        sandbox.state.set_faults(error_rate=error_rate)  # keep the errors while draining
 
         def drained() -> bool:
             return (
                 not any(inbox.iterdir())
                 and not any(spool.iterdir())
                 and unfinished(db) == 0
-                and sum(len(v) for v in filed(done).values())
-                + sum(len(v) for v in filed(failed).values())
-                >= documents
+                and count_filed(done) + count_filed(failed) >= documents
             )
 
         try:
