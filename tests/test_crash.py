@@ -21,7 +21,7 @@ def test_short_crash_soak(
     tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # One worker: a kill then interrupts at most one send, so at most one resend per kill.
-    figures = run_soak(tmp_path, sandbox, documents=100, kills=10, seed=7, workers=1)
+    figures = run_soak(tmp_path, sandbox, documents=100, kills=10, seed=7, workers=1, max_up=1.5)
     assert figures.problems == []
     assert figures.lost == 0
     assert figures.kills == 10
