@@ -119,6 +119,24 @@ class Daemon:
             time.sleep(0.02)
         raise AssertionError(f"the daemon did not start within {timeout}s")
 
+    def wait_database_open(self, timeout: float = 60) -> bool:
+        """Wait until the process has its database open: it is in start-up, past
+        the lock and before (or in) recovery. False if it died first."""
+        assert self.proc is not None
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                targets = [os.readlink(fd) for fd in fds.iterdir()]
+            except OSError:  # gone, or an fd closed while we looked
+                targets = []
+            if any(t.endswith("chartdrop.sqlite3") for t in targets):
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.005)
+        raise AssertionError(f"the daemon did not open its database within {timeout}s")
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -351,15 +369,20 @@ def run_soak(
     figures = Figures(documents=documents)
     started = time.monotonic()
 
-    # The dropper spreads the documents over the time the kills are expected to take.
-    expected = kills * (1.5 + max_up / 2)  # ~1.5 s to start, then up for uniform(0, max_up)
-    pace = expected / max(1, documents)
+    # The dropper spreads the documents over the kills: it never runs ahead of
+    # them (document j waits for kill j * kills / documents), and between drops it
+    # sleeps about the time a kill cycle (~1.5 s start-up, then up to max_up) takes
+    # per document, so documents keep arriving while the daemon runs and restarts.
+    pace = (1.5 + max_up / 2) * kills / max(1, documents)
     dropper_error: list[BaseException] = []
     stop = threading.Event()
+    kills_done = [0]
 
     def dropper() -> None:
         try:
-            for doc in docs:
+            for j, doc in enumerate(docs):
+                while kills_done[0] < j * kills / documents and not stop.wait(0.02):
+                    pass
                 drop(inbox, doc)
                 if stop.wait(pace * rng.uniform(0.2, 1.8)):
                     return
@@ -373,15 +396,19 @@ def run_soak(
         d.start()
         while figures.kills < kills:
             if killer.random() < startup_kill_fraction:
-                time.sleep(killer.uniform(0.3, 1.5))  # during start-up and recovery
+                if d.wait_database_open():  # during start-up recovery
+                    time.sleep(killer.uniform(0, 0.2))
             elif d.wait_started():
                 time.sleep(killer.uniform(0, max_up))
             code = d.kill()
             if code != -signal.SIGKILL:
                 figures.problems.append(f"daemon run {d.runs} exited on its own with {code}")
             figures.kills += 1
+            kills_done[0] = figures.kills
             d.start()
         thread.join()
+        if not d.wait_started():  # drain with a daemon that really runs
+            figures.problems.append("the last daemon did not start")
         if dropper_error:
             raise dropper_error[0]
 
