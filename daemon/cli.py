@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import uuid
 from datetime import datetime
@@ -54,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(path)
     logs.configure(level=settings.log_level, fmt=settings.log_format)
     service = Service(settings, config_path=path)
+    service.install_signals()
     service.start()
     return service.run()
 
@@ -421,6 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except ChartdropError as exc:
         print(f"chartdrop: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.DatabaseError as exc:  # SQLite's texts name no documents or patients
+        print(
+            f"chartdrop: the queue database is damaged or unreadable ({exc}); "
+            "restore it from backup",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -27,6 +27,7 @@ from daemon.errors import (
 )
 from daemon.filing import Filer
 from daemon.fsutil import open_document
+from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.outgoing import Sender, is_sidecar_only
 from daemon.queue import Job, Queue
@@ -165,11 +166,13 @@ class Deliverer:
         except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
             return self._failed(job, dest, exc, log)
         self.breakers.success(dest.name)
+        killpoint("after_send")
         if not self.queue.mark_sent(
             job.id, job.lease_token, remote_id=result.log_id, http_status=result.status
         ):
             log.error("job.lease_lost_after_send", remote_id=result.log_id)
             return "lease_lost"
+        killpoint("after_commit")
         log.info("job.sent", remote_id=result.log_id, http_status=result.status)
         self._finish(job.id)
         return "sent"

@@ -27,6 +27,7 @@ from daemon.errors import (
     TooLargeError,
 )
 from daemon.fsutil import ensure_dir, fsync_dir, rename_noreplace, set_mode, write_file_atomic
+from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.names import error_note_name, paired_sidecar_name, suffixed
 from daemon.queue import Job, JobState, Queue
@@ -158,6 +159,7 @@ class Filer:
                 continue
             break
         folder = target.parent
+        killpoint("mid_move")
         if job.sidecar_name and job.spool_sidecar:
             spool_side = Path(job.spool_sidecar)
             if spool_side.exists() or spool_side.is_symlink():

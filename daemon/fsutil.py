@@ -256,8 +256,11 @@ def ensure_dir(path: Path, mode: int = 0o700) -> None:
     if kind not in ("missing", "directory"):
         raise ConfigError(f"{path} exists but is not a folder")
     if kind == "missing":
+        created = [p for p in (path, *path.parents) if not os.path.lexists(p)]
         try:
             path.mkdir(mode=mode, parents=True, exist_ok=True)
+            for folder in reversed(created):  # a new folder's name is durable too
+                fsync_dir(folder.parent)
         except OSError as exc:
             raise ConfigError(f"cannot create folder {path}: {exc.strerror}") from None
         if lstat_kind(path) != "directory":  # lost a race with something else

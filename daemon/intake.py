@@ -41,6 +41,7 @@ from daemon.errors import (
     TooLargeError,
 )
 from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
+from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.names import is_junk, is_sidecar, sidecar_candidates
 from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
@@ -382,6 +383,7 @@ class Intake:
             spool_document=str(spool_doc),
             spool_sidecar=str(spool_side) if spool_side else None,
         )
+        killpoint("intake_after_row")
         try:
             rename_noreplace(dest.inbox / doc_name, spool_doc)
         except FileNotFoundError:
@@ -390,6 +392,7 @@ class Intake:
         except OSError as exc:
             self.queue.abandon_intake(job.id, f"hand-over failed ({type(exc).__name__})")
             raise
+        killpoint("intake_mid_rename")
         if sidecar_name and spool_side is not None:
             try:
                 rename_noreplace(dest.inbox / sidecar_name, spool_side)
@@ -452,6 +455,7 @@ class Intake:
                 if inbox_side.exists():
                     rename_noreplace(inbox_side, side)
                     fsync_dir(side.parent)
+                    fsync_dir(inbox_side.parent)
             if side is not None and not side.exists():
                 verdict = Verdict(
                     rejection=("missing_sidecar", "the sidecar disappeared during hand-over")

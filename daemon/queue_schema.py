@@ -259,6 +259,24 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def file_intact(path: Path) -> bool:
+    """``PRAGMA integrity_check`` on an existing database file, before anything
+    (migrations included) writes to it. False if SQLite reports any problem or
+    cannot even read the file as a database."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=10, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+    return rows == [("ok",)]
+
+
 def _set_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
     """Switching to WAL needs a moment alone with the file, and SQLite does not apply
     busy_timeout to it: a first open racing another process retries, bounded."""

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 
+from daemon import killpoints
 from daemon.config import RedoxSettings, Settings
 from daemon.errors import (
     AuthError,
@@ -415,7 +416,7 @@ class RedoxClient(BearerClient):
         response = self._post(
             "Redox upload",
             self.settings.upload_url,
-            files={"file": (upload_name, fh, mime)},
+            files={"file": (upload_name, killpoints.reading(fh, "mid_upload"), mime)},
             rewind=lambda: fh.seek(start),
         )
         classify(response, "Redox upload")

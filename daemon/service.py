@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from daemon.logs import get_logger
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
+from daemon.queue_schema import file_intact
 from daemon.redox import RedoxClient, make_http_client
 from daemon.retention import Retention
 
@@ -180,6 +182,21 @@ class Service:
             ) from None
         self._lock_file = fh
 
+    def _open_queue(self) -> Queue:
+        """Refuse a damaged database before anything (migrations, lease resets)
+        writes to it: SQLite's integrity check runs on the file first."""
+        path = self.settings.database_path
+        damaged = ConfigError(
+            f"the database {path} failed its integrity check; "
+            "restore it from backup or move it aside (jobs in spool/ are kept)"
+        )
+        if path.exists() and not file_intact(path):
+            raise damaged
+        try:
+            return Queue(path)
+        except sqlite3.DatabaseError:  # damaged in a way the check did not see
+            raise damaged from None
+
     def start(self) -> None:
         os.umask(0o077)
         problems = folder_problems(self.settings)
@@ -188,12 +205,7 @@ class Service:
         ensure_private_dir(self.settings.state_dir)
         ensure_private_dir(self.settings.spool_dir)
         self._take_lock()
-        self.queue = Queue(self.settings.database_path)
-        if not self.queue.integrity_ok():
-            raise ConfigError(
-                f"the database {self.settings.database_path} failed its integrity check; "
-                "restore it from backup or move it aside (jobs in spool/ are kept)"
-            )
+        self.queue = self._open_queue()
         self.queue.clear_all_pauses()  # re-learnt by this run
         self.breakers = Breakers(self.queue)
         self.filer = Filer(self.settings, self.queue)
@@ -471,6 +483,13 @@ class Service:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGHUP, reload_handler)
+
+    def install_signals(self) -> None:
+        """From now on SIGTERM/SIGINT stop the daemon gracefully (and SIGHUP asks
+        for a reload). ``chartdrop run`` calls this before :meth:`start`, so a stop
+        during start-up recovery also ends in a clean exit 0 (:meth:`run` installs
+        them too)."""
+        self._install_signals()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -1,0 +1,43 @@
+"""Crash safety under random SIGKILLs: the real daemon as a subprocess, killed and
+restarted while documents arrive, against the sandbox with ~10% transient errors.
+
+The harness and its checks live in tests/crash_harness.py. The short run is in
+the default suite; the full run (1,000 documents, 100 kills) is
+
+    uv run pytest -m slow tests/test_crash.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox
+from crash_harness import run_soak
+
+
+@pytest.mark.timeout(120)
+def test_short_crash_soak(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One worker: a kill then interrupts at most one send, so at most one resend per kill.
+    figures = run_soak(tmp_path, sandbox, documents=100, kills=10, seed=7, workers=1, max_up=1.5)
+    assert figures.problems == []
+    assert figures.lost == 0
+    assert figures.kills == 10
+    assert figures.duplicates <= figures.kills
+    assert figures.injected_errors > 0  # the sandbox really did fail requests
+    assert figures.uploads > 0  # and large documents really went through the blob upload
+    assert "crash soak: documents=100" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_full_crash_soak(tmp_path: Path, sandbox: Sandbox) -> None:
+    figures = run_soak(
+        tmp_path, sandbox, documents=1000, kills=100, seed=11, workers=2, drain_timeout=600
+    )
+    assert figures.problems == []
+    assert figures.lost == 0
+    assert figures.kills == 100
+    assert figures.duplicates <= figures.kills
