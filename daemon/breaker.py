@@ -98,7 +98,8 @@ class Breakers:
             was = s.kind
             self._states[name] = _State()
         if was is not None:
-            self.queue.clear_pause(name)
+            for kind in (AUTH, OUTAGE):  # its own pauses only: intake's folder_missing stays
+                self.queue.clear_pause(name, kind)
             due = self.queue.make_due(name)
             self.log.info("destination.resumed", destination=name, was=was, count=due)
 

@@ -51,6 +51,7 @@ from daemon.readiness import StabilityTracker
 from daemon.sidecar import read_sidecar
 
 HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after this
+FOLDER_MISSING = "folder_missing"  # pause kind: intake only; queued jobs still go out
 UNREADABLE = "unreadable"  # error_kind: the inbox file could not be read, for too long
 
 
@@ -268,10 +269,12 @@ class Intake:
         self._folder_problem[dest.name] = problem
         if problem is not None:
             self.log.error("intake.folder_missing", destination=dest.name, reason=problem)
+            self.queue.set_pause(dest.name, FOLDER_MISSING, f"intake paused: {problem}")
             with self._lock:  # what was pending may be gone or belong to another folder
                 self._pending[dest.name].clear()
         else:
             self.log.warning("intake.folder_back", destination=dest.name)
+            self.queue.clear_pause(dest.name, FOLDER_MISSING)
             self._next_rescan[dest.name] = 0.0
             self._trackers[dest.name] = StabilityTracker(
                 float(dest.timing("settle_seconds")), self.clock
@@ -322,7 +325,6 @@ class Intake:
                 "incomplete": len(stuck),
                 "incomplete_since": min(stuck.values()) if stuck else None,
                 "errors": sum(1 for d, _ in self._failing_since if d == dest.name),
-                "folder_problem": self._folder_problem[dest.name],
             }
         try:
             self.report.update(report, now=time.time())
