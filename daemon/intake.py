@@ -444,7 +444,9 @@ class Intake:
         stem = name[: -len(".json")]
         exact = stem if self._lstat(dest.inbox / stem) is not None else None
         if exact is not None or self._documents_with_stem(dest, stem):
-            tracker.forget(name)  # the document's own check takes the sidecar along
+            # The document's own check takes the sidecar along. Its settle window is
+            # kept: forgetting it here restarted it at every rescan, so a sidecar
+            # never settled when settle_seconds >= rescan_seconds.
             with self._lock:
                 if exact is not None:
                     self._pending[dest.name].add(exact)
