@@ -332,8 +332,10 @@ class Intake:
             self.log.warning("intake.report_failed", exc_type=type(exc).__name__)
 
     def _hold_back(self, dest: Destination, name: str, exc: Exception) -> None:
-        """Look at a name that failed again only after HOLD_SECONDS; log it once."""
-        self._held[(dest.name, name)] = self.clock() + HOLD_SECONDS
+        """Look at a name that failed again only after HOLD_SECONDS (or the rescan
+        interval, if shorter); log it once."""
+        hold = min(HOLD_SECONDS, float(dest.timing("rescan_seconds")))
+        self._held[(dest.name, name)] = self.clock() + hold
         if (dest.name, name) not in self._reported:
             self._reported.add((dest.name, name))
             self.log.warning(
