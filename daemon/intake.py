@@ -20,6 +20,7 @@ again) if it did not.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -350,6 +351,10 @@ class Intake:
             return path.lstat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # e.g. the sidecar name of a 255-byte name
+                return None
+            raise
 
     def _documents_with_stem(self, dest: Destination, stem: str) -> list[str]:
         out = []
