@@ -277,3 +277,35 @@ def test_done_or_failed_inside_an_inbox_is_refused_at_start(
         service.start()
     assert f"destination 'consents' {key} must not be inside its inbox" in caught.value.problems
     assert not (tmp_path / "state").exists()  # refused before anything was created
+
+
+def test_local_errors_give_up_after_a_bounded_number_of_attempts_in_a_row(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Unreadable spool copy (or any local failure) is not an outage: retried with
+    backoff for LOCAL_ERROR_ATTEMPTS attempts in a row, then reported; a first local
+    error after a long outage still gets its retries."""
+    import dataclasses
+
+    from daemon.delivery import LOCAL_ERROR_ATTEMPTS, decide
+
+    dest = load_settings(write_config(tmp_path, sandbox)).destination[0]
+    with Queue(tmp_path / "q.sqlite3") as queue:
+        row = queue.begin_intake(
+            destination="consents",
+            original_name="a.pdf",
+            sidecar_name=None,
+            spool_document=None,
+            spool_sidecar=None,
+        )
+    exc = PermissionError(errno.EACCES, "Permission denied", "/spool/secret-name.pdf")
+    now = row.created_at + 60
+    local = dataclasses.replace(row, queued_at=row.created_at, error_kind="local_error")
+    for attempts in range(LOCAL_ERROR_ATTEMPTS - 1):
+        job = dataclasses.replace(local, attempts=attempts)
+        assert decide(exc, job, dest, now=now).action == "retry"
+    last = decide(exc, dataclasses.replace(local, attempts=LOCAL_ERROR_ATTEMPTS - 1), dest, now=now)
+    assert last.action == "reject" and last.error_kind == "local_error"
+    assert "Permission denied" in last.error and "secret-name" not in last.error
+    after_outage = dataclasses.replace(local, attempts=40, error_kind="transient")
+    assert decide(exc, after_outage, dest, now=now).action == "retry"
