@@ -103,6 +103,15 @@ class Breakers:
             due = self.queue.make_due(name)
             self.log.info("destination.resumed", destination=name, was=was, count=due)
 
+    def inconclusive(self, name: str) -> None:
+        """The job failed before the destination could tell (a bad or unreadable
+        document): if it was the probe, the next job probes at once instead of
+        the circuit waiting forever for an answer that will not come."""
+        with self._lock:
+            s = self._states.get(name)
+            if s is not None:
+                s.probing = False
+
     def failure(
         self, dest: Destination, kind: str, reason: str, retry_after: float | None = None
     ) -> None:

@@ -223,6 +223,8 @@ class Deliverer:
                 self.breakers.failure(dest, OUTAGE, safe_text(exc), exc.retry_after)
             elif isinstance(exc, PermanentDeliveryError):
                 self.breakers.success(dest.name)  # it answered: the destination is up
+            else:
+                self.breakers.inconclusive(dest.name)  # never reached it (input, local)
 
     def _apply(self, job: Job, decision: Decision, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None

@@ -15,7 +15,9 @@ from conftest import Sandbox, write_config
 from daemon.config import Settings, load_settings
 from daemon.delivery import Deliverer, decide, gap_cap
 from daemon.errors import TransientDeliveryError
+from daemon.fhir import FhirClient
 from daemon.filing import Filer
+from daemon.outgoing import Sender
 from daemon.queue import CLOCK_SLACK_SECONDS, Job, JobState, Queue
 from daemon.redox import RedoxClient, make_http_client
 from daemon.samples import sample_pdf, sample_sidecar
@@ -155,8 +157,10 @@ def test_deliverer_keeps_retrying_across_a_forward_jump(
         queue.complete_intake(job.id, sha256=hashlib.sha256(pdf).hexdigest(), size=len(pdf))
         http = make_http_client(settings)
         try:
-            client = RedoxClient(settings.redox, http)
-            deliverer = Deliverer(settings, queue, client, Filer(settings, queue), clock=clock)
+            sender = Sender(
+                settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http)
+            )
+            deliverer = Deliverer(settings, queue, sender, Filer(settings, queue), clock=clock)
             for jump in (0.0, 10 * DAY):
                 clock.now += jump
                 leased = queue.claim(lease_seconds=60)

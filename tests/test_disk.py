@@ -217,7 +217,7 @@ def test_unreadable_documents_are_retried_then_reported(
         (inbox / ".later.pdf.part").write_bytes(pdf)
         (inbox / ".later.pdf.part").rename(inbox / "later.pdf")
         queue = Queue.open_readonly(settings.database_path)
-        job = wait_until(lambda: [j for j in queue.jobs() if j.attempts >= 1])[0]
+        job = wait_until(lambda: queue.jobs(states=(JobState.QUEUED,)))[0]
         Path(job.spool_document or "").chmod(0)  # e.g. a backup tool or a disk error
         sandbox.state.set_faults(outage=False)
 
