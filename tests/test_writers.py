@@ -275,7 +275,7 @@ def test_file_that_stays_incomplete_is_reported_never_sent_never_dropped(
 
 
 def test_empty_file_waits_for_its_writer_then_fails_if_it_stays_empty(
-    daemon_factory: Callable[..., Running], sandbox: Sandbox
+    daemon_factory: Callable[..., Running], sandbox: Sandbox, log_stream: io.StringIO
 ) -> None:
     """A writer may create the file and only start writing seconds later: an empty
     file is incomplete, not refused. One that stays empty for the sidecar timeout
@@ -286,7 +286,10 @@ def test_empty_file_waits_for_its_writer_then_fails_if_it_stays_empty(
     (r.inbox / "empty.pdf.json").write_text(json.dumps(sample_sidecar()))
     (r.inbox / "late.pdf").touch()
     (r.inbox / "empty.pdf").touch()
-    wait_until(lambda: status_of(r)["incomplete_in_inbox"] == 2)
+    verdicts = wait_until(
+        lambda: (lambda e: e if len(e) == 2 else None)(events(log_stream, "intake.incomplete"))
+    )
+    assert {v["reason"] for v in verdicts} == {"the file is empty"}  # waiting, not refused
     (r.inbox / "late.pdf").write_bytes(pdf)
     jobs = r.finished(2)
     outcome = {j.original_name: (j.state, j.error_kind) for j in jobs}
