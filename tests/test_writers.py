@@ -103,11 +103,11 @@ class Writer(threading.Thread):
 def test_pdf_growing_for_20_seconds_is_sent_once_complete(
     daemon_factory: Callable[..., Running], sandbox: Sandbox
 ) -> None:
-    """A scanner adds a page every half second for 22 s; after each page the file
+    """A scanner adds a page every half second for 20.5 s; after each page the file
     ends in %%EOF (incremental updates), so only the settle timer holds it."""
-    parts = incremental_pdf(44)
+    parts = incremental_pdf(41)
     full = b"".join(parts)
-    r = daemon_factory(settle_seconds=2)
+    r = daemon_factory(settle_seconds=1.5)
     (r.inbox / "scan.pdf.json").write_text(json.dumps(sample_sidecar()))
     path = r.inbox / "scan.pdf"
     with path.open("wb") as fh:
@@ -231,7 +231,7 @@ def test_copy_keeping_an_old_mtime_is_held_by_size_changes(
     size (watched on our own clock, not the file's age) holds it back."""
     parts = incremental_pdf(8)
     full = b"".join(parts)
-    r = daemon_factory(settle_seconds=1.0)
+    r = daemon_factory(settle_seconds=0.6)
     (r.inbox / "copy.pdf.json").write_text(json.dumps(sample_sidecar()))
     path = r.inbox / "copy.pdf"
 
@@ -243,7 +243,7 @@ def test_copy_keeping_an_old_mtime_is_held_by_size_changes(
 
         return step
 
-    writer = Writer([append(p) for p in parts], gap=0.2)
+    writer = Writer([append(p) for p in parts], gap=0.15)
     writer.start()
     while writer.is_alive():
         nothing_taken(r, sandbox)
@@ -281,7 +281,7 @@ def test_empty_file_waits_for_its_writer_then_fails_if_it_stays_empty(
     file is incomplete, not refused. One that stays empty for the sidecar timeout
     goes to failed/ with a note."""
     pdf = sample_pdf("Late start")
-    r = daemon_factory(settle_seconds=0.1, sidecar_timeout_seconds=3)
+    r = daemon_factory(settle_seconds=0.1, sidecar_timeout_seconds=2)
     (r.inbox / "late.pdf.json").write_text(json.dumps(sample_sidecar()))
     (r.inbox / "empty.pdf.json").write_text(json.dumps(sample_sidecar()))
     (r.inbox / "late.pdf").touch()
