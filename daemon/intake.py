@@ -217,11 +217,12 @@ class Intake:
                 self._guards.pop(gone, None)
                 self._incomplete.pop(gone, None)
             self._next_rescan = dict.fromkeys(names, 0.0)
-        for name in set(self._folder_problem) - names:
-            del self._folder_problem[name]
-        for name in names:  # a new or changed destination's folder is judged afresh
-            if before.get(name) != settings.get_destination(name):
-                self._folder_problem[name] = None
+        for name in list(self._folder_problem):  # a changed or removed one: judged afresh
+            judged_afresh = name not in names or before.get(name) != settings.get_destination(name)
+            if judged_afresh and self._folder_problem.pop(name) is not None:
+                self.queue.clear_pause(name, FOLDER_MISSING)
+        for name in names:
+            self._folder_problem.setdefault(name, None)
         self.wake.set()
 
     def waiting(self) -> dict[str, int]:
