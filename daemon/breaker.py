@@ -98,9 +98,19 @@ class Breakers:
             was = s.kind
             self._states[name] = _State()
         if was is not None:
-            self.queue.clear_pause(name)
+            for kind in (AUTH, OUTAGE):  # its own pauses only: intake's folder_missing stays
+                self.queue.clear_pause(name, kind)
             due = self.queue.make_due(name)
             self.log.info("destination.resumed", destination=name, was=was, count=due)
+
+    def inconclusive(self, name: str) -> None:
+        """The job failed before the destination could tell (a bad or unreadable
+        document): if it was the probe, the next job probes at once instead of
+        the circuit waiting forever for an answer that will not come."""
+        with self._lock:
+            s = self._states.get(name)
+            if s is not None:
+                s.probing = False
 
     def failure(
         self, dest: Destination, kind: str, reason: str, retry_after: float | None = None

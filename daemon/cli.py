@@ -19,6 +19,7 @@ from daemon import logs
 from daemon.config import Settings, config_path, load_settings
 from daemon.errors import ChartdropError, ConfigError, InputError
 from daemon.fsutil import fsync_dir, rename_noreplace
+from daemon.inboxes import read_report
 from daemon.names import suffixed
 
 EXIT_ERROR = 2
@@ -117,9 +118,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "next_try": _ts(pause.until) if pause.until is not None else None,
             }
         )
+    intake = read_report(settings.state_dir)  # empty unless the daemon is running
     rows = []
     for dest in settings.destination:
         s = status.get(dest.name)
+        seen = intake.get(dest.name, {})
         rows.append(
             {
                 "destination": dest.name,
@@ -132,6 +135,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "oldest_waiting_seconds": s.oldest_waiting_seconds if s else None,
                 "last_success": _ts(s.last_success_at) if s and s.last_success_at else None,
                 "paused": pauses.get(dest.name, []),
+                "incomplete_in_inbox": seen.get("incomplete", 0),
+                "incomplete_since": _ts(seen["incomplete_since"])
+                if seen.get("incomplete_since")
+                else None,
+                "intake_errors": seen.get("errors", 0),
             }
         )
     if args.json:
@@ -144,6 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "in flight",
         "done today",
         "failed",
+        "incomplete",
         "oldest waiting",
         "last success",
     )
@@ -157,6 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             r["in_flight"],
             r["done_today"],
             r["failed"],
+            r["incomplete_in_inbox"],
             "-" if oldest is None else f"{oldest:.0f}s",
             r["last_success"] or "-",
         )
@@ -164,9 +174,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, items in pauses.items():
         for p in items:
             retry = f"; next try {p['next_try']}" if p["next_try"] else ""
+            waiting = (
+                "New documents wait in the inbox"
+                if p["kind"] == "folder_missing"
+                else "Documents wait in the queue"
+            )
             print(
-                f"PAUSED {name} ({p['kind']}, since {p['since']}): "
-                f"{p['reason']}{retry}. Documents wait in the queue."
+                f"PAUSED {name} ({p['kind']}, since {p['since']}): {p['reason']}{retry}. {waiting}."
             )
     return 0
 

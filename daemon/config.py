@@ -151,6 +151,13 @@ class Destination(TimingOverrides):
         description="Maps each named group to a sidecar field, "
         'e.g. mrn = "Patient.Identifiers[0].ID".',
     )
+    polling: bool = Field(
+        False,
+        description=(
+            "Watch the inbox by polling its listing every second instead of inotify: for "
+            "SMB/NFS mounts, where inotify does not see what other machines write."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -65,6 +65,10 @@ PNG_NO_IEND = "the PNG image is incomplete: it does not end with the IEND end ma
 GIF_NO_TRAILER = "the GIF image is incomplete: it does not end with the GIF trailer"
 RTF_NO_END = "the RTF document is incomplete: it does not end with its closing brace"
 TIFF_TRUNCATED = "the TIFF image is incomplete: part of it lies beyond the end of the file"
+TIFF_BLANK_ENTRY = (
+    "the TIFF image is incomplete: its directory has blank (zero) entries "
+    "(the file may have been pre-allocated and not yet filled in)"
+)
 TIFF_DAMAGED = "the TIFF image is damaged: its structure cannot be read"
 TIFF_LOOP = "the TIFF image is damaged: its list of pages loops back on itself"
 TIFF_NO_PAGES = "the TIFF image has no pages (it may not have been completely written)"
@@ -298,6 +302,8 @@ def _check_ifd(r: _TiffReader, lay: _Layout, offset: int) -> int:
     for i in range(n):
         start = i * lay.entry_size
         tag, typ, count, value = struct.unpack(entry_format, block[start : start + lay.entry_size])
+        if tag == 0 and typ == 0:  # no TIFF writer makes one: zeros not yet overwritten
+            raise _TiffError(TIFF_BLANK_ENTRY)
         element = _TIFF_TYPE_SIZES.get(typ)
         if element is None:
             continue  # unknown field types are skipped, as TIFF 6.0 asks of readers

@@ -20,19 +20,34 @@ from daemon.config import Destination, Settings
 from daemon.content import FileKind
 from daemon.errors import (
     AuthError,
+    ChangedError,
     ChartdropError,
     InputError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from daemon.filing import Filer
-from daemon.fsutil import open_document
+from daemon.fsutil import open_document, sha256_file
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.outgoing import Sender, is_sidecar_only
 from daemon.queue import Job, Queue
 from daemon.redox import SendResult
 from daemon.sidecar import read_sidecar
+
+# A local error (the spool copy cannot be read, or an unexpected exception) is
+# not an outage: retried with backoff for this many attempts in a row (about ten
+# minutes with the default backoff), then the job fails with the reason.
+LOCAL_ERROR_ATTEMPTS = 8
+# Waiting time towards give_up_after_hours is summed over the gaps between a
+# job's events, each gap counted at most this long (or twice retry_cap_seconds):
+# a wall clock that jumps forward by days must not fail the queue at once.
+GAP_CAP_SECONDS = 3600.0
+
+CHANGED = (
+    "the file changed after chartdrop had taken it (something was still writing it), "
+    "so it was not sent"
+)
 
 
 def backoff(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -62,10 +77,23 @@ class Decision:
     remote_id: str | None = None  # the log ID the remote side gave the failed request
 
 
+def gap_cap(dest: Destination) -> float:
+    """The most one gap between a job's events counts towards give_up_after_hours."""
+    return max(GAP_CAP_SECONDS, 2 * float(dest.timing("retry_cap_seconds")))
+
+
 def decide(
-    exc: Exception, job: Job, dest: Destination, *, now: float, rng: random.Random | None = None
+    exc: Exception,
+    job: Job,
+    dest: Destination,
+    *,
+    now: float,
+    waited: float | None = None,
+    rng: random.Random | None = None,
 ) -> Decision:
-    """The one place that decides between retrying and failing."""
+    """The one place that decides between retrying and failing. ``waited`` is how
+    long the job has been waiting (see :meth:`Queue.waited_seconds`); without it,
+    the wall-clock time since it was queued."""
     if isinstance(exc, InputError):
         return Decision("reject", error_kind=exc.reason, error="\n".join(exc.problems))
     if isinstance(exc, PermanentDeliveryError):
@@ -80,7 +108,7 @@ def decide(
     remote_id = exc.remote_id if isinstance(exc, TransientDeliveryError) else None
     started = job.queued_at or job.created_at
     give_up = float(dest.timing("give_up_after_hours")) * 3600
-    if now - started >= give_up:
+    if (now - started if waited is None else waited) >= give_up:
         return Decision(
             "reject",
             error_kind="gave_up",
@@ -104,6 +132,15 @@ def decide(
         kind = "unknown_outcome"  # it may have arrived: resent with the same DocumentID
     if not isinstance(exc, TransientDeliveryError):
         kind = "local_error"  # e.g. an unreadable spool file: retried, then reported
+        if job.error_kind == kind and job.attempts + 1 >= LOCAL_ERROR_ATTEMPTS:
+            return Decision(
+                "reject",
+                error_kind=kind,
+                error=(
+                    f"chartdrop could not read or prepare the file on this server "
+                    f"({safe_text(exc)}), {job.attempts + 1} attempts in a row"
+                ),
+            )
     return Decision(
         "retry",
         delay=delay,
@@ -179,7 +216,9 @@ class Deliverer:
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None
-        decision = decide(exc, job, dest, now=self.clock())
+        now = self.clock()
+        waited = self.queue.waited_seconds(job.id, now=now, gap_cap=gap_cap(dest))
+        decision = decide(exc, job, dest, now=now, waited=waited)
         try:
             return self._apply(job, decision, exc, log)
         finally:  # after the job's own record, so an opening circuit can re-pace it
@@ -187,6 +226,8 @@ class Deliverer:
                 self.breakers.failure(dest, OUTAGE, safe_text(exc), exc.retry_after)
             elif isinstance(exc, PermanentDeliveryError):
                 self.breakers.success(dest.name)  # it answered: the destination is up
+            else:
+                self.breakers.inconclusive(dest.name)  # never reached it (input, local)
 
     def _apply(self, job: Job, decision: Decision, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None
@@ -236,6 +277,9 @@ class Deliverer:
     def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
         with open_document(Path(job.spool_document)) as fh:
+            if job.sha256:  # what goes out must be what was checked and hashed at intake
+                self._unchanged(job, sha256_file(fh)[0])
+                fh.seek(0)
             if is_sidecar_only(job):
                 sidecar: dict[str, Any] | None = read_sidecar(Path(job.spool_document))
             elif job.spool_sidecar:
@@ -246,11 +290,18 @@ class Deliverer:
                 job, dest, fh, sidecar, lambda f, kind: self._upload(job, f, kind)
             )
 
+    @staticmethod
+    def _unchanged(job: Job, digest: str) -> None:
+        """The bytes about to go out must be the ones hashed when the job was queued."""
+        if job.sha256 and digest != job.sha256:
+            raise ChangedError(CHANGED)
+
     def _upload(self, job: Job, fh: BinaryIO, kind: FileKind) -> str:
         assert job.lease_token is not None
         uri = self.sender.redox.upload(
             fh, upload_name=f"{job.document_id}.{kind.extension}", mime=kind.mime
         )
+        self._unchanged(job, sha256_file(fh)[0])  # not changed while it streamed either
         if not self.queue.record_upload(job.id, job.lease_token, uri):
             raise TransientDeliveryError("lease lost during upload")
         self.log.info("job.uploaded", job_id=job.id, destination=job.destination, size=job.size)

@@ -7,6 +7,7 @@
     │   ├── SidecarError          missing / unparsable / invalid sidecar (lists every problem)
     │   ├── ContentError          incomplete, unrecognised or wrong-type content
     │   ├── TooLargeError         over upload_max_bytes (no network call made)
+    │   ├── ChangedError          the file changed after it was queued (sha256 differs)
     │   └── NotRegularFileError   a symlink, FIFO, device or hard link: never read through
     └── DeliveryError             talking to the remote side failed
         ├── TransientDeliveryError  retried with backoff (5xx, 429, 408, network errors)
@@ -69,6 +70,15 @@ class TooLargeError(InputError):
     fix = (
         "Split the document into smaller parts or scan it at a lower resolution, "
         "then drop the parts into the inbox, each with its own sidecar."
+    )
+
+
+class ChangedError(InputError):
+    reason = "changed_after_queued"
+    fix = (
+        "Something was still writing the file after chartdrop had taken it, so it was not "
+        "sent. Check that the document in failed/ is complete (or scan it again), then move "
+        "it and its sidecar back into the inbox."
     )
 
 

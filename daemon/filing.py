@@ -15,26 +15,41 @@ another account dropped keeps its owner, and a refusal is logged, not fatal.
 
 from __future__ import annotations
 
+import errno
 from datetime import datetime
 from pathlib import Path
 
 from daemon.config import Destination, Settings
 from daemon.errors import (
+    ChangedError,
     ContentError,
     InputError,
     NotRegularFileError,
     SidecarError,
     TooLargeError,
 )
-from daemon.fsutil import ensure_dir, fsync_dir, rename_noreplace, set_mode, write_file_atomic
+from daemon.fsutil import (
+    fsync_dir,
+    lstat_kind,
+    rename_noreplace,
+    set_mode,
+    write_file_atomic,
+)
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
-from daemon.names import error_note_name, paired_sidecar_name, suffixed
+from daemon.names import NAME_MAX, error_note_name, paired_sidecar_name, shortened, suffixed
 from daemon.queue import Job, JobState, Queue
 
 FIX_BY_KIND: dict[str, str] = {
     cls.reason: cls.fix
-    for cls in (InputError, SidecarError, ContentError, TooLargeError, NotRegularFileError)
+    for cls in (
+        InputError,
+        SidecarError,
+        ContentError,
+        TooLargeError,
+        NotRegularFileError,
+        ChangedError,
+    )
 }
 FIX_BY_KIND.update(
     {
@@ -53,6 +68,16 @@ FIX_BY_KIND.update(
         "gave_up": (
             "The document itself may be fine: the destination could not be reached for too "
             "long. Move both files back into the inbox to try again, or ask your administrator."
+        ),
+        "unreadable": (
+            "chartdrop was not allowed to read this file (or the disk could not). Ask your "
+            "administrator to check its permissions: the scanner must write files chartdrop "
+            "can read. Then move the document and its sidecar back into the inbox."
+        ),
+        "local_error": (
+            "chartdrop could not read or prepare this file on the server for a while (a disk "
+            "or permission problem). Ask your administrator to look up this job with "
+            "`chartdrop show <job>`, then move both files back into the inbox."
         ),
         "destination_removed": (
             "This destination is no longer configured. Ask your administrator where such "
@@ -110,9 +135,24 @@ class Filer:
         return None
 
     def _target_dir(self, dest: Destination, failed: bool) -> Path:
+        """failed/, or today's folder in done/. done/ and failed/ themselves are never
+        made again: if one vanished (or a share is unmounted) the move waits."""
+        base = dest.failed if failed else dest.done
+        if lstat_kind(base) != "directory":
+            raise FileNotFoundError(errno.ENOENT, "the done/ or failed/ folder is missing")
         if failed:
-            return dest.failed
-        return dest.done / datetime.now().astimezone().strftime("%Y-%m-%d")
+            return base
+        folder = base / datetime.now().astimezone().strftime("%Y-%m-%d")
+        try:
+            folder.mkdir(mode=self.settings.dirs_mode)
+            fsync_dir(base)  # the new folder's name is durable before a file moves in
+        except FileExistsError:
+            pass
+        except OSError as exc:  # no room, read-only: an OSError without the path
+            raise OSError(exc.errno, exc.strerror) from None
+        if lstat_kind(folder) != "directory":
+            raise NotADirectoryError(errno.ENOTDIR, "today's folder in done/ is not a folder")
+        return folder
 
     def _names(self, job: Job, doc_name: str, failed: bool) -> list[str]:
         names = [doc_name]
@@ -123,9 +163,13 @@ class Filer:
         return names
 
     def _choose(self, job: Job, folder: Path, failed: bool) -> Path:
+        base = job.original_name
+        extra = max(len(x.encode()) for x in self._names(job, base, failed)) - len(base.encode())
+        if len(base.encode()) + extra > NAME_MAX:  # leave room for the note and " (n)"
+            base = shortened(base, NAME_MAX - extra - len(" (9999)"))
         n = 0
         while True:
-            doc_name = suffixed(job.original_name, n)
+            doc_name = suffixed(base, n)
             if not any(
                 (folder / name).exists() or (folder / name).is_symlink()
                 for name in self._names(job, doc_name, failed)
@@ -144,7 +188,6 @@ class Filer:
         while True:
             if target is None:
                 folder = self._target_dir(dest, failed)
-                ensure_dir(folder, mode=self.settings.dirs_mode)
                 if not failed:  # failed/ itself is the admin's folder; done/DATE is ours
                     self._share(folder, job, directory=True)
                 target = self._choose(job, folder, failed)
@@ -156,6 +199,11 @@ class Filer:
                 rename_noreplace(spool_doc, target)
             except FileExistsError:
                 target = None  # taken since we chose it: choose again
+                continue
+            except FileNotFoundError:
+                if lstat_kind(target.parent) == "directory":
+                    raise
+                target = None  # its folder is gone (done/ made again): choose again
                 continue
             break
         folder = target.parent

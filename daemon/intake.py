@@ -20,6 +20,7 @@ again) if it did not.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -32,7 +33,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from daemon.config import Destination, Settings
-from daemon.content import detect, incomplete_reason
+from daemon.content import EMPTY, detect, incomplete_reason
 from daemon.errors import (
     ContentError,
     InputError,
@@ -41,6 +42,7 @@ from daemon.errors import (
     TooLargeError,
 )
 from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
+from daemon.inboxes import InboxGuard, IntakeReport
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.names import is_junk, is_sidecar, sidecar_candidates
@@ -51,6 +53,8 @@ from daemon.readiness import StabilityTracker
 from daemon.sidecar import read_sidecar
 
 HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after this
+FOLDER_MISSING = "folder_missing"  # pause kind: intake only; queued jobs still go out
+UNREADABLE = "unreadable"  # error_kind: the inbox file could not be read, for too long
 
 
 def storable(name: str) -> str:
@@ -103,18 +107,18 @@ def judge(
             return Verdict()
         with open_document(doc) as fh:
             size = os.fstat(fh.fileno()).st_size
-            kind = detect(fh)
-            reason = incomplete_reason(fh, size, kind)
-            if reason is not None and size > 0:
-                return Verdict(incomplete=reason)
-            if size == 0:
-                raise ContentError("the file is empty")
-            kind = check_kind(dest, kind, name)
+            # Over the limit is final (a file only grows), so it is refused before
+            # anything is read: a sparse multi-GB file must not be waited on or hashed.
             if size > int(dest.timing("upload_max_bytes")):
                 raise TooLargeError(
                     f"the file is {size:,} bytes; the limit is "
                     f"{int(dest.timing('upload_max_bytes')):,} bytes"
                 )
+            kind = detect(fh)
+            reason = incomplete_reason(fh, size, kind)
+            if reason is not None:  # an empty file too: a writer may not have started yet
+                return Verdict(incomplete=reason)
+            kind = check_kind(dest, kind, name)
         try:
             fields = effective_sidecar(
                 dest, None if sidecar is None else read_sidecar(sidecar), name
@@ -139,6 +143,7 @@ class Intake:
         *,
         on_queued: Callable[[], None] = lambda: None,
         on_rejected: Callable[[Job], object] = lambda job: None,
+        on_folder: Callable[[str, str | None], object] = lambda dest, problem: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -157,6 +162,15 @@ class Intake:
         self._next_rescan: dict[str, float] = {d.name: 0.0 for d in settings.destination}
         self._reported: set[tuple[str, str]] = set()
         self._held: dict[tuple[str, str], float] = {}
+        # Inbox health and what is stuck, for `chartdrop status` (see daemon.inboxes).
+        self.on_folder = on_folder
+        spool = settings.spool_dir
+        self._spool_dev = spool.stat().st_dev if spool.is_dir() else None
+        self._guards = {d.name: InboxGuard(d.inbox, self._spool_dev) for d in settings.destination}
+        self._folder_problem: dict[str, str | None] = {d.name: None for d in settings.destination}
+        self._incomplete: dict[str, dict[str, float]] = {d.name: {} for d in settings.destination}
+        self._failing_since: dict[tuple[str, str], float] = {}
+        self.report = IntakeReport(settings.state_dir)
 
     # -- detection --------------------------------------------------------
     def notify(self, dest_name: str, path: str) -> None:
@@ -195,11 +209,21 @@ class Intake:
                     self._trackers[dest.name] = StabilityTracker(
                         float(dest.timing("settle_seconds")), self.clock
                     )
+                    self._guards[dest.name] = InboxGuard(dest.inbox, self._spool_dev)
+                    self._incomplete[dest.name] = {}
             names = {d.name for d in settings.destination}
             for gone in set(before) - names:
                 self._pending.pop(gone, None)
                 self._trackers.pop(gone, None)
+                self._guards.pop(gone, None)
+                self._incomplete.pop(gone, None)
             self._next_rescan = dict.fromkeys(names, 0.0)
+        for name in list(self._folder_problem):  # a changed or removed one: judged afresh
+            judged_afresh = name not in names or before.get(name) != settings.get_destination(name)
+            if judged_afresh and self._folder_problem.pop(name) is not None:
+                self.queue.clear_pause(name, FOLDER_MISSING)
+        for name in names:
+            self._folder_problem.setdefault(name, None)
         self.wake.set()
 
     def waiting(self) -> dict[str, int]:
@@ -207,27 +231,114 @@ class Intake:
             return {name: len(names) for name, names in self._pending.items()}
 
     # -- the loop's work --------------------------------------------------
+    def rescan_all(self) -> None:
+        """Rescan every inbox at the next tick (e.g. after the kernel dropped events)."""
+        for name in self._next_rescan:
+            self._next_rescan[name] = 0.0
+        self.wake.set()
+
     def tick(self) -> None:
         now = self.clock()
         for dest in self.settings.destination:
+            if not self._inbox_usable(dest):
+                continue
             if now >= self._next_rescan[dest.name]:
                 self._next_rescan[dest.name] = now + float(dest.timing("rescan_seconds"))
-                self.rescan(dest)
+                try:
+                    self.rescan(dest)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # gone since the check: the next tick pauses it
             with self._lock:
                 names = sorted(self._pending[dest.name])
             for name in names:
+                if self._held.get((dest.name, name), 0.0) > now:
+                    continue
                 try:
                     keep = self._consider(dest, name)
+                    self._failing_since.pop((dest.name, name), None)
                 except Exception as exc:  # noqa: BLE001 - one bad name must not stop the others
-                    self._hold_back(dest, name, exc)
-                    keep = True
+                    keep = self._failing(dest, name, exc)
                 if not keep:
                     with self._lock:
                         self._pending[dest.name].discard(name)
+        self._update_report()
+
+    def _inbox_usable(self, dest: Destination) -> bool:
+        """Check the inbox is still the folder it was; pause or resume its intake."""
+        problem = self._guards[dest.name].check()
+        before = self._folder_problem[dest.name]
+        if problem == before:
+            return problem is None
+        self._folder_problem[dest.name] = problem
+        if problem is not None:
+            self.log.error("intake.folder_missing", destination=dest.name, reason=problem)
+            self.queue.set_pause(dest.name, FOLDER_MISSING, f"intake paused: {problem}")
+            with self._lock:  # what was pending may be gone or belong to another folder
+                self._pending[dest.name].clear()
+        else:
+            self.log.warning("intake.folder_back", destination=dest.name)
+            self.queue.clear_pause(dest.name, FOLDER_MISSING)
+            self._next_rescan[dest.name] = 0.0
+            self._trackers[dest.name] = StabilityTracker(
+                float(dest.timing("settle_seconds")), self.clock
+            )
+            for key in [k for k in self._held if k[0] == dest.name]:
+                del self._held[key]
+        self.on_folder(dest.name, problem)
+        return problem is None
+
+    def _failing(self, dest: Destination, name: str, exc: Exception) -> bool:
+        """A name whose checks or hand-over raised: held back and retried; a file that
+        stays unreadable for ``sidecar_timeout_seconds`` goes to failed/ with the reason.
+        Returns True to keep watching it."""
+        key = (dest.name, name)
+        since = self._failing_since.setdefault(key, self.clock())
+        timeout = float(dest.timing("sidecar_timeout_seconds"))
+        if (
+            isinstance(exc, OSError)
+            and not isinstance(exc, FileNotFoundError)
+            and self.clock() - since >= timeout
+        ):
+            why = (
+                "chartdrop could not read the document or its sidecar "
+                f"({exc.strerror or type(exc).__name__}) for too long"
+            )
+            try:
+                sidecar = None if is_sidecar(name) else self._find_sidecar(dest, name)
+                self._hand_over(dest, name, sidecar, Verdict(rejection=(UNREADABLE, why)))
+            except Exception as again:  # noqa: BLE001 - cannot even move it: keep holding
+                self._hold_back(dest, name, again)
+                return True
+            self._failing_since.pop(key, None)
+            self._trackers[dest.name].forget(name)
+            return False
+        self._hold_back(dest, name, exc)
+        return True
+
+    def _update_report(self) -> None:
+        """Write what `chartdrop status` shows about the inboxes (only when it changed)."""
+        report: dict[str, dict[str, object]] = {}
+        for dest in self.settings.destination:
+            with self._lock:
+                pending = set(self._pending[dest.name])
+            stuck = self._incomplete[dest.name]
+            for name in [n for n in stuck if n not in pending]:
+                del stuck[name]
+            report[dest.name] = {
+                "incomplete": len(stuck),
+                "incomplete_since": min(stuck.values()) if stuck else None,
+                "errors": sum(1 for d, _ in self._failing_since if d == dest.name),
+            }
+        try:
+            self.report.update(report, now=time.time())
+        except OSError as exc:
+            self.log.warning("intake.report_failed", exc_type=type(exc).__name__)
 
     def _hold_back(self, dest: Destination, name: str, exc: Exception) -> None:
-        """Look at a name that failed again only after HOLD_SECONDS; log it once."""
-        self._held[(dest.name, name)] = self.clock() + HOLD_SECONDS
+        """Look at a name that failed again only after HOLD_SECONDS (or the rescan
+        interval, if shorter); log it once."""
+        hold = min(HOLD_SECONDS, float(dest.timing("rescan_seconds")))
+        self._held[(dest.name, name)] = self.clock() + hold
         if (dest.name, name) not in self._reported:
             self._reported.add((dest.name, name))
             self.log.warning(
@@ -242,6 +353,10 @@ class Intake:
             return path.lstat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # e.g. the sidecar name of a 255-byte name
+                return None
+            raise
 
     def _documents_with_stem(self, dest: Destination, stem: str) -> list[str]:
         out = []
@@ -298,6 +413,8 @@ class Intake:
             if tracker.waited(name) < float(dest.timing("sidecar_timeout_seconds")):
                 return True
             verdict = judge(dest, self.settings, path, None)  # says why, in the staff's words
+            if verdict.rejection is None:  # incomplete, so the sidecar was not even looked at
+                verdict = Verdict(rejection=("missing_sidecar", "no sidecar (.json) file came"))
             self._hand_over(dest, name, None, verdict)
             tracker.forget(name)
             return False
@@ -311,12 +428,19 @@ class Intake:
             dest, self.settings, path, None if sidecar is None else dest.inbox / sidecar
         )
         if verdict.incomplete is not None:
-            if (dest.name, name) not in self._reported:
-                self._reported.add((dest.name, name))
-                self.log.warning(
-                    "intake.incomplete", destination=dest.name, reason=verdict.incomplete
-                )
-            return True
+            waited = tracker.waited(name)
+            if verdict.incomplete == EMPTY and waited >= float(
+                dest.timing("sidecar_timeout_seconds")
+            ):  # still empty long after it appeared: report it in failed/
+                verdict = Verdict(rejection=(ContentError.reason, EMPTY))
+            else:
+                self._incomplete[dest.name].setdefault(name, time.time() - waited)
+                if (dest.name, name) not in self._reported:
+                    self._reported.add((dest.name, name))
+                    self.log.warning(
+                        "intake.incomplete", destination=dest.name, reason=verdict.incomplete
+                    )
+                return True
         self._reported.discard((dest.name, name))
         self._hand_over(dest, name, sidecar, verdict)
         tracker.forget(name)
@@ -329,7 +453,9 @@ class Intake:
         stem = name[: -len(".json")]
         exact = stem if self._lstat(dest.inbox / stem) is not None else None
         if exact is not None or self._documents_with_stem(dest, stem):
-            tracker.forget(name)  # the document's own check takes the sidecar along
+            # The document's own check takes the sidecar along. Its settle window is
+            # kept: forgetting it here restarted it at every rescan, so a sidecar
+            # never settled when settle_seconds >= rescan_seconds.
             with self._lock:
                 if exact is not None:
                     self._pending[dest.name].add(exact)
@@ -410,12 +536,19 @@ class Intake:
     def _complete(self, job: Job, dest: Destination, verdict: Verdict) -> Job:
         assert job.spool_document is not None
         digest, size = "", 0
+        rejection = verdict.rejection
         try:
             with open_document(Path(job.spool_document)) as fh:
-                digest, size = sha256_file(fh)
-        except NotRegularFileError:
-            pass
-        rejection = verdict.rejection
+                size = os.fstat(fh.fileno()).st_size
+                if size <= int(dest.timing("upload_max_bytes")):  # never hash what cannot go
+                    digest, size = sha256_file(fh)
+        except NotRegularFileError as exc:  # swapped for a link after the checks
+            rejection = rejection or (exc.reason, str(exc))
+        except OSError as exc:
+            rejection = rejection or (
+                UNREADABLE,
+                f"chartdrop could not read the document ({exc.strerror or type(exc).__name__})",
+            )
         done = self.queue.complete_intake(job.id, sha256=digest, size=size, rejection=rejection)
         if rejection is None:
             self.log.info(
@@ -436,44 +569,54 @@ class Intake:
 
     def recover(self) -> dict[str, int]:
         """Finish or abandon hand-overs a crash interrupted."""
-        finished = abandoned = 0
+        counts = {"finished": 0, "abandoned": 0}
         for job in self.queue.jobs(states=(JobState.INTAKE,), limit=100_000):
             try:
-                dest = self.settings.get_destination(job.destination)
-            except KeyError:
-                self.queue.abandon_intake(job.id, "destination no longer configured")
-                abandoned += 1
-                continue
-            spool_doc = Path(job.spool_document or "")
-            if not (spool_doc.exists() or spool_doc.is_symlink()):
-                self.queue.abandon_intake(job.id, "hand-over interrupted before the move")
-                abandoned += 1
-                continue
-            side = Path(job.spool_sidecar) if job.spool_sidecar else None
-            if side is not None and job.sidecar_name and not side.exists():
-                inbox_side = dest.inbox / job.sidecar_name
-                if inbox_side.exists():
-                    rename_noreplace(inbox_side, side)
-                    fsync_dir(side.parent)
-                    fsync_dir(inbox_side.parent)
-            if side is not None and not side.exists():
-                verdict = Verdict(
-                    rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
+                counts[self._recover_one(job)] += 1
+            except OSError as exc:
+                # One unreadable spool file must not stop the start (a crash-restart
+                # loop): the job stays in intake, its files in the spool, and the
+                # next start tries again.
+                self.log.error(
+                    "intake.recover_failed",
+                    job_id=job.id,
+                    exc_type=type(exc).__name__,
+                    error=exc.strerror,
                 )
-            elif is_sidecar(job.original_name) and side is None:
-                if self._is_delete(spool_doc):
-                    verdict = judge(
-                        dest, self.settings, spool_doc, None, name=job.original_name,
-                        sidecar_only=True,
-                    )  # fmt: skip
-                else:
-                    verdict = Verdict(
-                        rejection=("orphan_sidecar", "a sidecar arrived but no document")
-                    )
+        return counts
+
+    def _recover_one(self, job: Job) -> str:
+        try:
+            dest = self.settings.get_destination(job.destination)
+        except KeyError:
+            self.queue.abandon_intake(job.id, "destination no longer configured")
+            return "abandoned"
+        spool_doc = Path(job.spool_document or "")
+        if not (spool_doc.exists() or spool_doc.is_symlink()):
+            self.queue.abandon_intake(job.id, "hand-over interrupted before the move")
+            return "abandoned"
+        side = Path(job.spool_sidecar) if job.spool_sidecar else None
+        if side is not None and job.sidecar_name and not side.exists():
+            inbox_side = dest.inbox / job.sidecar_name
+            if inbox_side.exists():
+                rename_noreplace(inbox_side, side)
+                fsync_dir(side.parent)
+                fsync_dir(inbox_side.parent)
+        if side is not None and not side.exists():
+            verdict = Verdict(
+                rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
+            )
+        elif is_sidecar(job.original_name) and side is None:
+            if self._is_delete(spool_doc):
+                verdict = judge(
+                    dest, self.settings, spool_doc, None, name=job.original_name,
+                    sidecar_only=True,
+                )  # fmt: skip
             else:
-                verdict = judge(dest, self.settings, spool_doc, side, name=job.original_name)
-                if verdict.incomplete is not None:
-                    verdict = Verdict(rejection=(ContentError.reason, verdict.incomplete))
-            self._complete(job, dest, verdict)
-            finished += 1
-        return {"finished": finished, "abandoned": abandoned}
+                verdict = Verdict(rejection=("orphan_sidecar", "a sidecar arrived but no document"))
+        else:
+            verdict = judge(dest, self.settings, spool_doc, side, name=job.original_name)
+            if verdict.incomplete is not None:
+                verdict = Verdict(rejection=(ContentError.reason, verdict.incomplete))
+        self._complete(job, dest, verdict)
+        return "finished"

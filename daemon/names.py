@@ -7,6 +7,7 @@ so ``.pdf`` and ``..pdf`` have none (as with :func:`os.path.splitext`).
 
 from __future__ import annotations
 
+NAME_MAX = 255  # bytes in one file name (Linux filesystems)
 SIDECAR_SUFFIX = ".json"
 ERROR_NOTE_SUFFIX = ".error.txt"
 
@@ -108,3 +109,18 @@ def paired_sidecar_name(
 def error_note_name(document_name: str) -> str:
     """The staff-facing note written next to a failed document."""
     return document_name + ERROR_NOTE_SUFFIX
+
+
+def shortened(name: str, max_bytes: int) -> str:
+    """``name`` with its stem cut (at a character boundary) to fit ``max_bytes`` of
+    UTF-8, keeping the extension: a 255-byte ``scan.pdf`` still needs room for
+    ``.error.txt`` beside it. Unchanged if it fits."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= max_bytes:
+        return name
+    stem, ext = split_extension(name)
+    room = max_bytes - len(ext.encode("utf-8", "surrogateescape"))
+    if room < 1:
+        raise ValueError("no room for the name")
+    cut = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return (cut or "_") + ext

@@ -21,6 +21,7 @@ under a lock; other processes (CLI commands) open their own.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import sqlite3
 import threading
@@ -40,6 +41,9 @@ __all__ = ["SCRUBBED_NAME", "DestinationStatus", "Job", "JobState", "Pause", "Qu
 
 _DETAIL_MAX = 300  # event details are short, PHI-free texts we wrote
 SCRUBBED_NAME = "(removed by retention)"  # original_name of a job whose files were deleted
+# A queued job last changed more than this far in the future was scheduled before
+# the wall clock jumped back: it is due now, not after the clock catches up.
+CLOCK_SLACK_SECONDS = 60.0
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -245,17 +249,23 @@ class Queue:
     def claim(
         self, *, lease_seconds: float, exclude_destinations: Collection[str] = ()
     ) -> Job | None:
-        """Lease the queued job that has been due longest, or ``None``."""
+        """Lease the queued job that has been due longest, or ``None``.
+
+        ``next_attempt_at`` is wall-clock time (it must survive a restart). A job
+        whose row was last changed "in the future" was scheduled before the clock
+        was set back, and is due now: a clock jump never stalls the queue."""
         now = self._clock()
         excluded = sorted(set(exclude_destinations))
         not_in = f" AND destination NOT IN ({', '.join('?' for _ in excluded)})" if excluded else ""
         sql = (
             "UPDATE jobs SET state = ?, lease_token = ?, lease_expires_at = ?, updated_at = ?"  # noqa: S608
-            " WHERE id = (SELECT id FROM jobs WHERE state = ? AND next_attempt_at <= ?"
+            " WHERE id = (SELECT id FROM jobs WHERE state = ?"
+            " AND (next_attempt_at <= ? OR updated_at > ?)"
             f"{not_in} ORDER BY next_attempt_at, created_at, id LIMIT 1) RETURNING *"
         )
         token = secrets.token_hex(16)
         params = [JobState.LEASED, token, now + lease_seconds, now, JobState.QUEUED, now]
+        params.append(now + CLOCK_SLACK_SECONDS)
         with self._write() as conn:
             rows = conn.execute(sql, [*params, *excluded]).fetchall()
             if not rows:
@@ -585,6 +595,23 @@ class Queue:
                 " AND next_attempt_at > COALESCE(queued_at, created_at)",
                 (destination, JobState.QUEUED),
             ).rowcount
+
+    def waited_seconds(self, job_id: str, *, now: float, gap_cap: float) -> float:
+        """How long ``job_id`` has waited since it was (re)queued, for giving up.
+
+        The sum of the gaps between its audit events (and from the last one to
+        ``now``), each counted between 0 and ``gap_cap``: a wall clock set back
+        adds nothing and one set forward adds at most ``gap_cap``.
+        """
+        sql = "SELECT at, from_state, to_state FROM events WHERE job_id = ? ORDER BY id"
+        with self._lock:
+            rows = self._conn.execute(sql, (job_id,)).fetchall()
+        start = 0
+        for i, (_at, from_state, to_state) in enumerate(rows):
+            if to_state == JobState.QUEUED and from_state in (JobState.INTAKE, JobState.FAILED):
+                start = i
+        times = [float(at) for at, _from, _to in rows[start:]] + [now]
+        return sum(min(max(b - a, 0.0), gap_cap) for a, b in itertools.pairwise(times))
 
     def counts_by_state(self) -> dict[str, int]:
         """Every state (zeros included) with its number of jobs, for metrics."""

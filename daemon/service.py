@@ -16,7 +16,9 @@ file is refused with its problems logged and the running config kept.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import signal
 import sqlite3
@@ -28,7 +30,8 @@ from types import FrameType
 from typing import IO
 
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserverVFS
 
 from daemon.breaker import Breakers
 from daemon.config import Settings, load_settings
@@ -51,6 +54,24 @@ TICK_SECONDS = 0.25
 MOVE_RETRY_SECONDS = 30.0
 STATUS_SECONDS = 5.0  # how often systemd's STATUS= line is refreshed
 RESTART_ONLY_KEYS = ("log_format", "log_level")  # a reload logs that these wait for a restart
+POLL_SECONDS = 1.0  # listing interval of a `polling = true` inbox
+WATCHDOG_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+
+
+class _EventsLost(logging.Handler):
+    """watchdog (7.x) handles an inotify queue overflow (IN_Q_OVERFLOW) itself and
+    delivers nothing to event handlers; it only logs a warning ("Inotify queue
+    overflowed; filesystem events were lost"). That warning is the one signal we
+    get, so it triggers a rescan of every inbox. The periodic rescan would find
+    the files anyway, only later."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.on_lost = on_lost
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.on_lost()
 
 
 def folder_problems(settings: Settings) -> list[str]:
@@ -160,8 +181,10 @@ class Service:
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._workers: dict[int, threading.Thread] = {}
-        self._observer: BaseObserver | None = None
-        self._observer_check = ObserverCheck(stuck_after=self.health.allowance)
+        self._observers: list[BaseObserver] = []  # inotify, polling
+        self._observer_checks = [ObserverCheck(stuck_after=self.health.allowance) for _ in "ip"]
+        self._watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}
+        self._events_lost = _EventsLost(self._on_events_lost)
         self._retired: list[Sender] = []
         self._stalled: list[str] = []
         self._next_ping = 0.0
@@ -215,7 +238,11 @@ class Service:
             breakers=self.breakers,
         )  # fmt: skip
         self.intake = Intake(
-            self.settings, self.queue, on_queued=self.work.set, on_rejected=self.filer.finish_safely
+            self.settings,
+            self.queue,
+            on_queued=self.work.set,
+            on_rejected=self.filer.finish_safely,
+            on_folder=self._on_folder,
         )
         reset = self.queue.reset_all_leases()
         recovered = self.intake.recover()
@@ -328,23 +355,68 @@ class Service:
         return self.shutdown()
 
     def _start_observer(self) -> None:
-        """The watcher only detects; the main loop checks it is alive and restarts it."""
-        assert self.intake is not None
-        observer = Observer()
+        """The watcher only detects; the main loop checks it is alive and restarts it.
+
+        One inotify observer for the local inboxes, one polling observer (links
+        never followed) for those with ``polling = true``.
+        """
+        inotify: BaseObserver = Observer()
+        polling = PollingObserverVFS(os.lstat, os.scandir, polling_interval=POLL_SECONDS)
+        self._observers = [inotify, polling]
         for dest in self.settings.destination:
-            observer.schedule(InboxEvents(dest.name, self.intake.notify), str(dest.inbox))
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+            self._watch(dest.name)
+        for observer in self._observers:
+            observer.daemon = True
+            observer.start()
+        watchdog_log = logging.getLogger(WATCHDOG_INOTIFY_LOGGER)
+        if watchdog_log.level == logging.NOTSET:
+            watchdog_log.setLevel(logging.WARNING)
+        watchdog_log.addHandler(self._events_lost)
+
+    def _watch(self, dest_name: str) -> None:
+        """(Re)schedule one inbox; a missing inbox is skipped (intake pauses it and
+        :meth:`_on_folder` schedules it again when it is back)."""
+        assert self.intake is not None
+        old = self._watches.pop(dest_name, None)
+        if old is not None:
+            with contextlib.suppress(KeyError):  # already gone with its emitter
+                old[0].unschedule(old[1])
+        dest = self.settings.get_destination(dest_name)
+        observer = self._observers[1 if dest.polling else 0]
+        try:
+            watch = observer.schedule(InboxEvents(dest_name, self.intake.notify), str(dest.inbox))
+        except OSError as exc:
+            self.log.warning("daemon.watch_failed", destination=dest_name, error=exc.strerror)
+            return
+        self._watches[dest_name] = (observer, watch)
+
+    def _on_folder(self, dest_name: str, problem: str | None) -> None:
+        """An inbox came back (maybe as a new folder): watch it afresh."""
+        if problem is None and self._observers:
+            self._watch(dest_name)
+
+    def _on_events_lost(self) -> None:
+        self.log.warning("intake.events_lost")
+        if self.intake is not None:
+            self.intake.rescan_all()
+
+    def _stop_observers(self) -> None:
+        logging.getLogger(WATCHDOG_INOTIFY_LOGGER).removeHandler(self._events_lost)
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            observer.join(2.0)
+        self._watches.clear()
 
     def _check_observer(self) -> None:
-        """Restart a dead observer; beat its heartbeat while it is alive and dispatching."""
-        if self._observer is None:
+        """Restart a dead observer; beat the heartbeat while both are alive and dispatching."""
+        if not self._observers:
             return
-        if not self._observer.is_alive():
+        if any(not observer.is_alive() for observer in self._observers):
             self.log.error("daemon.observer_died")
-            self._start_observer()
-        if self._observer_check.healthy(self._observer):
+            self._restart_observer()
+        checks = zip(self._observer_checks, self._observers, strict=True)
+        if all(check.healthy(observer) for check, observer in checks):
             self.health.beat("observer")
 
     # -- systemd ----------------------------------------------------------
@@ -436,7 +508,8 @@ class Service:
         assert self.intake is not None
         self.settings = new
         self.health.allowance = allowance_for(new)
-        self._observer_check.stuck_after = self.health.allowance
+        for check in self._observer_checks:
+            check.stuck_after = self.health.allowance
         self.filer.settings = new
         self.retention.settings = new
         self.deliverer.settings = new
@@ -448,9 +521,7 @@ class Service:
         self.intake.reconfigure(new)
 
     def _restart_observer(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(2.0)
+        self._stop_observers()
         self._start_observer()
 
     def _report_unconfigured(self) -> None:
@@ -500,14 +571,11 @@ class Service:
         self.stopping.set()
         self.work.set()
         self.notifier.stopping("stopping: finishing in-flight sends")
-        if self._observer is not None:
-            self._observer.stop()
+        self._stop_observers()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for t in self._workers.values():
             t.join(max(0.0, deadline - time.monotonic()))
         busy = [t.name for t in self._workers.values() if t.is_alive()]
-        if self._observer is not None:
-            self._observer.join(2.0)
         if busy:
             self.log.warning("daemon.stopped_with_inflight", count=len(busy))
         else:

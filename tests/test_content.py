@@ -385,6 +385,18 @@ def test_preallocated_tiff_is_incomplete() -> None:
     assert reason_of(b"II*\x00" + b"\x00" * (len(tiff) - 4), TIFF) == content.TIFF_NO_PAGES
 
 
+@pytest.mark.parametrize("data_last", [False, True])
+def test_preallocated_tiff_filled_in_part_is_incomplete(data_last: bool) -> None:
+    """Full size up front (zeros), filled from the start: a directory cut short
+    has blank entries. (Known gap: a file cut after a complete directory whose
+    next-page pointer is not yet written reads as a shorter, complete TIFF.)"""
+    tiff = make_tiff(2, data_last=data_last)
+    for filled in [len(tiff.data) // 3, *(ifd + 8 for ifd in tiff.ifds)]:
+        data = tiff.data[:filled] + b"\x00" * (len(tiff.data) - filled)
+        assert reason_of(data, TIFF) is not None, filled
+    assert reason_of(tiff.data, TIFF) is None
+
+
 def test_tiff_strip_beyond_eof_is_truncated() -> None:
     tiff = make_tiff(data_last=True)
     last_ifd_end = tiff.next_pointers[-1] + 4

@@ -72,6 +72,7 @@ def test_everything_the_daemon_creates_is_private(tmp_path: Path, sandbox: Sandb
             state / "chartdrop.sqlite3-wal": 0o600,
             state / "chartdrop.sqlite3-shm": 0o600,
             state / "chartdrop.lock": 0o600,
+            state / "intake-status.json": 0o600,  # what `status` shows about the inboxes
         }
         created.update(dict.fromkeys(spool.iterdir(), 0o600))
         assert {str(p): oct(mode(p)) for p in created} == {

@@ -177,3 +177,23 @@ def test_error_note_name() -> None:
 )
 def test_split_extension(name: str, split: tuple[str, str]) -> None:
     assert names.split_extension(name) == split
+
+
+@pytest.mark.parametrize(
+    ("name", "limit", "expected"),
+    [
+        ("scan.pdf", 255, "scan.pdf"),
+        ("abcdef.pdf", 8, "abcd.pdf"),
+        ("ééé.pdf", 8, "éé.pdf"),  # never half a character (é is 2 bytes)
+        ("ééé.pdf", 6, "é.pdf"),
+        ("noext", 3, "noe"),
+    ],
+)
+def test_shortened(name: str, limit: int, expected: str) -> None:
+    assert names.shortened(name, limit) == expected
+    assert len(names.shortened(name, limit).encode()) <= limit
+
+
+def test_shortened_needs_room_for_the_extension() -> None:
+    with pytest.raises(ValueError, match="no room"):
+        names.shortened("a.pdf", 3)

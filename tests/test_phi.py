@@ -241,7 +241,9 @@ def test_no_canary_leaves_its_place(tmp_path: Path, sandbox: Sandbox) -> None:
         sandbox.state.set_faults(latency_seconds=0)
         with daemon(config, log, wrap) as second:
             crash = finished(db, f"{NAME}_crash.pdf")
-            for kind in ("wrong_types", "broken_json", "orphan", "no_sidecar", "link", "fifo"):
+            for kind in (
+                "wrong_types", "broken_json", "orphan", "no_sidecar", "link", "fifo", "unreadable"
+            ):  # fmt: skip
                 finished(db, f"{NAME}_{kind}.pdf" + (".json" if kind == "orphan" else ""))
             assert second.stop() == 0
 
@@ -260,8 +262,8 @@ def test_no_canary_leaves_its_place(tmp_path: Path, sandbox: Sandbox) -> None:
         ("no_sidecar.pdf", JobState.FAILED, "missing_sidecar"),
         ("link.pdf", JobState.FAILED, "not_a_regular_file"),
         ("fifo.pdf", JobState.FAILED, "not_a_regular_file"),
+        ("unreadable.pdf", JobState.FAILED, "unreadable"),  # retried, then reported
     }
-    assert (inbox / f"{NAME}_unreadable.pdf").exists()  # never readable: it waits, logged
     assert job_named(db, f"{NAME}_retried.pdf").attempts == 3  # type: ignore[union-attr]
     assert sandbox.state.uploads()
     statuses = [a.status for a in sandbox.state.attempts]
@@ -297,7 +299,7 @@ def test_no_canary_leaves_its_place(tmp_path: Path, sandbox: Sandbox) -> None:
     conn.close()
     failed_dirs = (tmp_path / "consents" / "failed", slow / "failed")
     notes = sorted(note for folder in failed_dirs for note in folder.glob("*.error.txt"))
-    assert len(notes) == 8
+    assert len(notes) == 9
     for note in notes:
         seen[f"note {notes.index(note)}"] = note.read_text()
     assert "Patient.Demographics.DOB" in "".join(seen[k] for k in seen if k.startswith("note"))

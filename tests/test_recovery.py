@@ -5,6 +5,7 @@ plus files where they were at that moment), then starts the real daemon."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ def test_crash_mid_send_resends_with_the_same_document_id(tmp_path: Path, sandbo
     pdf = sample_pdf("e")
     (settings.spool_dir / "t.document").write_bytes(pdf)
     (settings.spool_dir / "t.sidecar").write_text(json.dumps(sample_sidecar()))
-    queue.complete_intake(job.id, sha256="x", size=len(pdf))
+    digest = hashlib.sha256(pdf).hexdigest()  # checked again before the resend
+    queue.complete_intake(job.id, sha256=digest, size=len(pdf))
     assert queue.claim(lease_seconds=3600) is not None  # the worker that held it died
     queue.close()
     with running(config) as r:
