@@ -3,6 +3,7 @@ SQLite file, and the real daemon running in a background thread."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from daemon import logs
 from daemon.config import Settings, load_settings
 from daemon.queue import Job, JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
@@ -29,6 +32,21 @@ def load_schema(name: str) -> dict[str, Any]:
     """A Redox request-body JSON schema (draft-04) from tests/redox-schemas/."""
     data: dict[str, Any] = json.loads((Path(__file__).parent / "redox-schemas" / name).read_text())
     return data
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The daemon's structlog output as JSON lines, for tests that read its events."""
+    stream = io.StringIO()
+    logs.configure(fmt="json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+
+
+def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
+    """The logged events called ``name``, parsed."""
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    return [line for line in lines if line.get("event") == name]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

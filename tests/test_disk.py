@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from conftest import Running, Sandbox, running, wait_until, write_config
+from conftest import Running, Sandbox, events, running, wait_until, write_config
 
-from daemon import logs
 from daemon.config import load_settings
 from daemon.errors import ConfigError
 from daemon.queue import JobState, Queue
@@ -55,19 +53,6 @@ def read_only(folder: Path) -> Iterator[str]:
 
 def endpoint_attempts(sandbox: Sandbox) -> list[int]:
     return [a.status for a in sandbox.state.attempts if a.path == "/endpoint"]
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure(fmt="json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    return [line for line in lines if line.get("event") == name]
 
 
 def test_read_only_done_after_send_keeps_job_sent_and_retries_the_move_only(

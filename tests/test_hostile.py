@@ -13,29 +13,18 @@ import os
 import socket
 import stat
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from conftest import Running, Sandbox, running, wait_until, write_config
 
-from daemon import logs
 from daemon.config import load_settings
 from daemon.intake import Intake, Verdict
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
 
 GIB = 1 << 30
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure(fmt="json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
 
 
 def bytes_read() -> int:

@@ -8,32 +8,17 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from conftest import Running, Sandbox, running, start_daemon, wait_until, write_config
+from conftest import Running, Sandbox, events, running, start_daemon, wait_until, write_config
 from watchdog.events import FileSystemEvent
 
-from daemon import logs
 from daemon.inboxes import MISSING, NOT_A_FOLDER, OTHER_FS, REPLACED, InboxGuard
 from daemon.intake import InboxEvents
 from daemon.queue import JobState
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure(fmt="json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    return [line for line in lines if line.get("event") == name]
 
 
 def config_with(tmp_path: Path, sandbox: Sandbox, dest_keys: str, **top: Any) -> Path:

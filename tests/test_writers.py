@@ -15,32 +15,18 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import structlog
-from conftest import Running, Sandbox, wait_until
+from conftest import Running, Sandbox, events, wait_until
 from test_content import make_jpeg, make_png, make_tiff
 
-from daemon import cli, logs
+from daemon import cli
 from daemon.queue import JobState
 from daemon.samples import sample_pdf, sample_sidecar
 
 OLD = 978_307_200  # 2001-01-01T00:00:00Z
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure(fmt="json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    return [line for line in lines if line.get("event") == name]
 
 
 def received_documents(sandbox: Sandbox) -> list[bytes]:
