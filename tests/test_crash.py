@@ -4,7 +4,7 @@ restarted while documents arrive, against the sandbox with ~10% transient errors
 The harness and its checks live in tests/crash_harness.py. The short run is in
 the default suite; the full run (1,000 documents, 100 kills) is
 
-    uv run pytest -m slow tests/test_crash.py
+    uv run pytest -m slow -n 0 -s tests/test_crash.py
 """
 
 from __future__ import annotations
