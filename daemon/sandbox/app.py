@@ -48,6 +48,7 @@ from daemon.sandbox.http import (
     declared_length,
     guarded,
     inject_fault,
+    outage_response,
     read_body,
     read_json,
 )
@@ -158,10 +159,9 @@ def create_app(state: SandboxState) -> Starlette:
 
     async def token(request: Request) -> Response:
         state.count_token_request()
-        fault = state.outage_fault()
-        if fault is not None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return JSONResponse({"error": "temporarily_unavailable"}, fault.status, headers=headers)
+        outage = outage_response(state, {"error": "temporarily_unavailable"})
+        if outage is not None:
+            return outage
         try:
             async with request.form(max_files=0, max_fields=20, max_part_size=64 * 1024) as form:
                 grant_type = form.get("grant_type")
@@ -190,10 +190,9 @@ def create_app(state: SandboxState) -> Starlette:
 
     async def legacy_authenticate(request: Request) -> Response:
         state.count_token_request()
-        fault = state.outage_fault()
-        if fault is not None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return JSONResponse(_errors(["Service unavailable"]), fault.status, headers=headers)
+        outage = outage_response(state, _errors(["Service unavailable"]))
+        if outage is not None:
+            return outage
         body = read_json(await read_body(request, 64 * 1024))
         api_key = body.get("apiKey") if isinstance(body, dict) else None
         secret = body.get("secret") if isinstance(body, dict) else None
@@ -206,10 +205,9 @@ def create_app(state: SandboxState) -> Starlette:
 
     async def legacy_refresh(request: Request) -> Response:
         state.count_refresh_request()
-        fault = state.outage_fault()
-        if fault is not None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return JSONResponse(_errors(["Service unavailable"]), fault.status, headers=headers)
+        outage = outage_response(state, _errors(["Service unavailable"]))
+        if outage is not None:
+            return outage
         body = read_json(await read_body(request, 64 * 1024))
         api_key = body.get("apiKey") if isinstance(body, dict) else None
         refresh = body.get("refreshToken") if isinstance(body, dict) else None

@@ -44,7 +44,14 @@ from daemon.sandbox.fhir_validation import (
     parse_if_none_exist,
     validate_media,
 )
-from daemon.sandbox.http import Handler, guarded, inject_fault, read_body, read_json
+from daemon.sandbox.http import (
+    Handler,
+    guarded,
+    inject_fault,
+    outage_response,
+    read_body,
+    read_json,
+)
 from daemon.sandbox.state import FHIR_TOKENS, InjectedFault, SandboxState
 
 __all__ = ["FHIR_BASE_PATH", "FHIR_JSON", "FHIR_TOKEN_PATH", "fhir_routes"]
@@ -124,10 +131,9 @@ def fhir_routes(state: SandboxState) -> list[Route]:
 
     async def token(request: Request) -> Response:
         state.count_fhir_token_request()
-        fault = state.outage_fault()
-        if fault is not None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return JSONResponse({"error": "temporarily_unavailable"}, fault.status, headers=headers)
+        outage = outage_response(state, {"error": "temporarily_unavailable"})
+        if outage is not None:
+            return outage
         invalid_request = JSONResponse({"error": "invalid_request"}, 400, headers=_NO_STORE)
         try:
             async with request.form(max_files=0, max_fields=20, max_part_size=64 * 1024) as form:

@@ -17,7 +17,15 @@ from starlette.responses import JSONResponse, Response
 
 from daemon.sandbox.state import InjectedFault, SandboxState
 
-__all__ = ["Handler", "declared_length", "guarded", "inject_fault", "read_body", "read_json"]
+__all__ = [
+    "Handler",
+    "declared_length",
+    "guarded",
+    "inject_fault",
+    "outage_response",
+    "read_body",
+    "read_json",
+]
 
 log = logging.getLogger("daemon.sandbox.app")
 
@@ -83,3 +91,13 @@ async def inject_fault(state: SandboxState) -> InjectedFault | None:
     if latency > 0:
         await asyncio.sleep(latency)
     return state.next_fault()
+
+
+def outage_response(state: SandboxState, body: dict[str, Any]) -> Response | None:
+    """During an injected outage, the token endpoints answer ``body`` with the
+    outage's status (and Retry-After); otherwise None."""
+    fault = state.outage_fault()
+    if fault is None:
+        return None
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+    return JSONResponse(body, fault.status, headers=headers)
