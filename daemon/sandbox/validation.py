@@ -18,14 +18,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from redox.media.delete import Delete as MediaDelete
-from redox.media.new import New as MediaNew
-from redox.media.replace import Replace as MediaReplace
-from redox.notes.delete import Delete as NotesDelete
-from redox.notes.new import New as NotesNew
-from redox.notes.replace import Replace as NotesReplace
-from redox.results.new import New as ResultsNew
+from pydantic import ValidationError
+
+from daemon.payload import REDOX_MODELS
 
 __all__ = [
     "MODELS",
@@ -34,16 +29,9 @@ __all__ = [
     "validate_body",
 ]
 
-MODELS: dict[tuple[str, str], type[BaseModel]] = {
-    ("Media", "New"): MediaNew,
-    ("Media", "Replace"): MediaReplace,
-    ("Media", "Delete"): MediaDelete,
-    ("Notes", "New"): NotesNew,
-    ("Notes", "Replace"): NotesReplace,
-    ("Notes", "Delete"): NotesDelete,
-    ("Results", "New"): ResultsNew,
-}
-"""The ``(DataModel, EventType)`` pairs ``/endpoint`` accepts, with their models."""
+MODELS = REDOX_MODELS
+"""The ``(DataModel, EventType)`` pairs ``/endpoint`` accepts, with their models
+(the same table chartdrop validates its own bodies with)."""
 
 BlobResolver = Callable[[str], bool]
 """Given a file field's value that starts with the sandbox's blob URL, says
