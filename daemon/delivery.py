@@ -127,7 +127,7 @@ def decide(
     )
     if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
         delay = max(delay, exc.retry_after)
-    kind = "auth" if isinstance(exc, AuthError) else "transient"
+    kind = "transient"  # (refused credentials never get here: they pause the destination)
     if isinstance(exc, TransientDeliveryError) and exc.unknown_outcome:
         kind = "unknown_outcome"  # it may have arrived: resent with the same DocumentID
     if not isinstance(exc, TransientDeliveryError):

@@ -144,11 +144,6 @@ def test_decide_unexpected_local_errors_are_retried() -> None:
     assert (d.action, d.error_kind) == ("retry", "local_error")
 
 
-def test_decide_auth_errors_wait() -> None:
-    d = decide(AuthError("refused", status=401), _job(0), DEST, now=1)
-    assert (d.action, d.error_kind) == ("retry", "auth")
-
-
 @pytest.mark.parametrize(
     ("url", "ok"),
     [
