@@ -37,7 +37,6 @@ THRESHOLD = 3  # transient failures in a row that open the circuit
 class _State:
     failures: int = 0
     kind: str | None = None  # None: closed
-    reason: str = ""
     step: int = 0
     open_until: float = 0.0  # monotonic
     probing: bool = False
@@ -86,11 +85,6 @@ class Breakers:
             s.probing = True
             return True
 
-    def paused(self, name: str) -> str | None:
-        with self._lock:
-            s = self._states.get(name)
-            return None if s is None else s.kind
-
     def success(self, name: str) -> None:
         """The destination answered (accepted, or refused one document on its merits)."""
         with self._lock:
@@ -124,7 +118,7 @@ class Breakers:
             if s.kind is not None and not s.probing and kind == s.kind:
                 return  # a send that was already under way when the circuit opened
             s.step = s.step + 1 if s.kind is not None else 0
-            s.kind, s.reason, s.probing = kind, reason, False
+            s.kind, s.probing = kind, False
             base = float(dest.timing("retry_base_seconds"))
             wait = min(float(dest.timing("retry_cap_seconds")), base * 2 ** min(s.step, 32))
             wait = max(wait, retry_after or 0.0)

@@ -107,8 +107,10 @@ def test_success_closes_and_makes_the_waiting_jobs_due_in_order(tmp_path: Path) 
 def test_refused_credentials_open_at_once(tmp_path: Path) -> None:
     b, clock, queue = _breakers(tmp_path)
     b.failure(_dest(), AUTH, "Redox token endpoint refused the credentials (HTTP 401)", 30)
-    assert b.blocked() == {"d"} and b.paused("d") == AUTH
-    assert queue.pauses()[0].until == clock.now + 30  # Retry-After beats the shorter backoff
+    assert b.blocked() == {"d"}
+    (pause,) = queue.pauses()
+    assert pause.kind == AUTH
+    assert pause.until == clock.now + 30  # Retry-After beats the shorter backoff
 
 
 def _drop_all(r: Any, n: int, pdf: bytes) -> list[str]:
