@@ -468,6 +468,8 @@ class Service:
         old = self.settings
         added, changed, removed = _destination_changes(old, new)
         self._apply_settings(new, sender)
+        for name in removed:  # no pause outlives its destination (status would show it)
+            self.breakers.forget(name)
         if added or changed or removed:
             self._restart_observer()
         self._start_workers()

@@ -193,3 +193,11 @@ def test_read_timeout_is_an_unknown_outcome_resent_with_the_same_document_id(
                if e["error_kind"] == "unknown_outcome"]  # fmt: skip
     assert unknown and "timed out" in unknown[0]["detail"]
     assert json.dumps(unknown).find("a.pdf") == -1
+
+
+def test_forget_drops_a_removed_destinations_circuit_and_pause(tmp_path: Path) -> None:
+    b, _clock, queue = _breakers(tmp_path)
+    b.failure(_dest(), AUTH, "refused")
+    assert b.blocked() == {"d"} and queue.pauses()
+    b.forget("d")
+    assert b.blocked() == set() and queue.pauses() == []

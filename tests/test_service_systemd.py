@@ -34,6 +34,11 @@ def drop(inbox: Path, name: str, sidecar: dict[str, Any] | None = None) -> None:
     tmp.rename(inbox / name)
 
 
+def pauses(tmp_path: Path) -> list[Any]:
+    with Queue.open_readonly(tmp_path / "state" / "chartdrop.sqlite3") as queue:
+        return queue.pauses()
+
+
 def jobs(tmp_path: Path, *states: JobState, destination: str | None = None) -> list[Any]:
     db = tmp_path / "state" / "chartdrop.sqlite3"
     if not db.exists():
@@ -167,9 +172,11 @@ def test_sighup_adds_removes_and_refuses_destinations_without_losing_jobs(
             drop(tmp_path / "consents" / "inbox", "a.pdf")
             drop(tmp_path / "consents" / "inbox", "b.pdf")
             wait_until(lambda: len([j for j in jobs(tmp_path, JobState.QUEUED) if j.attempts]) == 2)
+            wait_until(lambda: pauses(tmp_path))  # the outage paused it
             consents_block = original[original.index("[[destination]]") :]
             config.write_text(config.read_text().replace(consents_block, ""))
             assert reload("daemon.reloaded")["removed"] == ["consents"]
+            assert pauses(tmp_path) == []  # no pause outlives its destination
             report = daemon.logs("daemon.destination_not_configured")[-1]
             assert report["destination"] == "consents" and report["count"] == 2
             sandbox.state.reset_faults()
