@@ -34,7 +34,7 @@ from daemon.payload import (
 from daemon.queue import Job
 from daemon.redox import RedoxClient, SendResult
 
-PLACEHOLDER = "cGxhY2Vob2xkZXI="
+PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"  # a job's DocumentIDs are UUIDs
 
 
 def is_sidecar_only(job: Job) -> bool:
@@ -84,6 +84,52 @@ def check_kind(dest: Destination, kind: FileKind | None, file_name: str) -> File
     return kind
 
 
+NO_FHIR_DELETE = "a sidecar without a document cannot be sent to FHIR"
+
+
+def redox_body(
+    *,
+    dest: Destination,
+    settings: Settings,
+    sidecar: dict[str, Any],
+    document_id: str,
+    facts: FileFacts | None,
+) -> dict[str, Any]:
+    """The validated Redox body (with placeholder contents) or SidecarError.
+    ``facts`` None: the sidecar came alone (a Delete)."""
+    body = build_redox(
+        dest=dest, redox=settings.redox, sidecar=sidecar, document_id=document_id, facts=facts
+    )
+    validate_redox(body, sidecar, dest.model, has_file=facts is not None)
+    return body
+
+
+def fhir_resource(
+    *,
+    settings: Settings,
+    sidecar: dict[str, Any],
+    document_id: str,
+    file_name: str,
+    mime: str,
+    data: bytes,
+    created: datetime,
+) -> dict[str, Any]:
+    """The validated FHIR Media resource for ``data``, or SidecarError."""
+    resource = fhir.build_media(
+        settings=settings.fhir,
+        sidecar=fhir.parse_sidecar(sidecar, settings.fhir),
+        document_id=document_id,
+        file_name=file_name,
+        mime=mime,
+        data_b64=base64.b64encode(data).decode("ascii"),
+        size=len(data),
+        sha1_b64=base64.b64encode(hashlib.sha1(data, usedforsecurity=False).digest()).decode(),
+        created=iso(created),
+    )
+    fhir.validate_media(resource)
+    return resource
+
+
 def check_sidecar(
     *,
     dest: Destination,
@@ -94,29 +140,24 @@ def check_sidecar(
 ) -> None:
     """Offline check of a sidecar for ``dest``: every problem at once, or nothing.
     ``redox_type`` None means the sidecar came alone (a Delete)."""
+    now = datetime.now(UTC)
     if dest.model == "FHIR":
         if redox_type is None:
-            raise SidecarError(["a sidecar without a document cannot be sent to FHIR"])
-        parsed = fhir.parse_sidecar(sidecar, settings.fhir)
-        fhir.validate_media(
-            fhir.build_media(
-                settings=settings.fhir,
-                sidecar=parsed,
-                document_id="00000000-0000-4000-8000-000000000000",  # a job's IDs are UUIDs
-                file_name=file_name,
-                mime="application/pdf",
-                data_b64=PLACEHOLDER,
-                size=1,
-                sha1_b64=PLACEHOLDER,
-                created=iso(datetime.now(UTC)),
-            )
+            raise SidecarError([NO_FHIR_DELETE])
+        fhir_resource(
+            settings=settings,
+            sidecar=sidecar,
+            document_id=PLACEHOLDER_ID,
+            file_name=file_name,
+            mime="application/pdf",
+            data=b"x",
+            created=now,
         )
         return
-    facts = None if redox_type is None else FileFacts(file_name, redox_type, datetime.now(UTC))
-    body = build_redox(
-        dest=dest, redox=settings.redox, sidecar=sidecar, document_id="placeholder", facts=facts
+    facts = None if redox_type is None else FileFacts(file_name, redox_type, now)
+    redox_body(
+        dest=dest, settings=settings, sidecar=sidecar, document_id=PLACEHOLDER_ID, facts=facts
     )
-    validate_redox(body, sidecar, dest.model, has_file=facts is not None)
 
 
 @dataclass
@@ -124,7 +165,7 @@ class Sender:
     """Sends one job's document (already open from the spool) to its destination.
 
     ``upload`` stores and returns a blob URI (the caller records it on the job
-    so a retry does not upload again); ``on_sent`` is the crash-test hook.
+    so a retry does not upload again).
     """
 
     settings: Settings
@@ -151,14 +192,10 @@ class Sender:
         if dest.model == "FHIR":
             return self._send_fhir(job, dest, fh, fields, kind, st.st_size, created)
         facts = FileFacts(job.original_name, kind.redox_type, created)
-        body = build_redox(
-            dest=dest,
-            redox=self.settings.redox,
-            sidecar=fields,
-            document_id=job.document_id,
+        body = redox_body(  # validated before any network call
+            dest=dest, settings=self.settings, sidecar=fields, document_id=job.document_id,
             facts=facts,
-        )
-        validate_redox(body, fields, dest.model)  # before any network call
+        )  # fmt: skip
         if st.st_size <= int(dest.timing("embed_max_bytes")):
             contents = base64.b64encode(fh.read()).decode("ascii")
         else:
@@ -170,15 +207,11 @@ class Sender:
         self, job: Job, dest: Destination, sidecar: dict[str, Any]
     ) -> SendResult:
         if dest.model == "FHIR":
-            raise SidecarError(["a sidecar without a document cannot be sent to FHIR"])
-        body = build_redox(
-            dest=dest,
-            redox=self.settings.redox,
-            sidecar=sidecar,
-            document_id=job.document_id,
+            raise SidecarError([NO_FHIR_DELETE])
+        body = redox_body(
+            dest=dest, settings=self.settings, sidecar=sidecar, document_id=job.document_id,
             facts=None,
-        )
-        validate_redox(body, sidecar, dest.model, has_file=False)
+        )  # fmt: skip
         return self.redox.send(body)
 
     def _send_fhir(
@@ -191,21 +224,17 @@ class Sender:
         size: int,
         created: datetime,
     ) -> SendResult:
-        parsed = fhir.parse_sidecar(fields, self.settings.fhir)
         data = fh.read()
         if len(data) != size:
             raise ContentError("the file changed while it was being sent")
-        resource = fhir.build_media(
-            settings=self.settings.fhir,
-            sidecar=parsed,
+        resource = fhir_resource(
+            settings=self.settings,
+            sidecar=fields,
             document_id=job.document_id,
             file_name=job.original_name,
             mime=kind.mime,
-            data_b64=base64.b64encode(data).decode("ascii"),
-            size=size,
-            sha1_b64=base64.b64encode(hashlib.sha1(data, usedforsecurity=False).digest()).decode(),
-            created=iso(created),
+            data=data,
+            created=created,
         )
         del data
-        fhir.validate_media(resource)
         return self.fhir.create_media(dest, resource)
