@@ -39,6 +39,7 @@ from pydantic_settings import (
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/chartdrop/chartdrop.toml")
+LOCK_NAME = "chartdrop.lock"
 
 # The file being loaded: settings sources and path validators read it.
 _loading: ContextVar[Path | None] = ContextVar("_loading", default=None)
@@ -497,6 +498,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.state_dir / "chartdrop.sqlite3"
+
+    @property
+    def lock_path(self) -> Path:
+        """Held (flock) by the one daemon running on this state_dir."""
+        return self.state_dir / LOCK_NAME
 
     def get_destination(self, name: str) -> Destination:
         for dest in self.destination:

@@ -25,10 +25,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from daemon.config import LOCK_NAME
 from daemon.fsutil import ensure_dir
 
 REPORT_NAME = "intake-status.json"
-LOCK_NAME = "chartdrop.lock"
 
 MISSING = "the inbox folder is missing (deleted, renamed or unmounted)"
 LINK = "the inbox is now a symbolic link, not the folder chartdrop was started with"

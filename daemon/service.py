@@ -194,7 +194,7 @@ class Service:
 
     # -- start-up ---------------------------------------------------------
     def _take_lock(self) -> None:
-        path = self.settings.state_dir / "chartdrop.lock"
+        path = self.settings.lock_path
         fh = path.open("ab")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
