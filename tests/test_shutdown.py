@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from conftest import Sandbox, wait_until
 from crash_harness import daemon, db_jobs, filed, received_contents, sha, soak_config, unfinished
@@ -40,40 +44,59 @@ def _drop_large(inbox: Path) -> bytes:
     return pdf
 
 
-def test_sigterm_mid_upload_abandons_it_within_the_grace_and_resumes_next_start(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    grace, latency = 1.0, 6.0
+@dataclass
+class Midway:
+    """A daemon that got SIGTERM while a large document's upload was under way."""
+
+    daemon: Any
+    pdf: bytes
+    took: float  # seconds from the SIGTERM to the exit
+    done: Path
+    db: Path
+
+
+@contextmanager
+def _sigterm_mid_upload(
+    tmp_path: Path, sandbox: Sandbox, *, grace: float, latency: float
+) -> Iterator[Midway]:
     config = soak_config(
         tmp_path, sandbox, embed_max_bytes=EMBED_MAX, shutdown_grace_seconds=grace, workers=1
     )
-    inbox, done = tmp_path / "consents" / "inbox", tmp_path / "consents" / "done"
-    db = tmp_path / "state" / "chartdrop.sqlite3"
-    sandbox.state.set_faults(latency_seconds=latency)  # the upload hangs
+    sandbox.state.set_faults(latency_seconds=latency)  # on the upload and on the send
     arrived = _watch_arrivals(sandbox)
     with daemon(config, tmp_path / "logs") as d:
         d.start()
         assert d.wait_started()
-        pdf = _drop_large(inbox)
+        pdf = _drop_large(tmp_path / "consents" / "inbox")
         assert arrived.wait(30), "the upload never reached the sandbox"
         sigterm = time.monotonic()
         assert d.terminate(timeout=30) == 0
         took = time.monotonic() - sigterm
-        assert took < grace + 3.0 < latency  # bounded by the grace, not by the upload
-        events = [e["event"] for e in d.events()]
+        yield Midway(
+            d, pdf, took, tmp_path / "consents" / "done", tmp_path / "state" / "chartdrop.sqlite3"
+        )
+
+
+def test_sigterm_mid_upload_abandons_it_within_the_grace_and_resumes_next_start(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    grace, latency = 1.0, 6.0
+    with _sigterm_mid_upload(tmp_path, sandbox, grace=grace, latency=latency) as m:
+        assert m.took < grace + 3.0 < latency  # bounded by the grace, not by the upload
+        events = [e["event"] for e in m.daemon.events()]
         assert "daemon.stopped_with_inflight" in events and "daemon.stopped" in events
-        (job,) = db_jobs(db)["leased"]  # committed as it was: in flight, nothing half-done
+        (job,) = db_jobs(m.db)["leased"]  # committed as it was: in flight, nothing half-done
         assert job.blob_uri is None and job.attempts == 0
         assert sandbox.state.received() == []
 
         sandbox.state.set_faults(latency_seconds=0.0)
-        d.start()
-        wait_until(lambda: unfinished(db) == 0 and filed(done), timeout=30)
-        assert d.terminate() == 0
-        log = d.log_text()
+        m.daemon.start()
+        wait_until(lambda: unfinished(m.db) == 0 and filed(m.done), timeout=30)
+        assert m.daemon.terminate() == 0
+        log = m.daemon.log_text()
     (delivery,) = received_contents(sandbox.state)
-    assert delivery == (job.document_id, sha(pdf))
-    (finished,) = db_jobs(db)["done"]
+    assert delivery == (job.document_id, sha(m.pdf))
+    (finished,) = db_jobs(m.db)["done"]
     assert finished.id == job.id
     assert "CANARY" not in log
 
@@ -82,29 +105,15 @@ def test_sigterm_mid_upload_lets_it_finish_within_the_grace(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     grace, latency = 15.0, 1.0
-    config = soak_config(
-        tmp_path, sandbox, embed_max_bytes=EMBED_MAX, shutdown_grace_seconds=grace, workers=1
-    )
-    inbox, done = tmp_path / "consents" / "inbox", tmp_path / "consents" / "done"
-    db = tmp_path / "state" / "chartdrop.sqlite3"
-    sandbox.state.set_faults(latency_seconds=latency)  # on the upload and on the send
-    arrived = _watch_arrivals(sandbox)
-    with daemon(config, tmp_path / "logs") as d:
-        d.start()
-        assert d.wait_started()
-        pdf = _drop_large(inbox)
-        assert arrived.wait(30), "the upload never reached the sandbox"
-        sigterm = time.monotonic()
-        assert d.terminate(timeout=30) == 0
-        took = time.monotonic() - sigterm
-        events = [e["event"] for e in d.events()]
-    assert 2 * latency <= took < grace  # it waited for the upload and the send, not longer
+    with _sigterm_mid_upload(tmp_path, sandbox, grace=grace, latency=latency) as m:
+        events = [e["event"] for e in m.daemon.events()]
+    assert 2 * latency <= m.took < grace  # it waited for the upload and the send, not longer
     assert "daemon.stopped_with_inflight" not in events
     assert "job.done" in events
-    (job,) = db_jobs(db)["done"]
-    (copy,) = filed(done).values()
-    assert copy[0].read_bytes() == pdf
-    assert received_contents(sandbox.state) == [(job.document_id, sha(pdf))]
+    (job,) = db_jobs(m.db)["done"]
+    (copy,) = filed(m.done).values()
+    assert copy[0].read_bytes() == m.pdf
+    assert received_contents(sandbox.state) == [(job.document_id, sha(m.pdf))]
 
 
 def test_sigterm_during_start_up_exits_zero(tmp_path: Path, sandbox: Sandbox) -> None:
