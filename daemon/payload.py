@@ -261,13 +261,6 @@ def attach(body: dict[str, Any], model: str, contents: str) -> None:
         body[SECTION[model]]["FileContents"] = contents
 
 
-def sent_document_id(body: dict[str, Any], model: str) -> str | None:
-    """The DocumentID the body carries (Media/Notes), for the job's audit record."""
-    section = body.get(SECTION.get(model, ""), {})
-    value = section.get("DocumentID") if isinstance(section, dict) else None
-    return value if isinstance(value, str) else None
-
-
 _PLAIN = {
     "missing": "is required but missing",
     "extra_forbidden": "is not a field Redox knows (check its spelling)",
