@@ -211,10 +211,6 @@ class Destination(TimingOverrides):
         assert value is not None, f"{key} is filled from the top level when loading"
         return value
 
-    @property
-    def settle_s(self) -> float:
-        return float(self.timing("settle_seconds"))
-
 
 def _check_url_shape(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):

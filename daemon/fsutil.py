@@ -20,7 +20,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -229,20 +229,6 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _same_dir(a: Path, b: Path) -> bool:
-    sa, sb = a.stat(), b.stat()
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def move_durably(src: Path, dst: Path) -> None:
-    """:func:`rename_noreplace`, then fsync the destination and source folders."""
-    rename_noreplace(src, dst)
-    with _no_names():
-        fsync_dir(dst.parent)
-        if not _same_dir(src.parent, dst.parent):
-            fsync_dir(src.parent)
-
-
 def ensure_dir(path: Path, mode: int = 0o700) -> None:
     """Create ``path`` (and parents) if missing; refuse a symlink or a non-directory.
 
@@ -327,19 +313,6 @@ def ensure_private_dir(path: Path) -> None:
                 f"{path} is open to other users ({current:#o}) and belongs to another user; "
                 f"chown it to the chartdrop user and chmod 700 it"
             )
-
-
-def same_filesystem(paths: Iterable[Path]) -> bool:
-    """True if every existing path in ``paths`` lies on one filesystem (missing ones skipped)."""
-    devices: set[int] = set()
-    for p in paths:
-        try:
-            devices.add(p.stat().st_dev)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as exc:
-            raise _scrubbed(exc) from None
-    return len(devices) <= 1
 
 
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -17,7 +17,6 @@ the daemon holds its lock, so a stale file from a killed daemon is ignored.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -97,10 +96,6 @@ class IntakeReport:
         tmp.replace(self.path)  # a snapshot: no fsync, the next change rewrites it
         self._last = json.loads(json.dumps(destinations))
         return True
-
-    def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
 
 def daemon_running(state_dir: Path) -> bool:

@@ -45,7 +45,7 @@ from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, 
 from daemon.inboxes import InboxGuard, IntakeReport
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
-from daemon.names import is_junk, is_sidecar, sidecar_candidates
+from daemon.names import documents_for_sidecar, is_junk, is_sidecar, sidecar_candidates
 from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
 from daemon.payload import sidecar_from_filename
 from daemon.queue import Job, JobState, Queue
@@ -450,7 +450,7 @@ class Intake:
 
     def _consider_sidecar(self, dest: Destination, name: str, st: os.stat_result) -> bool:
         tracker = self._trackers[dest.name]
-        stem = name[: -len(".json")]
+        _, stem = documents_for_sidecar(name)
         exact = stem if self._lstat(dest.inbox / stem) is not None else None
         if exact is not None or self._documents_with_stem(dest, stem):
             # The document's own check takes the sidecar along. Its settle window is

@@ -91,11 +91,6 @@ class Queue:
     ) -> None:
         self.close()
 
-    def integrity_ok(self) -> bool:
-        with self._lock:
-            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
-        return [tuple(row) for row in rows] == [("ok",)]
-
     # -- plumbing -------------------------------------------------------------
 
     @contextmanager

@@ -288,24 +288,6 @@ def test_rename_other_errors_are_raised(tmp_path: Path, monkeypatch: pytest.Monk
     assert src.exists()  # no copy fallback across filesystems
 
 
-def test_move_durably(tmp_path: Path) -> None:
-    (tmp_path / "in").mkdir()
-    (tmp_path / "out").mkdir()
-    src, dst = tmp_path / "in" / "a.pdf", tmp_path / "out" / "a.pdf"
-    src.write_bytes(b"A")
-    fsutil.move_durably(src, dst)
-    assert dst.read_bytes() == b"A"
-    assert not src.exists()
-    # same folder
-    fsutil.move_durably(dst, tmp_path / "out" / "b.pdf")
-    assert (tmp_path / "out" / "b.pdf").read_bytes() == b"A"
-    # never overwrites
-    src.write_bytes(b"B")
-    with pytest.raises(FileExistsError):
-        fsutil.move_durably(src, tmp_path / "out" / "b.pdf")
-    assert (tmp_path / "out" / "b.pdf").read_bytes() == b"A"
-
-
 def test_fsync_dir(tmp_path: Path, doc: Path) -> None:
     fsutil.fsync_dir(tmp_path)
     with pytest.raises(NotADirectoryError) as exc:
@@ -349,20 +331,6 @@ def test_ensure_dir_refuses_symlink(tmp_path: Path) -> None:
 def test_ensure_dir_refuses_file(doc: Path) -> None:
     with pytest.raises(ConfigError, match="not a folder"):
         fsutil.ensure_dir(doc)
-
-
-# --------------------------------------------------------------------------- same_filesystem
-
-
-def test_same_filesystem(tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    assert fsutil.same_filesystem([a, b, tmp_path / "missing"])
-    assert fsutil.same_filesystem([])
-    proc = Path("/proc/self")
-    assert proc.stat().st_dev != tmp_path.stat().st_dev
-    assert not fsutil.same_filesystem([a, proc])
 
 
 # --------------------------------------------------------------------------- write_file_atomic

@@ -18,6 +18,7 @@ import pytest
 
 from daemon.errors import ConfigError
 from daemon.queue import DestinationStatus, Job, JobState, Queue
+from daemon.queue_schema import file_intact
 
 T0 = 1_700_000_000.0
 CANARY = "CANARY_Bixby_Timothy"
@@ -94,7 +95,7 @@ def test_database_file_is_private_wal_and_sound(queue: Queue, db_path: Path) -> 
     conn = raw(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
-    assert queue.integrity_ok()
+    assert file_intact(db_path)
 
 
 def test_reopening_applies_each_migration_once(queue: Queue, db_path: Path) -> None:
@@ -710,4 +711,4 @@ def test_four_processes_claim_every_job_exactly_once(
     assert len(claimed) == total
     assert set(claimed) == made
     assert queue.counts_by_state()["leased"] == total
-    assert queue.integrity_ok()
+    assert file_intact(db_path)
