@@ -322,13 +322,36 @@ def cmd_drop(args: argparse.Namespace) -> int:
     return 0
 
 
+SANDBOX_MODULES = ("starlette", "uvicorn", "multipart")
+
+
+def sandbox_missing() -> str | None:
+    """Say how to get the sandbox's web framework when this install lacks it."""
+    import importlib.util
+
+    missing = [m for m in SANDBOX_MODULES if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"the sandbox needs the optional extra 'sandbox' (missing: {', '.join(missing)}); "
+        "install it with: pip install 'chartdrop[sandbox]' "
+        "(a development checkout has it: uv run chartdrop ...)"
+    )
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
+    if problem := sandbox_missing():
+        print(f"chartdrop: {problem}", file=sys.stderr)
+        return 2
     from daemon.demo import run_sandbox
 
     return run_sandbox(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if problem := sandbox_missing():
+        print(f"chartdrop: {problem}", file=sys.stderr)
+        return 2
     from daemon.demo import run_demo
 
     return run_demo(args)
