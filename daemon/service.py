@@ -581,7 +581,10 @@ class Service:
         if busy:
             self.log.warning("daemon.stopped_with_inflight", count=len(busy))
         else:
-            for sender in self._retired:
+            senders = [*self._retired]
+            if self.deliverer is not None:
+                senders.append(self.deliverer.sender)
+            for sender in senders:
                 sender.redox.http.close()
             if self.queue is not None:
                 self.queue.close()
