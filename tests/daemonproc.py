@@ -117,6 +117,8 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(10)
             self._reader.join(10)
+            if self.proc.stderr is not None and not self._reader.is_alive():
+                self.proc.stderr.close()
         return code
 
     def stderr(self) -> str:

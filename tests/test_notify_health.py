@@ -77,8 +77,11 @@ def test_without_notify_socket_everything_is_a_no_op() -> None:
 def test_a_missing_socket_is_reported_not_raised(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert notifier.enabled
-    assert notifier.ready("x") is False
-    assert notifier.watchdog() is False
+    try:
+        assert notifier.ready("x") is False
+        assert notifier.watchdog() is False
+    finally:
+        notifier.close()
 
 
 def test_watchdog_interval_is_for_this_process_only() -> None:
