@@ -211,7 +211,7 @@ class Deliverer:
             return "lease_lost"
         killpoint("after_commit")
         log.info("job.sent", remote_id=result.log_id, http_status=result.status)
-        self._finish(job.id)
+        self._finish(job)
         return "sent"
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
@@ -266,13 +266,11 @@ class Deliverer:
             remote_id=decision.remote_id,
         )
         if ok:
-            self._finish(job.id)
+            self._finish(job)
         return "rejected"
 
-    def _finish(self, job_id: str) -> None:
-        job = self.queue.get(job_id)
-        if job is not None:
-            self.filer.finish_safely(job)
+    def _finish(self, job: Job) -> None:
+        self.filer.finish_safely(job)  # it reads the job again: ``job`` is the claimed copy
 
     def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
