@@ -10,6 +10,8 @@ a minute); every claim and status goes through the real :class:`Queue`.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -198,3 +200,19 @@ def test_status_counts_match_a_count_of_the_rows(queue: Queue, clock: Clock) -> 
         conn.close()
     assert (got["a"].queued, got["a"].retrying, got["a"].done_today) == (5, 7, 0)
     assert (got["b"].awaiting_move, got["b"].done_today) == (4, 3)
+
+
+def test_the_bench_script_runs_and_reports_ratios() -> None:
+    """The README's `uv run python scripts/bench_queue.py`, on a small queue."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_queue.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rows", "2000", "--claims", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("claim", "status"))]
+    assert len(lines) == 7, done.stdout
+    assert "2,000 in backoff, none due" in done.stdout
+    assert all(line.rstrip().endswith(tuple("0123456789")) for line in lines)
