@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
+from conftest import Sandbox, write_config
 
-from daemon.ratelimit import Throttled, TokenBucket
+from daemon.config import load_settings
+from daemon.errors import ConfigError
+from daemon.ratelimit import RateLimits, Throttled, TokenBucket
 
 
 class FakeClock:
@@ -151,3 +155,40 @@ def test_a_new_rate_keeps_the_bucket_state() -> None:
     bucket.set_rate(60)  # a reload lowers the quota: the spent tokens stay spent
     assert bucket.reserve() == pytest.approx(1.0)
     assert bucket.per_minute == 60
+
+
+def test_buckets_from_the_config_redox_shared_fhir_own(tmp_path: Path, sandbox: Sandbox) -> None:
+    gateway = (
+        '[[destination]]\nname = "gateway"\ninbox = "g/inbox"\ndone = "g/done"\n'
+        'failed = "g/failed"\nmodel = "FHIR"\nmax_requests_per_minute = 300\n'
+    )
+    fhir = sandbox.fhir_table()
+    settings = load_settings(write_config(tmp_path, sandbox, fhir=fhir, tables=gateway))
+    limits = RateLimits(settings)
+    consents, fhir_dest = settings.destination
+    assert limits.bucket(consents).per_minute == 1200  # the default
+    assert limits.bucket(fhir_dest).per_minute == 300
+    assert limits.bucket(consents) is not limits.bucket(fhir_dest)
+    assert limits.sharing(consents) == ["consents"] and limits.sharing(fhir_dest) == ["gateway"]
+    limits.pause(fhir_dest, 30)  # a FHIR server's 429 leaves Redox alone
+    assert limits.bucket(fhir_dest).paused_for() > 29 and limits.bucket(consents).paused_for() == 0
+    # a reload changes the rate of the same bucket (its tokens and pause carry over)
+    bucket = limits.bucket(consents)
+    limits.configure(
+        load_settings(
+            write_config(
+                tmp_path,
+                sandbox,
+                redox={"max_requests_per_minute": 60},
+                fhir=fhir,
+                tables=gateway,
+            )
+        )
+    )
+    assert limits.bucket(consents) is bucket and bucket.per_minute == 60
+
+
+def test_a_redox_destination_cannot_have_its_own_quota(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox, dest={"max_requests_per_minute": 10})
+    with pytest.raises(ConfigError, match="max_requests_per_minute is only for model = 'FHIR'"):
+        load_settings(config)
