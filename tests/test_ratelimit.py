@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import Sandbox, write_config
 
+from daemon.breaker import RATE_LIMITED, Breakers
 from daemon.config import load_settings
 from daemon.errors import ConfigError
+from daemon.queue import Queue
 from daemon.ratelimit import RateLimits, Throttled, TokenBucket
 
 
@@ -192,3 +194,24 @@ def test_a_redox_destination_cannot_have_its_own_quota(tmp_path: Path, sandbox: 
     config = write_config(tmp_path, sandbox, dest={"max_requests_per_minute": 10})
     with pytest.raises(ConfigError, match="max_requests_per_minute is only for model = 'FHIR'"):
         load_settings(config)
+
+
+def test_a_hold_keeps_destinations_from_claims_until_it_ends(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Queue(tmp_path / "q.sqlite3", clock=clock) as queue:
+        b = Breakers(queue, clock=clock, wall=clock)
+        b.hold(["consents", "letters"], 2.0, "the destination asked us to slow down (HTTP 429)")
+        assert b.blocked() == {"consents", "letters"}
+        assert not b.admit("consents")
+        assert {(p.destination, p.kind) for p in queue.pauses()} == {
+            ("consents", RATE_LIMITED),
+            ("letters", RATE_LIMITED),
+        }
+        b.success("consents")  # a send that was already under way: the hold stays
+        assert b.blocked() == {"consents", "letters"}
+        clock.sleep(2.0)
+        assert b.blocked() == set() and b.admit("consents")
+        b.success("consents")  # the first success after the hold lifts its pause
+        assert [p.destination for p in queue.pauses()] == ["letters"]
+        assert b.admit("letters")  # not a circuit: no probe, every job goes
+        assert b.admit("letters")
