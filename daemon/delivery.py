@@ -247,6 +247,7 @@ class Deliverer:
             retry_after if retry_after is not None else float(dest.timing("retry_base_seconds"))
         )
         self.limits.pause(dest, seconds)
+        self.breakers.inconclusive(dest.name)  # a probe that got it: the next one probes
         self.breakers.hold(
             self.limits.sharing(dest), seconds, "the destination asked us to slow down (HTTP 429)"
         )

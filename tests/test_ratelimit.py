@@ -6,14 +6,19 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import Sandbox, write_config
 
-from daemon.breaker import RATE_LIMITED, Breakers
+from daemon.breaker import OUTAGE, RATE_LIMITED, Breakers
 from daemon.config import load_settings
+from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
+from daemon.filing import Filer
+from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.ratelimit import RateLimits, Throttled, TokenBucket
+from daemon.redox import RedoxClient
 
 
 class FakeClock:
@@ -215,3 +220,28 @@ def test_a_hold_keeps_destinations_from_claims_until_it_ends(tmp_path: Path) -> 
         assert [p.destination for p in queue.pauses()] == ["letters"]
         assert b.admit("letters")  # not a circuit: no probe, every job goes
         assert b.admit("letters")
+
+
+def test_a_429_on_the_probe_of_an_open_circuit_does_not_block_it_for_ever(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The outage circuit's probe gets a 429: held for the Retry-After, then the
+    next job probes (it is not left waiting for the probe's answer)."""
+    settings = load_settings(write_config(tmp_path, sandbox))
+    dest = settings.destination[0]
+    clock = FakeClock()
+    with Queue(tmp_path / "q.sqlite3") as queue:
+        b = Breakers(queue, clock=clock)
+        for _ in range(3):
+            b.failure(dest, OUTAGE, "HTTP 503")
+        clock.sleep(3600)
+        assert b.admit(dest.name)  # the probe
+        http = Sender(settings, RedoxClient(settings.redox, httpx.Client()), None)  # type: ignore[arg-type]
+        d = Deliverer(settings, queue, http, Filer(settings, queue), breakers=b,
+                      limits=RateLimits(settings, clock=clock, sleep=clock.sleep))  # fmt: skip
+        d._too_many_requests(dest, 5.0)
+        http.redox.http.close()
+        assert b.blocked() == {dest.name}
+        clock.sleep(5.0)
+        assert b.blocked() == set()
+        assert b.admit(dest.name)  # the next probe
