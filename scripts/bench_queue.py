@@ -1,6 +1,6 @@
 """How the queue's claim and `chartdrop status` scale: 100 rows vs 100,000.
 
-    uv run python scripts/bench_queue.py [--rows 100000] [--claims 200]
+    uv run python scripts/bench_queue.py [--rows 100000] [--claims 200] [--cli-repeats 3]
 
 Builds real queue databases (WAL, the daemon's own schema and migrations) in a
 temporary folder, fills them with one SQL statement each, then times, through
@@ -11,7 +11,9 @@ the real :class:`daemon.queue.Queue`:
   every idle worker does twice a second), and with 100 due ones besides;
 - a claim while a paused destination has ``--rows`` older due jobs (excluded);
 - ``status`` on a read-only connection (what ``chartdrop status`` opens) at 100
-  and ``--rows`` rows (a mix of done, failed, queued and in backoff).
+  and ``--rows`` rows (a mix of done, failed, queued and in backoff);
+- the whole ``chartdrop status`` command on the same databases (a new Python
+  process: its start-up and imports are most of its time, at any size).
 
 Prints the median time of each and the ratio to the 100-row case: a ratio near
 1 is what "costs the same at any size" means. The CPU is shared, so read the
@@ -21,7 +23,9 @@ ratios, not the absolute figures.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +88,47 @@ def status_seconds(path: Path, repeats: int = 5) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+CONFIG = """state_dir = "state"
+[redox]
+api_url = "http://127.0.0.1:9"
+upload_url = "http://127.0.0.1:9/upload"
+[[destination]]
+name = "consents"
+inbox = "f/inbox"
+done = "f/done"
+failed = "f/failed"
+redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
+[[destination]]
+name = "letters"
+inbox = "g/inbox"
+done = "g/done"
+failed = "g/failed"
+redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
+"""
+
+
+def cli_status_seconds(database: Path, repeats: int = 3) -> tuple[float, float]:
+    """Median wall and CPU seconds of the whole `chartdrop status` command (a new
+    Python process: interpreter start and imports included) on ``database``."""
+    root = database.parent / f"{database.stem}-cli"
+    for sub in ("state", "f/inbox", "f/done", "f/failed", "g/inbox", "g/done", "g/failed"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "state" / "chartdrop.sqlite3").symlink_to(database)
+    (root / "chartdrop.toml").write_text(CONFIG)
+    command = [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())"]
+    command += ["status", "-c", str(root / "chartdrop.toml")]
+    wall, cpu = [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, check=True)
+        wall.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        assert b"consents" in done.stdout, done.stdout
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def build(path: Path, parts: list[tuple[int, str, JobState, float, int]]) -> Path:
     with Queue(path) as q:
         for n, dest, state, due_in, attempts in parts:
@@ -95,6 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--cli-repeats", type=int, default=3)
     args = parser.parse_args()
     rows, claims = args.rows, args.claims
     due, done, failed, q = JobState.QUEUED, JobState.DONE, JobState.FAILED, JobState.QUEUED
@@ -136,8 +182,18 @@ def main() -> int:
             ("status, 100 rows", status_seconds(status_small)),
             (f"status, {rows:,} rows", status_seconds(status_big)),
         ]
+        cli = [
+            (
+                "`chartdrop status` command, 100 rows",
+                cli_status_seconds(status_small, args.cli_repeats),
+            ),
+            (
+                f"`chartdrop status` command, {rows:,} rows",
+                cli_status_seconds(status_big, args.cli_repeats),
+            ),
+        ]
     print(f"{'':40} {'wall':>10} {'ratio':>6} {'CPU':>10} {'ratio':>6}")
-    for rows_of, base in ((results, results[0][1]), (status, status[0][1])):
+    for rows_of, base in ((results, results[0][1]), (status, status[0][1]), (cli, cli[0][1])):
         for label, (wall, cpu) in rows_of:
             print(
                 f"{label:40} {wall * 1000:8.3f}ms {wall / base[0]:6.2f}"

@@ -206,13 +206,14 @@ def test_the_bench_script_runs_and_reports_ratios() -> None:
     """The README's `uv run python scripts/bench_queue.py`, on a small queue."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench_queue.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--rows", "2000", "--claims", "5"],
+        [sys.executable, str(script), "--rows", "2000", "--claims", "5", "--cli-repeats", "1"],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith(("claim", "status"))]
-    assert len(lines) == 7, done.stdout
+    lines += [line for line in done.stdout.splitlines() if line.startswith("`chartdrop status`")]
+    assert len(lines) == 9, done.stdout
     assert "2,000 in backoff, none due" in done.stdout
     assert all(line.rstrip().endswith(tuple("0123456789")) for line in lines)
