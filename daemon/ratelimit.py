@@ -228,12 +228,13 @@ class RateLimits:
 
     def watch(self, client: httpx.Client) -> None:
         """Meter the requests ``client`` sends (idempotent)."""
-        hooks = client.event_hooks
-        if self.on_request not in hooks["request"]:
-            client.event_hooks = {
-                "request": [*hooks["request"], self.on_request],
-                "response": hooks["response"],
-            }
+        with self._lock:  # two workers must not both add it (each request would count twice)
+            hooks = client.event_hooks
+            if self.on_request not in hooks["request"]:
+                client.event_hooks = {
+                    "request": [*hooks["request"], self.on_request],
+                    "response": hooks["response"],
+                }
 
     def on_request(self, request: httpx.Request) -> None:
         """httpx request hook: a request to a sending route takes a token of its
