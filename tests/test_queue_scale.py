@@ -12,12 +12,15 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from daemon.queue import Job, JobState, Queue, _local_midnight
+from daemon.queue import CLOCK_SLACK_SECONDS, Job, JobState, Queue, _local_midnight
 
 T0 = 1_790_000_000.0
 BIG = 20_000
@@ -217,3 +220,48 @@ def test_the_bench_script_runs_and_reports_ratios() -> None:
     assert len(lines) == 9, done.stdout
     assert "2,000 in backoff, none due" in done.stdout
     assert all(line.rstrip().endswith(tuple("0123456789")) for line in lines)
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from([-100.0, -1.0, 0.0, 5.0, 100.0]),  # due, relative to now
+            st.sampled_from([-10.0, 0.0, 30.0, 3600.0]),  # last changed, relative to now
+        ),
+        max_size=12,
+    ),
+    excluded=st.sets(st.sampled_from(["a", "b", "c"])),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_claim_takes_the_job_due_longest(
+    rows: list[tuple[str, float, float]], excluded: set[str]
+) -> None:
+    """The seeks per destination pick what one query over the whole table would:
+    the queued job due longest (a row changed "in the future", beyond the slack,
+    counts as due now), of a destination not excluded."""
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp, Queue(Path(tmp) / "q.db", clock=clock) as q:
+        with q._write() as conn:
+            for i, (dest, due, changed) in enumerate(rows):
+                conn.execute(
+                    "INSERT INTO jobs (id, destination, state, next_attempt_at, document_id,"
+                    " original_name, created_at, queued_at, updated_at)"
+                    " VALUES (?, ?, 'queued', ?, ?, 'x.pdf', ?, ?, ?)",
+                    (f"{i:04d}", dest, T0 + due, f"d{i}", T0 - i, T0 - i, T0 + changed),
+                )
+
+        def effective(row: tuple[str, float, float]) -> float:
+            _dest, due, changed = row
+            return min(due, 0.0) if changed > CLOCK_SLACK_SECONDS else due
+
+        candidates = [
+            (effective(row), -i, f"{i:04d}")  # created_at = T0 - i
+            for i, row in enumerate(rows)
+            if row[0] not in excluded and effective(row) <= 0.0
+        ]
+        job = q.claim(lease_seconds=60, exclude_destinations=excluded)
+        if not candidates:
+            assert job is None
+        else:
+            assert job is not None and job.id == min(candidates)[2]
