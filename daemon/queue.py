@@ -579,8 +579,8 @@ class Queue:
             )
             done_today = dict(
                 conn.execute(
-                    "SELECT destination, COUNT(*) FROM jobs WHERE state = 'done'"
-                    " AND finished_at >= ? GROUP BY destination",
+                    "SELECT destination, COUNT(*) FROM jobs INDEXED BY jobs_done_finished"
+                    " WHERE state = 'done' AND finished_at >= ? GROUP BY destination",
                     (_local_midnight(now),),
                 ).fetchall()
             )

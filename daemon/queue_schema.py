@@ -224,8 +224,9 @@ def m003_indexes_for_a_big_queue(db: Database) -> None:
         # Status: counts per destination and state, and the oldest waiting job.
         "DROP INDEX jobs_destination_state",
         "CREATE INDEX jobs_destination_state ON jobs (destination, state, queued_at)",
-        # Status's "done today" and retention's oldest done jobs.
-        "CREATE INDEX jobs_done_finished ON jobs (finished_at, destination) WHERE state = 'done'",
+        # Status's "done today" (state: covering, as for jobs_claim) and retention's oldest.
+        "CREATE INDEX jobs_done_finished ON jobs (finished_at, destination, state)"
+        " WHERE state = 'done'",
         # Status's last success per destination.
         "CREATE INDEX jobs_destination_sent ON jobs (destination, sent_at)",
     ):

@@ -169,6 +169,9 @@ def test_status_reads_indexes_never_the_table(queue: Queue, clock: Clock) -> Non
     details = [d for sql in sqls for d in plan(queue, sql)]
     table_scans = [d for d in details if d.startswith("SCAN") and "COVERING INDEX" not in d]
     assert not table_scans, details
+    # index-only (no row read), and never every row of a state (done: 20,000)
+    assert all("COVERING INDEX" in d for d in details if d.startswith(("SCAN", "SEARCH")))
+    assert not [d for d in details if "(state=?)" in d], details
     status = queue.status()
     assert status["consents"].retrying == BIG and status["consents"].queued == 0
     assert status["gateway"].queued == BIG and status["gateway"].retrying == 0
