@@ -107,3 +107,25 @@ def test_the_budget_is_shared_by_redox_destinations(tmp_path: Path, sandbox: San
     sends = [a.at for a in sandbox.state.attempts if a.path == "/endpoint"]
     assert len(sends) == 8
     assert most_in_window(sends, 1.9) <= 2 + 2 * 2  # 2 a second for both together
+
+
+def test_a_job_that_would_wait_long_for_the_quota_goes_back_unburnt(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """One request a minute: the second document would wait a minute for its
+    token, longer than a worker holds a lease for it (5 s). It is put back
+    without an attempt counted, and the destination is held from claims."""
+    config = write_config(tmp_path, sandbox, workers=2, redox={"max_requests_per_minute": 1})
+    with running(config) as r:
+        r.drop("one.pdf", sample_pdf("one"), sample_sidecar())
+        r.finished(1)
+        r.drop("two.pdf", sample_pdf("two"), sample_sidecar())
+        (pause,) = wait_until(lambda: [p for p in r.queue.pauses() if p.kind == RATE_LIMITED])
+        (waiting,) = wait_until(lambda: r.jobs(JobState.QUEUED))
+        assert waiting.attempts == 0 and waiting.last_error is None
+        assert pause.destination == "consents" and pause.until is not None
+        assert pause.until - pause.since > 30  # about a minute: the token's wait
+        events = r.queue.events(waiting.id)
+        assert [e["to_state"] for e in events][-2:] == ["leased", "queued"]
+        assert events[-1]["detail"] == "released"
+    assert [a.status for a in sandbox.state.attempts] == [200]  # the second never went out
