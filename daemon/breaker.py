@@ -30,6 +30,7 @@ from daemon.queue import Queue
 
 OUTAGE = "outage"
 AUTH = "auth"
+RATE_LIMITED = "rate_limited"  # a 429 (or an empty rate-limit bucket): held, not broken
 THRESHOLD = 3  # transient failures in a row that open the circuit
 
 
@@ -40,6 +41,7 @@ class _State:
     step: int = 0
     open_until: float = 0.0  # monotonic
     probing: bool = False
+    held_until: float = 0.0  # monotonic: no claims before (see Breakers.hold)
 
 
 class Breakers:
@@ -69,7 +71,7 @@ class Breakers:
             return {
                 name
                 for name, s in self._states.items()
-                if s.kind is not None and (s.probing or now < s.open_until)
+                if (s.kind is not None and (s.probing or now < s.open_until)) or now < s.held_until
             }
 
     def admit(self, name: str) -> bool:
@@ -78,6 +80,8 @@ class Breakers:
         now = self.clock()
         with self._lock:
             s = self._state(name)
+            if now < s.held_until:
+                return False
             if s.kind is None:
                 return True
             if s.probing or now < s.open_until:
@@ -89,8 +93,12 @@ class Breakers:
         """The destination answered (accepted, or refused one document on its merits)."""
         with self._lock:
             s = self._state(name)
-            was = s.kind
-            self._states[name] = _State()
+            was, held = s.kind, s.held_until
+            self._states[name] = _State(held_until=held)
+        if held and self.clock() >= held:
+            with self._lock:
+                self._states[name].held_until = 0.0
+            self.queue.clear_pause(name, RATE_LIMITED)
         if was is not None:
             for kind in (AUTH, OUTAGE):  # its own pauses only: intake's folder_missing stays
                 self.queue.clear_pause(name, kind)
@@ -136,6 +144,24 @@ class Breakers:
             probe_in=round(wait, 1),
             step=step,
         )
+
+    def hold(self, names: list[str], seconds: float, reason: str) -> None:
+        """Rate limited (a 429's Retry-After, or an empty bucket): claim nothing of
+        ``names`` for ``seconds``. Not a failure: no circuit opens, no probe."""
+        until = self.clock() + seconds
+        with self._lock:
+            for name in names:
+                s = self._state(name)
+                s.held_until = max(s.held_until, until)
+        for name in names:
+            self.queue.set_pause(name, RATE_LIMITED, reason, until=self.wall() + seconds)
+            self.log.warning(
+                "destination.paused",
+                destination=name,
+                kind=RATE_LIMITED,
+                reason=reason,
+                probe_in=round(seconds, 1),
+            )
 
     def forget(self, name: str) -> None:
         """A destination removed by a reload."""

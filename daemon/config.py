@@ -152,6 +152,15 @@ class Destination(TimingOverrides):
         description="Maps each named group to a sidecar field, "
         'e.g. mrn = "Patient.Identifiers[0].ID".',
     )
+    max_requests_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "model = 'FHIR' only: this destination's own request quota per minute (none: no "
+            "limit; a 429 still pauses it). Redox destinations share [redox] "
+            "max_requests_per_minute."
+        ),
+    )
     polling: bool = Field(
         False,
         description=(
@@ -184,6 +193,11 @@ class Destination(TimingOverrides):
             raise ValueError(f"redox_destination_id is required for model = {self.model!r}")
         if self.model != "FHIR" and self.base_url is not None:
             raise ValueError("base_url is only for model = 'FHIR'")
+        if self.model != "FHIR" and self.max_requests_per_minute is not None:
+            raise ValueError(
+                "max_requests_per_minute is only for model = 'FHIR' "
+                "(Redox destinations share [redox] max_requests_per_minute)"
+            )
         groups = re.compile(self.filename_pattern).groupindex if self.filename_pattern else {}
         if self.from_filename and not groups:
             raise ValueError("from_filename needs a filename_pattern")
@@ -262,6 +276,15 @@ class RedoxSettings(_Strict):
     )
     source_name: str | None = Field(None, description="Optional Meta.Source.Name.")
     test: bool = Field(False, description="Meta.Test on every message.")
+    max_requests_per_minute: int = Field(
+        1200,
+        ge=1,
+        description=(
+            "Requests per minute to Redox (/endpoint and /upload together), shared by every "
+            "worker and Redox destination. 1200 keeps under Redox's 7,500 per 5 minutes; "
+            "several daemons sharing one Redox source split the quota between them."
+        ),
+    )
     ca_bundle: Path | None = Field(
         None, description="Extra CA bundle (PEM) to trust; TLS verification is always on."
     )

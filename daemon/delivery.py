@@ -32,6 +32,7 @@ from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.outgoing import Sender, is_sidecar_only
 from daemon.queue import Job, Queue
+from daemon.ratelimit import RateLimits, Throttled
 from daemon.redox import SendResult
 from daemon.sidecar import read_sidecar
 
@@ -160,6 +161,7 @@ class Deliverer:
         filer: Filer,
         *,
         breakers: Breakers | None = None,
+        limits: RateLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -167,6 +169,7 @@ class Deliverer:
         self.sender = sender
         self.filer = filer
         self.breakers = breakers or Breakers(queue)
+        self.limits = limits or RateLimits(settings)
         self.clock = clock
         self.log = get_logger()
 
@@ -191,6 +194,12 @@ class Deliverer:
             return "queued"
         try:
             result = self._deliver(job, dest)
+        except Throttled as exc:
+            # Nothing was sent: the job waits unburnt, its quota's destinations are held.
+            self.queue.release(job.id, job.lease_token)
+            self.breakers.hold(self.limits.sharing(dest), exc.wait, "rate limit reached")
+            log.info("job.waiting", error_kind="rate_limited", retry_in=round(exc.wait, 1))
+            return "queued"
         except AuthError as exc:
             # The credentials or the token endpoint, not the document: it waits, unburnt.
             self.queue.release(job.id, job.lease_token)
@@ -211,7 +220,7 @@ class Deliverer:
             return "lease_lost"
         killpoint("after_commit")
         log.info("job.sent", remote_id=result.log_id, http_status=result.status)
-        self._finish(job.id)
+        self._finish(job)
         return "sent"
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
@@ -222,12 +231,26 @@ class Deliverer:
         try:
             return self._apply(job, decision, exc, log)
         finally:  # after the job's own record, so an opening circuit can re-pace it
-            if isinstance(exc, TransientDeliveryError):
+            if isinstance(exc, TransientDeliveryError) and exc.status == 429:
+                self._too_many_requests(dest, exc.retry_after)
+            elif isinstance(exc, TransientDeliveryError):
                 self.breakers.failure(dest, OUTAGE, safe_text(exc), exc.retry_after)
             elif isinstance(exc, PermanentDeliveryError):
                 self.breakers.success(dest.name)  # it answered: the destination is up
             else:
                 self.breakers.inconclusive(dest.name)  # never reached it (input, local)
+
+    def _too_many_requests(self, dest: Destination, retry_after: float | None) -> None:
+        """A 429: the destination's whole quota (every Redox destination, for Redox)
+        waits for its Retry-After, not only this job; not a sign of an outage."""
+        seconds = (
+            retry_after if retry_after is not None else float(dest.timing("retry_base_seconds"))
+        )
+        self.limits.pause(dest, seconds)
+        self.breakers.inconclusive(dest.name)  # a probe that got it: the next one probes
+        self.breakers.hold(
+            self.limits.sharing(dest), seconds, "the destination asked us to slow down (HTTP 429)"
+        )
 
     def _apply(self, job: Job, decision: Decision, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None
@@ -266,17 +289,19 @@ class Deliverer:
             remote_id=decision.remote_id,
         )
         if ok:
-            self._finish(job.id)
+            self._finish(job)
         return "rejected"
 
-    def _finish(self, job_id: str) -> None:
-        job = self.queue.get(job_id)
-        if job is not None:
-            self.filer.finish_safely(job)
+    def _finish(self, job: Job) -> None:
+        self.filer.finish_safely(job)  # it reads the job again: ``job`` is the claimed copy
 
     def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
-        with open_document(Path(job.spool_document)) as fh:
+        if self.limits.settings is not self.settings:  # a reload: new rates, same buckets
+            self.limits.configure(self.settings)
+        for client in {id(c): c for c in (self.sender.redox.http, self.sender.fhir.http)}.values():
+            self.limits.watch(client)  # the sender's clients are new after a reload
+        with self.limits.sending(dest), open_document(Path(job.spool_document)) as fh:
             if job.sha256:  # what goes out must be what was checked and hashed at intake
                 self._unchanged(job, sha256_file(fh)[0])
                 fh.seek(0)

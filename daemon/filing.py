@@ -6,6 +6,12 @@ document nobody can find. Moves are same-filesystem renames that never
 overwrite (a taken name gets " (1)", " (2)", …) followed by a directory fsync.
 A failed document gets ``<name>.error.txt`` in plain words for front-desk staff.
 
+Two paths file a job: the worker that sent it, and the main loop's periodic
+:meth:`Filer.finish_pending` (moves that failed earlier). A job is filed by one
+of them at a time: :meth:`Filer.finish_safely` claims the job's move (one
+daemon per state directory, so a claim in the process is enough), then reads
+the job again; one the other path filed meanwhile is done, not an error.
+
 Documents, sidecars and notes get ``files_mode`` (and ``files_group``) before
 they appear in done/ or failed/, and the done/YYYY-MM-DD folders ``dirs_mode``,
 so staff can read them while everything else the daemon makes stays private
@@ -16,6 +22,9 @@ another account dropped keeps its owner, and a refusal is logged, not fatal.
 from __future__ import annotations
 
 import errno
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -112,6 +121,21 @@ class Filer:
         self.settings = settings
         self.queue = queue
         self.log = get_logger()
+        self._lock = threading.Lock()
+        self._moving: set[str] = set()  # ids of the jobs whose move a thread has claimed
+
+    @contextmanager
+    def _claimed(self, job_id: str) -> Iterator[bool]:
+        """Claim the move of ``job_id`` for this thread: False if another has it."""
+        with self._lock:
+            mine = job_id not in self._moving
+            self._moving.add(job_id)
+        try:
+            yield mine
+        finally:
+            if mine:
+                with self._lock:
+                    self._moving.discard(job_id)
 
     def _share(self, path: Path, job: Job, *, directory: bool = False) -> None:
         """files_mode / dirs_mode and files_group on one file or dated folder
@@ -243,7 +267,11 @@ class Filer:
 
     def finish_safely(self, job: Job) -> bool:
         """:meth:`finish`, logging instead of raising when the disk refuses. The job
-        stays sent/rejected and :meth:`finish_pending` tries the move again later."""
+        stays sent/rejected and :meth:`finish_pending` tries the move again later.
+
+        True if this call filed the job. A job whose move another thread is doing,
+        or that was filed since ``job`` was read, is left alone (False, no log):
+        ``job`` may be a stale copy, so the move works from the job read again."""
         if all(d.name != job.destination for d in self.settings.destination):
             # its destination was removed (a reload): filed once it is configured again
             self.log.warning(
@@ -253,17 +281,21 @@ class Filer:
                 error_kind="destination_removed",
             )
             return False
-        try:
-            self.finish(job)
-        except OSError as exc:
-            self.log.error(
-                "job.move_failed",
-                job_id=job.id,
-                destination=job.destination,
-                exc_type=type(exc).__name__,
-                error=exc.strerror,
-            )
-            return False
+        with self._claimed(job.id) as mine:
+            current = self.queue.get(job.id) if mine else None
+            if current is None or current.state not in (JobState.SENT, JobState.REJECTED):
+                return False  # being filed, or filed already, by the other path
+            try:
+                self.finish(current)
+            except OSError as exc:
+                self.log.error(
+                    "job.move_failed",
+                    job_id=job.id,
+                    destination=job.destination,
+                    exc_type=type(exc).__name__,
+                    error=exc.strerror,
+                )
+                return False
         return True
 
     def finish_pending(self) -> int:

@@ -46,6 +46,14 @@ SCRUBBED_NAME = "(removed by retention)"  # original_name of a job whose files w
 CLOCK_SLACK_SECONDS = 60.0
 
 
+# One destination's queued job due longest: a seek into the partial index jobs_claim.
+_CLAIM_CANDIDATE = (
+    "SELECT next_attempt_at, created_at, id FROM jobs INDEXED BY jobs_claim"
+    " WHERE state = 'queued' AND destination = ? AND next_attempt_at <= ?"
+    " ORDER BY next_attempt_at, created_at, id LIMIT 1"
+)
+
+
 def _job(row: sqlite3.Row) -> Job:
     values = {column: row[column] for column in JOB_COLUMNS}  # a newer schema may add columns
     values["state"] = JobState(values["state"])
@@ -248,26 +256,58 @@ class Queue:
 
         ``next_attempt_at`` is wall-clock time (it must survive a restart). A job
         whose row was last changed "in the future" was scheduled before the clock
-        was set back, and is due now: a clock jump never stalls the queue."""
+        was set back, and is due now: a clock jump never stalls the queue.
+
+        Every step is an index seek, so a claim costs the same with 100 or 100,000
+        rows, and with 100,000 jobs in backoff or of an excluded (paused)
+        destination (``tests/test_queue_scale.py`` checks the plans): first the
+        rows changed in the future are made due now (normally none: one seek);
+        then, for each destination that has queued jobs (found by seeking past
+        the previous one, not by reading them all), its job due longest.
+        """
         now = self._clock()
-        excluded = sorted(set(exclude_destinations))
-        not_in = f" AND destination NOT IN ({', '.join('?' for _ in excluded)})" if excluded else ""
-        sql = (
-            "UPDATE jobs SET state = ?, lease_token = ?, lease_expires_at = ?, updated_at = ?"  # noqa: S608
-            " WHERE id = (SELECT id FROM jobs WHERE state = ?"
-            " AND (next_attempt_at <= ? OR updated_at > ?)"
-            f"{not_in} ORDER BY next_attempt_at, created_at, id LIMIT 1) RETURNING *"
-        )
+        excluded = set(exclude_destinations)
         token = secrets.token_hex(16)
-        params = [JobState.LEASED, token, now + lease_seconds, now, JobState.QUEUED, now]
-        params.append(now + CLOCK_SLACK_SECONDS)
         with self._write() as conn:
-            rows = conn.execute(sql, [*params, *excluded]).fetchall()
-            if not rows:
+            conn.execute(
+                "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?"
+                " WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued_updated"
+                " WHERE state = 'queued' AND updated_at > ?)",
+                (now, now, now + CLOCK_SLACK_SECONDS),
+            )
+            best: tuple[float, float, str] | None = None
+            for destination in self._queued_destinations(conn):
+                if destination in excluded:
+                    continue
+                row = conn.execute(_CLAIM_CANDIDATE, (destination, now)).fetchone()
+                if row is not None and (best is None or tuple(row) < best):
+                    best = (row[0], row[1], row[2])
+            if best is None:
                 return None
+            rows = conn.execute(
+                "UPDATE jobs SET state = ?, lease_token = ?, lease_expires_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = ? RETURNING *",
+                (JobState.LEASED, token, now + lease_seconds, now, best[2], JobState.QUEUED),
+            ).fetchall()
             job = _job(rows[0])
             self._event(conn, job, JobState.QUEUED, None)
         return job
+
+    @staticmethod
+    def _queued_destinations(conn: sqlite3.Connection) -> Iterator[str]:
+        """The destinations that have queued jobs: one index seek each (a loose
+        index scan), however many jobs each has."""
+        sql = (
+            "SELECT MIN(destination) FROM jobs INDEXED BY jobs_claim"
+            " WHERE state = 'queued' AND destination > ?"
+        )
+        last = ""
+        while True:
+            (destination,) = conn.execute(sql, (last,)).fetchone()
+            if destination is None:
+                return
+            yield destination
+            last = destination
 
     def record_upload(self, job_id: str, token: str, blob_uri: str) -> bool:
         """Keep the URI of the uploaded blob; the job stays leased."""
@@ -397,11 +437,11 @@ class Queue:
         """Done jobs that finished before ``cutoff`` and still name their files
         (not yet through retention), oldest first."""
         sql = (
-            "SELECT * FROM jobs WHERE state = ? AND finished_at < ? AND final_path IS NOT NULL"
-            " ORDER BY finished_at, id LIMIT ?"
+            "SELECT * FROM jobs WHERE state = 'done' AND finished_at < ?"
+            " AND final_path IS NOT NULL ORDER BY finished_at, id LIMIT ?"
         )
         with self._lock:
-            rows = self._conn.execute(sql, (JobState.DONE, cutoff, limit)).fetchall()
+            rows = self._conn.execute(sql, (cutoff, limit)).fetchall()
         return [_job(row) for row in rows]
 
     def done_names_in(self, folder: str) -> set[str]:
@@ -516,32 +556,70 @@ class Queue:
             last = rows[-1]["id"]
 
     def status(self, *, now: float | None = None) -> dict[str, DestinationStatus]:
-        """Per destination that has jobs: the numbers ``chartdrop status`` shows."""
-        now = self._clock() if now is None else now
-        sql = """
-            SELECT destination,
-                   TOTAL(state = 'queued' AND attempts = 0),
-                   TOTAL(state = 'queued' AND attempts > 0),
-                   TOTAL(state = 'leased'), TOTAL(state IN ('sent', 'rejected')),
-                   TOTAL(state = 'done' AND finished_at >= ?), TOTAL(state = 'failed'),
-                   MIN(CASE WHEN state IN ('queued', 'leased') THEN queued_at END), MAX(sent_at)
-            FROM jobs GROUP BY destination ORDER BY destination
+        """Per destination that has jobs: the numbers ``chartdrop status`` shows.
+
+        Every number comes from an index, never the table: the counts from the
+        (destination, state) index (read, not the rows), retrying from the claim's
+        partial index, done today from a range of ``jobs_done_finished``, the
+        oldest waiting job and the last success from one seek per destination.
+        Under a second with 100,000 rows (``scripts/bench_queue.py`` measures it).
         """
-        with self._lock:
-            rows = self._conn.execute(sql, (_local_midnight(now),)).fetchall()
-        return {
-            dest: DestinationStatus(
-                queued=int(queued),
-                retrying=int(retrying),
-                in_flight=int(leased),
-                awaiting_move=int(moving),
-                done_today=int(done),
-                failed=int(failed),
-                oldest_waiting_seconds=None if oldest is None else max(0.0, now - oldest),
-                last_success_at=last,
+        now = self._clock() if now is None else now
+        with self._lock, self._snapshot() as conn:
+            counts: dict[str, dict[str, int]] = {}
+            for dest, state, n in conn.execute(
+                "SELECT destination, state, COUNT(*) FROM jobs GROUP BY destination, state"
+            ):
+                counts.setdefault(dest, {})[state] = n
+            retrying = dict(
+                conn.execute(
+                    "SELECT destination, COUNT(*) FROM jobs INDEXED BY jobs_claim"
+                    " WHERE state = 'queued' AND attempts > 0 GROUP BY destination"
+                ).fetchall()
             )
-            for dest, queued, retrying, leased, moving, done, failed, oldest, last in rows
-        }
+            done_today = dict(
+                conn.execute(
+                    "SELECT destination, COUNT(*) FROM jobs INDEXED BY jobs_done_finished"
+                    " WHERE state = 'done' AND finished_at >= ? GROUP BY destination",
+                    (_local_midnight(now),),
+                ).fetchall()
+            )
+            result: dict[str, DestinationStatus] = {}
+            for dest in sorted(counts):
+                by_state = counts[dest]
+                oldest = [
+                    conn.execute(
+                        "SELECT MIN(queued_at) FROM jobs WHERE destination = ? AND state = ?",
+                        (dest, state),
+                    ).fetchone()[0]
+                    for state in (JobState.QUEUED, JobState.LEASED)
+                ]
+                waiting = [t for t in oldest if t is not None]
+                (last,) = conn.execute(
+                    "SELECT MAX(sent_at) FROM jobs WHERE destination = ?", (dest,)
+                ).fetchone()
+                queued = by_state.get(JobState.QUEUED, 0)
+                result[dest] = DestinationStatus(
+                    queued=queued - retrying.get(dest, 0),
+                    retrying=retrying.get(dest, 0),
+                    in_flight=by_state.get(JobState.LEASED, 0),
+                    awaiting_move=by_state.get(JobState.SENT, 0)
+                    + by_state.get(JobState.REJECTED, 0),
+                    done_today=done_today.get(dest, 0),
+                    failed=by_state.get(JobState.FAILED, 0),
+                    oldest_waiting_seconds=max(0.0, now - min(waiting)) if waiting else None,
+                    last_success_at=last,
+                )
+        return result
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Several reads that must agree (one WAL snapshot); the caller holds the lock."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
 
     # -- pauses ---------------------------------------------------------------
 

@@ -143,7 +143,7 @@ _CREATE = [
         CHECK ((state = 'leased') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL))
     )
     """,
-    # The claim's WHERE and ORDER BY in one index; status and listings by destination.
+    # Lookups by state (leases, pending moves, metrics); the claim has its own (m003).
     "CREATE INDEX jobs_state_next ON jobs (state, next_attempt_at, created_at)",
     "CREATE INDEX jobs_destination_state ON jobs (destination, state)",
     """
@@ -204,6 +204,33 @@ def m002_create_pauses(db: Database) -> None:
         )
         """
     )
+
+
+@MIGRATIONS()
+def m003_indexes_for_a_big_queue(db: Database) -> None:
+    # A claim and `chartdrop status` cost the same with 100 or 100,000 rows
+    # (see Queue.claim and Queue.status, and tests/test_queue_scale.py for the
+    # plans). Partial indexes (WHERE state = ...) are only written for the rows
+    # they cover, so a job's other states pay nothing for them; the queries
+    # that use them spell the state as a literal, as SQLite requires.
+    for statement in (
+        # The claim: per destination, the job due longest. attempts and state make it
+        # a covering index for status's "retrying" (SQLite 3.40 does not count the
+        # partial index's own WHERE as covering the state column).
+        "CREATE INDEX jobs_claim ON jobs"
+        " (destination, next_attempt_at, created_at, id, attempts, state) WHERE state = 'queued'",
+        # The claim's clock-set-back case: queued rows last changed "in the future".
+        "CREATE INDEX jobs_queued_updated ON jobs (updated_at) WHERE state = 'queued'",
+        # Status: counts per destination and state, and the oldest waiting job.
+        "DROP INDEX jobs_destination_state",
+        "CREATE INDEX jobs_destination_state ON jobs (destination, state, queued_at)",
+        # Status's "done today" (state: covering, as for jobs_claim) and retention's oldest.
+        "CREATE INDEX jobs_done_finished ON jobs (finished_at, destination, state)"
+        " WHERE state = 'done'",
+        # Status's last success per destination.
+        "CREATE INDEX jobs_destination_sent ON jobs (destination, sent_at)",
+    ):
+        db.execute(statement)
 
 
 JOB_COLUMNS = frozenset(Job.__dataclass_fields__)
