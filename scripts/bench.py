@@ -134,21 +134,22 @@ def pdf_of(size: int, tag: str) -> bytes:
     return sample_pdf(tag, padding=max(0, size - base - 40))
 
 
-def sidecar_bytes() -> bytes:
+def sidecar_bytes(i: int = 0) -> bytes:
+    """A sidecar of invented patient number ``i`` (each document its own patient, as
+    in a clinic: nothing can be reused from one document's sidecar for the next)."""
     from daemon.samples import sample_sidecar
 
-    return json.dumps(sample_sidecar()).encode()
+    return json.dumps(sample_sidecar(mrn=f"{i:010d}")).encode()
 
 
 def stage(folder: Path, prefix: str, count: int, data: bytes) -> list[str]:
     """Write ``count`` pairs under ``folder`` (later renamed into an inbox)."""
     folder.mkdir(parents=True, exist_ok=True)
-    side = sidecar_bytes()
     names = []
     for i in range(count):
         name = f"{prefix}-{i:05d}.pdf"
         (folder / name).write_bytes(data)
-        (folder / f"{name}.json").write_bytes(side)
+        (folder / f"{name}.json").write_bytes(sidecar_bytes(i))
         names.append(name)
     return names
 
@@ -389,10 +390,10 @@ def bodies_like_chartdrop(d: Daemon, count: int, data: bytes) -> list[bytes]:
 
     settings = load_settings(d.config)
     dest = settings.get_destination("bench")
-    sidecar = json.loads(sidecar_bytes())
     contents = base64.b64encode(data).decode("ascii")
     out = []
     for i in range(count):
+        sidecar = json.loads(sidecar_bytes(i))
         facts = FileFacts(f"ceiling-{i}.pdf", "PDF", datetime.now(UTC))
         body = redox_body(
             dest=dest, settings=settings, sidecar=sidecar, document_id=str(uuid.uuid4()),
