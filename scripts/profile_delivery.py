@@ -27,7 +27,72 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench import Daemon, Peer, drop, pdf_of, stage
+from bench import CLK_TCK, Daemon, Peer, drop, pdf_of, stage
+
+# (module, class or None, function): CPU time spent inside each, summed over threads.
+STAGES = [
+    ("daemon.intake", "InboxEvents", "on_any_event"),
+    ("daemon.intake", "Intake", "tick"),
+    ("daemon.intake", "Intake", "_documents_with_stem"),
+    ("daemon.intake", None, "judge"),
+    ("daemon.intake", "Intake", "_hand_over"),
+    ("daemon.intake", "Intake", "_complete"),
+    ("daemon.delivery", "Deliverer", "process"),
+    ("daemon.delivery", "Deliverer", "_deliver"),
+    ("daemon.outgoing", "Sender", "send"),
+    ("daemon.outgoing", None, "redox_body"),
+    ("daemon.redox", "RedoxClient", "send"),
+    ("daemon.redox", None, "read_capped"),
+    ("daemon.filing", "Filer", "_file"),
+    ("daemon.queue", "Queue", "begin_intake"),
+    ("daemon.queue", "Queue", "complete_intake"),
+    ("daemon.queue", "Queue", "claim"),
+    ("daemon.queue", "Queue", "mark_sent"),
+    ("daemon.queue", "Queue", "set_final_path"),
+    ("daemon.queue", "Queue", "mark_done"),
+    ("daemon.queue", "Queue", "get"),
+    ("daemon.filing", None, "fsync_dir"),
+    ("daemon.intake", None, "fsync_dir"),
+    ("daemon.delivery", None, "sha256_file"),
+    ("daemon.intake", None, "sha256_file"),
+    ("structlog._base", "BoundLoggerBase", "_proxy_to_logger"),
+]
+SPENT: dict[str, list[float]] = {}  # name -> [seconds, calls]
+
+
+def timed(module: str, owner: str | None, name: str) -> None:
+    """Wrap one function so the CPU time of every call (this thread's) is summed."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    target = getattr(mod, owner) if owner else mod
+    real = getattr(target, name)
+    label = f"{module.rsplit('.', 1)[-1]}.{owner + '.' if owner else ''}{name}"
+    slot = SPENT.setdefault(label, [0.0, 0])
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.thread_time()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            slot[0] += time.thread_time() - t
+            slot[1] += 1
+
+    setattr(target, name, wrapper)
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread, by its name (from /proc/self/task)."""
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        try:
+            text = Path(f"/proc/self/task/{t.native_id}/stat").read_text()
+        except OSError:
+            continue
+        rest = text[text.rindex(")") + 2 :].split()
+        kind = t.name.rstrip("0123456789-") or t.name
+        out[kind] = out.get(kind, 0.0) + (int(rest[11]) + int(rest[12])) / CLK_TCK
+    return out
 
 
 def run(root: Path, peer: Peer, docs: int, profile: bool) -> tuple[float, list[cProfile.Profile]]:
@@ -49,6 +114,9 @@ def run(root: Path, peer: Peer, docs: int, profile: bool) -> tuple[float, list[c
             profiles.append(prof)
         prof.enable()
 
+    if not profile:
+        for module, owner, name in STAGES:
+            timed(module, owner, name)
     if profile:
         threading.setprofile(boot)  # every thread started from now on: observer, workers
         boot(None, "", None)  # and this one (the main loop)
@@ -60,12 +128,16 @@ def run(root: Path, peer: Peer, docs: int, profile: bool) -> tuple[float, list[c
     assert service.queue is not None
     cpu: list[float] = []
     split: list[tuple[float, float]] = []
+    threads: list[dict[str, float]] = []
 
     def dropper() -> None:
         time.sleep(1.0)
         t = os.times()
         cpu.append(t.user + t.system)
         split.append((t.user, t.system))
+        threads.append(thread_cpu())
+        for slot in SPENT.values():
+            slot[:] = [0.0, 0]
         for name in names:
             drop(d.staged, d.inbox, name)
 
@@ -75,6 +147,7 @@ def run(root: Path, peer: Peer, docs: int, profile: bool) -> tuple[float, list[c
             t = os.times()
             cpu.append(t.user + t.system)
             split.append((t.user, t.system))
+            threads.append(thread_cpu())
         return len(cpu) == 2
 
     threading.Thread(target=dropper, daemon=True).start()
@@ -83,6 +156,13 @@ def run(root: Path, peer: Peer, docs: int, profile: bool) -> tuple[float, list[c
     log.close()
     user, system = (1000 * (b - a) / docs for a, b in zip(*split, strict=True))
     print(f"user {user:.2f} ms, system {system:.2f} ms per document")
+    if not profile:
+        print("CPU per document by thread (ms):")
+        for kind, seconds in sorted(threads[1].items(), key=lambda kv: -kv[1]):
+            print(f"  {kind:<28} {1000 * (seconds - threads[0].get(kind, 0.0)) / docs:7.2f}")
+        print("CPU per document inside each function, callees included (ms, calls per doc):")
+        for label, (seconds, calls) in SPENT.items():
+            print(f"  {label:<40} {1000 * seconds / docs:7.2f} {calls / docs:6.1f}")
     return 1000 * (cpu[1] - cpu[0]) / docs, profiles
 
 
