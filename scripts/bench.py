@@ -597,7 +597,7 @@ def throughput(report: Report, root: Path, peer: Peer, args: argparse.Namespace)
             ratio = cd.rate / ce.rate
             report.target(
                 f"chartdrop/ceiling, {int(delay * 1000)} ms peer (>= {need})",
-                f"{ratio:.2f}",
+                f"{ratio:.3f}",
                 ratio >= need,
             )
             if "naive" in runs:
