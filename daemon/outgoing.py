@@ -2,8 +2,10 @@
 
 The same functions serve the intake (check before queueing, so a bad
 sidecar fails at once with every problem named), ``chartdrop validate``, and
-delivery (build, validate again, send). Delivery re-reads everything from
-the spool, so what is sent is exactly what was checked, plus the file.
+delivery (build, send). Delivery re-reads everything from the spool and
+builds the body again; the model validation is skipped only when this process
+already validated the same inputs under the same config (:class:`_Validated`),
+so what is sent is exactly what was checked, plus the file.
 """
 
 from __future__ import annotations
