@@ -2,22 +2,28 @@
 
 The same functions serve the intake (check before queueing, so a bad
 sidecar fails at once with every problem named), ``chartdrop validate``, and
-delivery (build, validate again, send). Delivery re-reads everything from
-the spool, so what is sent is exactly what was checked, plus the file.
+delivery (build, send). Delivery re-reads everything from the spool and
+builds the body again; the model validation is skipped only when this process
+already validated the same inputs under the same config (:class:`_Validated`),
+so what is sent is exactly what was checked, plus the file.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from daemon import fhir
-from daemon.config import Destination, Settings
+from daemon.config import Destination, RedoxSettings, Settings
 from daemon.content import FileKind, check_kind_matches_extension, detect
 from daemon.errors import ContentError, SidecarError, TooLargeError
 from daemon.fhir import FhirClient
@@ -32,7 +38,7 @@ from daemon.payload import (
     validate_redox,
 )
 from daemon.queue import Job
-from daemon.redox import RedoxClient, SendResult
+from daemon.redox import Embedded, RedoxClient, SendResult
 
 PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"  # a job's DocumentIDs are UUIDs
 
@@ -87,6 +93,43 @@ def check_kind(dest: Destination, kind: FileKind | None, file_name: str) -> File
 NO_FHIR_DELETE = "a sidecar without a document cannot be sent to FHIR"
 
 
+class _Validated:
+    """Bodies this process has already validated, so a job's body is validated once
+    (at intake) and not again at delivery: a bounded map from a fingerprint of the
+    inputs that decide the verdict (the effective sidecar, the file's name and type)
+    to the exact config objects it was validated against. A reload makes new
+    config objects, so nothing validated under the old config is trusted after it.
+    What the fingerprint leaves out is filled by chartdrop with values of a fixed
+    type (DocumentID, EventDateTime, CreationDateTime: text), which cannot change
+    the verdict."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[bytes, tuple[Destination, RedoxSettings]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(dest: Destination, sidecar: dict[str, Any], facts: FileFacts | None) -> bytes:
+        inputs = [sidecar, None if facts is None else (facts.file_name, facts.redox_type)]
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).digest()
+
+    def known(self, key: bytes, dest: Destination, redox: RedoxSettings) -> bool:
+        with self._lock:
+            seen = self._seen.get(key)
+            return seen is not None and seen[0] is dest and seen[1] is redox
+
+    def add(self, key: bytes, dest: Destination, redox: RedoxSettings) -> None:
+        with self._lock:
+            self._seen[key] = (dest, redox)  # holding them: their ids are never reused
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.SIZE:
+                self._seen.popitem(last=False)
+
+
+VALIDATED = _Validated()
+
+
 def redox_body(
     *,
     dest: Destination,
@@ -100,7 +143,15 @@ def redox_body(
     body = build_redox(
         dest=dest, redox=settings.redox, sidecar=sidecar, document_id=document_id, facts=facts
     )
+    try:
+        key = _Validated.key(dest, sidecar, facts)
+    except (TypeError, ValueError):  # not a JSON tree (never from a parsed sidecar): validate
+        key = None
+    if key is not None and VALIDATED.known(key, dest, settings.redox):
+        return body
     validate_redox(body, sidecar, dest.model, has_file=facts is not None)
+    if key is not None:
+        VALIDATED.add(key, dest, settings.redox)
     return body
 
 
@@ -197,10 +248,11 @@ class Sender:
             facts=facts,
         )  # fmt: skip
         if st.st_size <= int(dest.timing("embed_max_bytes")):
-            contents = base64.b64encode(fh.read()).decode("ascii")
-        else:
-            contents = job.blob_uri or upload(fh, kind)
-        attach(body, dest.model, contents)
+            # the base64 bytes go into the encoded JSON as they are (no str round trip)
+            embedded = Embedded(f"chartdrop-file-{uuid.uuid4().hex}", base64.b64encode(fh.read()))
+            attach(body, dest.model, embedded.marker)
+            return self.redox.send(body, embedded)
+        attach(body, dest.model, job.blob_uri or upload(fh, kind))
         return self.redox.send(body)
 
     def _send_sidecar_only(

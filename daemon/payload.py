@@ -20,7 +20,6 @@ errors name fields in plain words and never repeat a value.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import re
 from dataclasses import dataclass
@@ -71,23 +70,37 @@ class FileFacts:
     created: datetime
 
 
+def _tree_copy(value: Any) -> Any:
+    """A copy of a JSON tree (dicts, lists, scalars): what ``copy.deepcopy`` does for
+    one, without its memo bookkeeping (the hot path copies a sidecar per document)."""
+    if isinstance(value, dict):
+        return {k: _tree_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tree_copy(v) for v in value]
+    return value  # str, int, float, bool, None: immutable
+
+
 def merge(defaults: Any, sidecar: Any) -> Any:
     """Deep-merge ``sidecar`` over ``defaults``: objects merge key by key, lists of
     objects merge item by item (so defaults can fill ``Orders[0].Status`` under a
-    sidecar's ``Orders[0].ID``), anything else is replaced by the sidecar's value."""
+    sidecar's ``Orders[0].ID``), anything else is replaced by the sidecar's value.
+    Neither argument is changed, nor shares a container with the result."""
     if isinstance(defaults, dict) and isinstance(sidecar, dict):
-        out = copy.deepcopy(defaults)
+        out = {
+            k: merge(v, sidecar[k]) if k in sidecar else _tree_copy(v) for k, v in defaults.items()
+        }
         for key, value in sidecar.items():
-            out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+            if key not in defaults:
+                out[key] = _tree_copy(value)
         return out
     if isinstance(defaults, list) and isinstance(sidecar, list):
         merged = [
-            merge(d, s) if isinstance(d, dict) and isinstance(s, dict) else copy.deepcopy(s)
+            merge(d, s) if isinstance(d, dict) and isinstance(s, dict) else _tree_copy(s)
             for d, s in zip(defaults, sidecar, strict=False)
         ]
         longer = sidecar if len(sidecar) > len(defaults) else defaults
-        return merged + copy.deepcopy(longer[len(merged) :])
-    return copy.deepcopy(sidecar)
+        return merged + _tree_copy(longer[len(merged) :])
+    return _tree_copy(sidecar)
 
 
 def iso(moment: datetime) -> str:

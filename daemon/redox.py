@@ -19,6 +19,7 @@ response body is read through :func:`read_capped` (at most
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import ssl
 import threading
@@ -181,6 +182,29 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A file's base64 text (ASCII bytes) to go where a body holds ``marker``."""
+
+    marker: str
+    base64: bytes
+
+
+def encode_body(body: dict[str, Any], file: Embedded | None = None) -> bytes:
+    """The JSON bytes httpx's ``json=`` would send (UTF-8, compact, no NaN).
+
+    With ``file``, its base64 bytes replace the one string value ``file.marker``
+    *after* encoding: the file's text is never decoded to ``str``, scanned for
+    escapes or encoded again (base64 needs no JSON escaping)."""
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    if file is None:
+        return raw
+    head, found, tail = raw.partition(json.dumps(file.marker).encode())
+    if not found or file.marker.encode() in tail:
+        raise ValueError("the body must hold the file marker exactly once")
+    return b"".join((head, b'"', file.base64, b'"', tail))
 
 
 @dataclass(frozen=True)
@@ -427,8 +451,15 @@ class RedoxClient(BearerClient):
             )
         return uri
 
-    def send(self, body: dict[str, Any]) -> SendResult:
-        response = self._post("Redox", f"{self.settings.api_url}/endpoint", json=body)
+    def send(self, body: dict[str, Any], file: Embedded | None = None) -> SendResult:
+        """POST ``body`` to ``/endpoint``; ``file``: base64 bytes spliced in where
+        the body holds ``file.marker`` (see :func:`encode_body`)."""
+        response = self._post(
+            "Redox",
+            f"{self.settings.api_url}/endpoint",
+            content=encode_body(body, file),
+            headers={"Content-Type": "application/json"},
+        )
         classify(response, "Redox")
         return SendResult(status=response.status_code, log_id=remote_log_id(response))
 
@@ -436,10 +467,12 @@ class RedoxClient(BearerClient):
 __all__ = [
     "BearerClient",
     "DeliveryError",
+    "Embedded",
     "RedoxClient",
     "SendResult",
     "check_url",
     "classify",
+    "encode_body",
     "make_http_client",
     "read_capped",
     "remote_log_id",

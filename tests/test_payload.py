@@ -433,3 +433,76 @@ def test_fhir_media_resource_validates_with_fhir_resources() -> None:
     resource["content"]["size"] = "many"
     with pytest.raises(SidecarError, match=r"content\.size"):
         fhir.validate_media(resource)
+
+
+# -- the hot path: one validation per job, the file spliced into the JSON --------
+
+
+def test_merge_result_shares_no_container_with_its_inputs() -> None:
+    defaults = {"Media": {"Provider": {"ID": "1"}}, "Tags": [{"a": ["x"]}]}
+    sidecar = {"Media": {"Availability": "Available"}, "Extra": [{"b": {"c": "d"}}]}
+    out = merge(defaults, sidecar)
+    out["Media"]["Provider"]["ID"] = "changed"
+    out["Tags"][0]["a"].append("y")
+    out["Extra"][0]["b"]["c"] = "changed"
+    assert defaults == {"Media": {"Provider": {"ID": "1"}}, "Tags": [{"a": ["x"]}]}
+    assert sidecar == {"Media": {"Availability": "Available"}, "Extra": [{"b": {"c": "d"}}]}
+    assert list(out) == ["Media", "Tags", "Extra"]  # defaults' keys first, as before
+
+
+def test_encode_body_is_httpx_json_with_the_file_spliced_in() -> None:
+    import json
+
+    from daemon.redox import Embedded, encode_body
+
+    data = bytes(range(256)) * 40
+    body = _body("Media", sample_sidecar(first="Zoë"))  # non-ASCII stays UTF-8
+    expected = dict(body, Media=dict(body["Media"], FileContents=base64.b64encode(data).decode()))
+    embedded = Embedded("chartdrop-file-1234", base64.b64encode(data))
+    attach(body, "Media", embedded.marker)
+    raw = encode_body(body, embedded)
+    assert json.loads(raw) == expected
+    assert raw == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    body["Media"]["Note"] = embedded.marker  # a second copy: refused, never guessed
+    with pytest.raises(ValueError, match="exactly once"):
+        encode_body(body, embedded)
+    with pytest.raises(ValueError, match="exactly once"):
+        encode_body(_body("Media", sample_sidecar()), embedded)
+
+
+def test_a_body_is_validated_once_per_config_and_never_passes_a_new_config_unchecked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import daemon.outgoing as outgoing
+
+    calls: list[str] = []
+    real = outgoing.validate_redox
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls.append("validate")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(outgoing, "validate_redox", counting)
+    settings = _settings()
+    sidecar = sample_sidecar(mrn="0000000777")
+    for document_id in ("11111111-1111-4111-8111-111111111111", "doc-2"):
+        outgoing.redox_body(
+            dest=settings.destination[0], settings=settings, sidecar=sidecar,
+            document_id=document_id, facts=FACTS,
+        )  # fmt: skip
+    assert calls == ["validate"]  # intake validated it; delivery does not again
+    other = dict(sidecar, Visit={"VisitNumber": 1234})  # a number is not text
+    with pytest.raises(SidecarError):
+        outgoing.redox_body(
+            dest=settings.destination[0], settings=settings, sidecar=other,
+            document_id="doc-3", facts=FACTS,
+        )  # fmt: skip
+    # After a reload (new config objects) with defaults that make the body invalid,
+    # the same sidecar is validated again and refused.
+    reloaded = _settings(defaults={"Media": {"Availabilty": "Available"}})
+    with pytest.raises(SidecarError, match="Availabilty"):
+        outgoing.redox_body(
+            dest=reloaded.destination[0], settings=reloaded, sidecar=sidecar,
+            document_id="doc-4", facts=FACTS,
+        )  # fmt: skip
+    assert calls == ["validate"] * 3
