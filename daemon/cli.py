@@ -105,11 +105,15 @@ def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.check:
+        return _status_check(args)
+    from daemon.check import take_snapshot
+
     settings = _settings(args)
     queue = _open_queue(settings)
-    status = queue.status()
+    snap = take_snapshot(settings, queue)
     pauses: dict[str, list[dict[str, Any]]] = {}
-    for pause in queue.pauses():
+    for pause in snap.pauses if snap.running else []:  # a dead daemon's pauses are stale
         pauses.setdefault(pause.destination, []).append(
             {
                 "kind": pause.kind,
@@ -120,21 +124,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     intake = read_report(settings.state_dir)  # empty unless the daemon is running
     rows = []
-    for dest in settings.destination:
-        s = status.get(dest.name)
-        seen = intake.get(dest.name, {})
+    names = [d.name for d in settings.destination] + sorted(snap.unconfigured)
+    for name in names:
+        s = snap.status.get(name)
+        seen = intake.get(name, {})
         rows.append(
             {
-                "destination": dest.name,
+                "destination": name,
+                "configured": name not in snap.unconfigured,
+                "daemon_running": snap.running,
                 "queued": s.queued if s else 0,
                 "retrying": s.retrying if s else 0,
                 "in_flight": s.in_flight if s else 0,
                 "awaiting_move": s.awaiting_move if s else 0,
                 "done_today": s.done_today if s else 0,
                 "failed": s.failed if s else 0,
+                "failed_24h": snap.failed_24h.get(name, 0),
+                "in_failed_folder": snap.in_failed_folder.get(name),
+                "awaiting_sidecar": snap.awaiting_sidecar.get(name),
                 "oldest_waiting_seconds": s.oldest_waiting_seconds if s else None,
                 "last_success": _ts(s.last_success_at) if s and s.last_success_at else None,
-                "paused": pauses.get(dest.name, []),
+                "paused": pauses.get(name, []),
                 "incomplete_in_inbox": seen.get("incomplete", 0),
                 "incomplete_since": _ts(seen["incomplete_since"])
                 if seen.get("incomplete_since")
@@ -145,14 +155,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not snap.running:
+        print(
+            "chartdrop is NOT RUNNING (no daemon holds the lock in "
+            f"{settings.state_dir}): nothing is taken in or sent. "
+            "The counts below are what the database holds."
+        )
     header = (
         "destination",
         "queued",
         "retrying",
         "in flight",
         "done today",
-        "failed",
+        "failed 24h",
+        "in failed/",
         "incomplete",
+        "no sidecar",
         "oldest waiting",
         "last success",
     )
@@ -165,8 +183,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             r["retrying"],
             r["in_flight"],
             r["done_today"],
-            r["failed"],
+            r["failed_24h"],
+            "?" if r["in_failed_folder"] is None else r["in_failed_folder"],
             r["incomplete_in_inbox"],
+            "?" if r["awaiting_sidecar"] is None else r["awaiting_sidecar"],
             "-" if oldest is None else f"{oldest:.0f}s",
             r["last_success"] or "-",
         )
@@ -182,7 +202,39 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"PAUSED {name} ({p['kind']}, since {p['since']}): {p['reason']}{retry}. {waiting}."
             )
+    for r in rows:
+        if r["awaiting_sidecar"]:
+            print(
+                f"WAITING {r['destination']}: {r['awaiting_sidecar']} document(s) in the inbox "
+                "have no sidecar yet (sent to failed/ after sidecar_timeout_seconds)."
+            )
+    for name, n in sorted(snap.unconfigured.items()):
+        print(
+            f"NOT CONFIGURED {name}: {n} job(s) wait for a destination that is no longer "
+            "in the config; they go out when it is configured again."
+        )
     return 0
+
+
+def _status_check(args: argparse.Namespace) -> int:
+    """``status --check``: one monitoring-plugin line; UNKNOWN (3) when nothing can be read."""
+    from daemon.check import UNKNOWN, evaluate, take_snapshot
+    from daemon.queue import Queue
+
+    try:
+        settings = _settings(args)
+        queue = (
+            Queue.open_readonly(settings.database_path) if settings.database_path.exists() else None
+        )
+        result = evaluate(settings, take_snapshot(settings, queue))
+    except ConfigError as exc:
+        print(f"CHARTDROP UNKNOWN - {exc.problems[0]}")
+        return UNKNOWN
+    except (sqlite3.DatabaseError, OSError) as exc:
+        print(f"CHARTDROP UNKNOWN - the queue database cannot be read ({type(exc).__name__})")
+        return UNKNOWN
+    print(result.line())
+    return result.code
 
 
 def _job_dict(job: Any) -> dict[str, Any]:
@@ -358,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         "status", cmd_status, "per destination: queued, retrying, in flight, done today, failed"
     )
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--check",
+        action="store_true",
+        help="one monitoring-plugin line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+    )
     j = cmd("jobs", cmd_jobs, "list jobs")
     j.add_argument("--state")
     j.add_argument("-d", "--destination")

@@ -613,3 +613,63 @@ class Queue:
         with self._lock:
             rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return dict.fromkeys(map(str, JobState), 0) | {state: n for state, n in rows}
+
+    # -- monitoring and retry (status --check, metrics, chartdrop retry) ------
+
+    def failed_since(self, since: float) -> dict[str, int]:
+        """Per destination: jobs that went to failed/ at or after ``since``."""
+        sql = (
+            "SELECT destination, COUNT(*) FROM jobs WHERE state = ? AND finished_at >= ?"
+            " GROUP BY destination"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (JobState.FAILED, since)).fetchall()
+        return {dest: int(n) for dest, n in rows}
+
+    def counts_by_destination(self) -> dict[tuple[str, str], int]:
+        """(destination, state) -> number of jobs, for metrics."""
+        sql = "SELECT destination, state, COUNT(*) FROM jobs GROUP BY destination, state"
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return {(dest, state): int(n) for dest, state, n in rows}
+
+    def failed_jobs(
+        self, *, destination: str | None = None, since: float | None = None
+    ) -> list[Job]:
+        """Failed jobs, oldest first (``chartdrop retry --failed``)."""
+        where, params = ["state = ?"], list[object]([JobState.FAILED])
+        if destination is not None:
+            where.append("destination = ?")
+            params.append(destination)
+        if since is not None:
+            where.append("finished_at >= ?")
+            params.append(since)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY finished_at, id"  # noqa: S608
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_job(row) for row in rows]
+
+    def find_prefix(self, prefix: str, *, limit: int = 10) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (hex), for short ids on the command line."""
+        key = prefix.strip().lower()
+        if not key or any(c not in "0123456789abcdef-" for c in key):
+            return []
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (key, key + "g", limit),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def unknown_outcome_failure(self, destination: str, sha256: str) -> Job | None:
+        """The newest failed job of ``destination`` with these bytes whose last try
+        ended without knowing whether it arrived (it may have been filed)."""
+        sql = (
+            "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND sha256 = ?"
+            " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
+            " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
+            " ORDER BY finished_at DESC LIMIT 1"
+        )
+        with self._lock:
+            row = self._conn.execute(sql, (JobState.FAILED, destination, sha256)).fetchone()
+        return None if row is None else _job(row)
