@@ -284,6 +284,70 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_queue(settings: Settings) -> Any:
+    from daemon.queue import Queue
+
+    if not settings.database_path.exists():
+        raise ConfigError(
+            f"no database at {settings.database_path} yet: "
+            "has `chartdrop run` started with this config?"
+        )
+    return Queue(settings.database_path)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from daemon import audit
+    from daemon.retry import retry_job
+
+    if bool(args.jobs) == bool(args.failed):
+        raise ChartdropError("name the jobs to retry, or use --failed (not both)")
+    if (args.destination or args.since) and not args.failed:
+        raise ChartdropError("-d and --since go with --failed")
+    settings = _settings(args)
+    if args.destination and args.destination not in {d.name for d in settings.destination}:
+        raise ChartdropError(f"no destination named {args.destination!r} in the config")
+    queue = _writable_queue(settings)
+    if args.failed:
+        since = audit.parse_when(args.since) if args.since else None
+        jobs = queue.failed_jobs(destination=args.destination, since=since)
+        if not jobs:
+            print("no failed jobs to retry")
+            return 0
+    else:
+        jobs = [_find_job(queue, key) for key in args.jobs]
+    refused = 0
+    for job in jobs:
+        result = retry_job(settings, queue, job)
+        if result.requeued:
+            print(
+                f"requeued {job.id} ({job.destination}), same DocumentID {job.document_id}; "
+                "its note in failed/ was removed"
+            )
+        else:
+            refused += 1
+            print(f"not retried {job.id} ({job.destination}):")
+            for problem in result.problems:
+                print(f"  - {problem}")
+    return EXIT_INVALID if refused else 0
+
+
+def _find_job(queue: Any, key: str) -> Any:
+    """A job by id or by a prefix of at least 4 characters; ambiguity lists the matches."""
+    job = queue.get(key)
+    if job is not None:
+        return job
+    if len(key.strip()) >= 4:
+        matches = queue.find_prefix(key)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            listed = ", ".join(j.id for j in matches[:5])
+            raise ChartdropError(f"{key} matches more than one job: {listed}")
+    elif key.strip():
+        raise ChartdropError(f"{key} is too short: give at least 4 characters of the job id")
+    raise ChartdropError(f"no job with id {key}")
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from daemon import audit
 
@@ -432,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = au.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    rt = cmd("retry", cmd_retry, "requeue failed jobs from failed/, same job and DocumentID")
+    rt.add_argument("jobs", nargs="*", metavar="JOB", help="job ids (4 or more characters)")
+    rt.add_argument("--failed", action="store_true", help="every failed job (see -d, --since)")
+    rt.add_argument("-d", "--destination", help="with --failed: only this destination")
+    rt.add_argument("--since", help="with --failed: failed on or after this date (or today)")
     v = cmd("validate", cmd_validate, "check a sidecar offline, every error at once")
     v.add_argument("sidecar")
     v.add_argument("-d", "--destination", required=True)

@@ -673,3 +673,23 @@ class Queue:
         with self._lock:
             row = self._conn.execute(sql, (JobState.FAILED, destination, sha256)).fetchone()
         return None if row is None else _job(row)
+
+    def requeue_from_failed(
+        self,
+        job_id: str,
+        *,
+        spool_document: str,
+        spool_sidecar: str | None,
+        sidecar_name: str | None,
+    ) -> bool:
+        """failed -> queued (``chartdrop retry``): like :meth:`requeue`, and a sidecar
+        staff added in failed/ since (a missing-sidecar failure) is recorded."""
+        now = self._clock()
+        job = self._move(
+            job_id, JobState.FAILED, JobState.QUEUED, detail="requeued by chartdrop retry",
+            attempts=0, next_attempt_at=now, queued_at=now, spool_document=spool_document,
+            spool_sidecar=spool_sidecar, sidecar_name=sidecar_name, final_path=None,
+            sent_at=None, finished_at=None, blob_uri=None, remote_id=None, http_status=None,
+            last_error=None, error_kind=None,
+        )  # fmt: skip
+        return job is not None
