@@ -661,18 +661,20 @@ class Queue:
             ).fetchall()
         return [_job(row) for row in rows]
 
-    def unknown_outcome_failure(self, destination: str, sha256: str) -> Job | None:
-        """The newest failed job of ``destination`` with these bytes whose last try
-        ended without knowing whether it arrived (it may have been filed)."""
+    def unknown_outcome_failures(self, destination: str, size: int) -> list[Job]:
+        """Failed jobs of ``destination`` with a file of ``size`` bytes, newest first,
+        whose tries ended at least once without knowing whether it arrived (so it may
+        have been filed): a copy moved back by hand must reuse their DocumentID."""
         sql = (
-            "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND sha256 = ?"
+            "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND size = ?"
+            " AND sha256 IS NOT NULL AND sha256 != ''"
             " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
             " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
-            " ORDER BY finished_at DESC LIMIT 1"
+            " ORDER BY finished_at DESC LIMIT 20"
         )
         with self._lock:
-            row = self._conn.execute(sql, (JobState.FAILED, destination, sha256)).fetchone()
-        return None if row is None else _job(row)
+            rows = self._conn.execute(sql, (JobState.FAILED, destination, size)).fetchall()
+        return [_job(row) for row in rows]
 
     def requeue_from_failed(
         self,
@@ -693,3 +695,10 @@ class Queue:
             last_error=None, error_kind=None,
         )  # fmt: skip
         return job is not None
+
+    def failed_with_document_id(self, document_id: str, *, exclude: str) -> list[Job]:
+        """Failed jobs carrying ``document_id`` (other than ``exclude``)."""
+        sql = "SELECT * FROM jobs WHERE document_id = ? AND state = ? AND id != ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (document_id, JobState.FAILED, exclude)).fetchall()
+        return [_job(row) for row in rows]

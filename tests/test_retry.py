@@ -117,3 +117,33 @@ def test_bad_arguments_are_one_sentence(tmp_path: Path, sandbox: Sandbox) -> Non
         result = retry(config, *args)
         assert result.returncode == 2, args
         assert text in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_pair_moved_back_by_hand_after_an_unknown_outcome_keeps_its_document_id(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5, give_up_after_hours=0.0003)
+    with running(config) as r:
+        sandbox.state.set_faults(latency_seconds=1.5)
+        r.drop("CANARY_slow.pdf", sample_pdf("slow"), sample_sidecar())
+        (job,) = r.finished(1)
+        assert (job.state, job.error_kind) == (JobState.FAILED, "gave_up")
+        sandbox.state.set_faults(latency_seconds=0)
+        # staff move the pair back by hand (the documented way), leaving the note
+        (r.failed / "CANARY_slow.pdf.json").rename(r.inbox / "CANARY_slow.pdf.json")
+        (r.failed / "CANARY_slow.pdf").rename(r.inbox / "CANARY_slow.pdf")
+        done = wait_until(lambda: r.jobs(JobState.DONE))
+        assert done[0].id != job.id
+        assert done[0].document_id == job.document_id
+        assert {rec.body["Media"]["DocumentID"] for rec in sandbox.state.received()} == {
+            job.document_id
+        }
+        assert list(r.failed.iterdir()) == []  # the stale note went with it
+        # a different document of the same size is not taken for the same one
+        other = sample_pdf("slOw")
+        assert len(other) == len(sample_pdf("slow"))
+        r.drop("other.pdf", other, sample_sidecar())
+        new = wait_until(
+            lambda: [j for j in r.jobs(JobState.DONE) if j.original_name == "other.pdf"]
+        )
+        assert new[0].document_id != job.document_id
