@@ -42,7 +42,7 @@ from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.intake import InboxEvents, Intake
-from daemon.logs import get_logger
+from daemon.logs import get_logger, where
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
@@ -307,7 +307,9 @@ class Service:
                         exclude_destinations=self.breakers.blocked(),
                     )
                 except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
-                    self.log.error("worker.claim_failed", exc_type=type(exc).__name__)
+                    self.log.error(
+                        "worker.claim_failed", exc_type=type(exc).__name__, frames=where(exc)
+                    )
                     self.stopping.wait(1.0)
                     continue
                 if job is None:
@@ -318,7 +320,12 @@ class Service:
                 try:
                     self.deliverer.process(job)
                 except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
-                    self.log.error("worker.crashed_job", job_id=job.id, exc_type=type(exc).__name__)
+                    self.log.error(
+                        "worker.crashed_job",
+                        job_id=job.id,
+                        exc_type=type(exc).__name__,
+                        frames=where(exc),
+                    )
         finally:
             self.health.forget(name)
 
@@ -345,7 +352,7 @@ class Service:
                     self.filer.finish_pending()
                 self._check_observer()
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; the rescan catches up
-                self.log.error("daemon.tick_failed", exc_type=type(exc).__name__)
+                self.log.error("daemon.tick_failed", exc_type=type(exc).__name__, frames=where(exc))
             self._tell_systemd()
             if until is not None and until():
                 break
