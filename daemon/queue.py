@@ -702,3 +702,21 @@ class Queue:
         with self._lock:
             rows = self._conn.execute(sql, (document_id, JobState.FAILED, exclude)).fetchall()
         return [_job(row) for row in rows]
+
+    def attempt_counts(self) -> dict[tuple[str, str], int]:
+        """(destination, result) -> send attempts that ended that way, from the audit
+        trail: ``sent`` (leased -> sent), ``retry`` (leased -> queued with an error),
+        ``rejected`` (leased -> rejected), for metrics."""
+        sql = """
+            SELECT destination,
+                   CASE WHEN to_state = 'sent' THEN 'sent'
+                        WHEN to_state = 'rejected' THEN 'rejected' ELSE 'retry' END,
+                   COUNT(*)
+            FROM events WHERE from_state = 'leased'
+              AND (to_state IN ('sent', 'rejected')
+                   OR (to_state = 'queued' AND error_kind IS NOT NULL))
+            GROUP BY 1, 2
+        """
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return {(dest, result): int(n) for dest, result, n in rows}

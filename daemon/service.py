@@ -43,6 +43,7 @@ from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger, where
+from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
@@ -191,6 +192,7 @@ class Service:
         self._next_status = 0.0
         self.queue: Queue | None = None
         self.intake: Intake | None = None
+        self.metrics: Metrics | None = None
 
     # -- start-up ---------------------------------------------------------
     def _take_lock(self) -> None:
@@ -257,6 +259,7 @@ class Service:
         self._report_unconfigured()
         self._start_observer()
         self._start_workers()
+        self.metrics = start_metrics(self.settings, self.queue)  # [metrics], off by default
         self.log.info(
             "daemon.started",
             workers=self.settings.workers,
@@ -317,8 +320,11 @@ class Service:
                     self.work.clear()
                     continue
                 self.health.beat(name)
+                started = time.monotonic()
                 try:
                     self.deliverer.process(job)
+                    if self.metrics is not None:
+                        self.metrics.observe_send(job.destination, time.monotonic() - started)
                 except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
                     self.log.error(
                         "worker.crashed_job",
@@ -581,6 +587,8 @@ class Service:
         self.work.set()
         self.notifier.stopping("stopping: finishing in-flight sends")
         self._stop_observers()
+        if self.metrics is not None:
+            self.metrics.close()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for t in self._workers.values():
             t.join(max(0.0, deadline - time.monotonic()))
