@@ -92,6 +92,7 @@ SAFE_KEYS = frozenset(
         "files_unknown",
         "frames",
         "thread",
+        "alert",
     }
 )
 

@@ -33,6 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
+from daemon.alerts import ALERT_CHECK_SECONDS, Alerts, start_alerts
 from daemon.breaker import Breakers
 from daemon.config import Settings, load_settings
 from daemon.delivery import Deliverer
@@ -190,9 +191,11 @@ class Service:
         self._stalled: list[str] = []
         self._next_ping = 0.0
         self._next_status = 0.0
+        self._next_alerts = 0.0
         self.queue: Queue | None = None
         self.intake: Intake | None = None
         self.metrics: Metrics | None = None
+        self.alerts: Alerts | None = None
 
     # -- start-up ---------------------------------------------------------
     def _take_lock(self) -> None:
@@ -260,6 +263,7 @@ class Service:
         self._start_observer()
         self._start_workers()
         self.metrics = start_metrics(self.settings, self.queue)  # [metrics], off by default
+        self.alerts = start_alerts(self.settings, self.queue)  # [alerts] command, webhook_url
         self.log.info(
             "daemon.started",
             workers=self.settings.workers,
@@ -357,6 +361,9 @@ class Service:
                     last_moves = time.monotonic()
                     self.filer.finish_pending()
                 self._check_observer()
+                if self.alerts is not None and time.monotonic() >= self._next_alerts:
+                    self._next_alerts = time.monotonic() + ALERT_CHECK_SECONDS
+                    self.alerts.check()
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; the rescan catches up
                 self.log.error("daemon.tick_failed", exc_type=type(exc).__name__, frames=where(exc))
             self._tell_systemd()
@@ -589,6 +596,8 @@ class Service:
         self._stop_observers()
         if self.metrics is not None:
             self.metrics.close()
+        if self.alerts is not None:
+            self.alerts.close()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for t in self._workers.values():
             t.join(max(0.0, deadline - time.monotonic()))
