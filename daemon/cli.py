@@ -61,6 +61,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return service.run()
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the daemon and wait for its answer (systemd's ExecReload=)."""
+    from daemon.reloading import request_reload
+
+    settings = _settings(args)
+    answer = request_reload(settings.state_dir, args.pid, timeout=args.timeout)
+    if answer.get("ok"):
+        print("reloaded: the daemon runs with the new config")
+        return 0
+    problems = [str(p) for p in answer.get("problems") or []]
+    print(
+        "chartdrop: the daemon refused the new config and keeps running with the old one:",
+        file=sys.stderr,
+    )
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from daemon.service import Service, folder_problems
 
@@ -468,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     cmd("run", cmd_run, "run the daemon (systemd's ExecStart)")
+    rl = cmd("reload", cmd_reload, "reload the running daemon's config and wait for its answer")
+    rl.add_argument("--pid", type=int, required=True, help="the daemon's pid (systemd: $MAINPID)")
+    rl.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     c = cmd("check", cmd_check, "validate the config, folders and permissions")
     c.add_argument("--online", action="store_true", help="also authenticate with Redox")
     s = cmd(

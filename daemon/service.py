@@ -34,7 +34,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from daemon.alerts import ALERT_CHECK_SECONDS, Alerts, start_alerts
-from daemon.breaker import Breakers
+from daemon.breaker import AUTH, Breakers
 from daemon.config import Settings, load_settings
 from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
@@ -50,6 +50,7 @@ from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
 from daemon.redox import RedoxClient, make_http_client
+from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
 
 TICK_SECONDS = 0.25
@@ -162,6 +163,7 @@ def _client_inputs(settings: Settings) -> tuple[object, ...]:
         settings.read_timeout_seconds,
         settings.write_timeout_seconds,
         settings.pool_timeout_seconds,
+        secret_fingerprints(settings),  # a key file replaced under the same name
     )
 
 
@@ -192,6 +194,7 @@ class Service:
         self._next_ping = 0.0
         self._next_status = 0.0
         self._next_alerts = 0.0
+        self._client_inputs: tuple[object, ...] = ()  # what the running clients were built from
         self.queue: Queue | None = None
         self.intake: Intake | None = None
         self.metrics: Metrics | None = None
@@ -285,8 +288,10 @@ class Service:
     def _new_sender(self, settings: Settings) -> Sender:
         """The daemon's clients (start and reload): every step of their HTTP requests
         beats the calling worker's heartbeat (:mod:`daemon.health`)."""
+        inputs = _client_inputs(settings)  # before the files are read: a later change is seen
         sender = self.make_sender(settings)
         self.health.watch_http(sender.redox.http)
+        self._client_inputs = inputs
         return sender
 
     def _start_workers(self) -> None:
@@ -483,6 +488,7 @@ class Service:
             new, sender = self._prepare_reload()
         except ConfigError as exc:
             self.log.error("daemon.reload_refused", problems=exc.problems)
+            self._answer_reload(ok=False, problems=exc.problems)
             self.notifier.ready(self.status_text())
             return False
         old = self.settings
@@ -504,9 +510,21 @@ class Service:
             needs_restart=restart_only or None,
         )
         self._report_unconfigured()
+        if sender is not None and self.queue is not None:  # new credentials: retry auth now
+            for pause in [p for p in self.queue.pauses() if p.kind == AUTH]:
+                self.breakers.forget(pause.destination)
+                self.queue.make_due(pause.destination)
+        self._answer_reload(ok=True, problems=[])
         self.work.set()
         self.notifier.ready(self.status_text())
         return True
+
+    def _answer_reload(self, *, ok: bool, problems: list[str]) -> None:
+        """For `chartdrop reload` (ExecReload=), which waits for this answer."""
+        try:
+            write_result(self.settings.state_dir, ok=ok, problems=problems)
+        except OSError as exc:
+            self.log.error("daemon.reload_answer_failed", exc_type=type(exc).__name__)
 
     def _prepare_reload(self) -> tuple[Settings, Sender | None]:
         """Load and check the new file; build new API clients if their inputs changed.
@@ -519,7 +537,7 @@ class Service:
             problems.append("state_dir and spool_dir cannot change while running; restart")
         if problems:
             raise ConfigError(problems)
-        if _client_inputs(new) == _client_inputs(self.settings):
+        if _client_inputs(new) == self._client_inputs:
             return new, None
         return new, self._new_sender(new)
 

@@ -47,7 +47,8 @@ def test_unit_runs_the_installed_entry_point_without_a_shell() -> None:
     for directive in (
         "Type=notify",
         "NotifyAccess=main",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/opt/chartdrop/venv/bin/chartdrop reload -c /etc/chartdrop/chartdrop.toml"
+        " --pid $MAINPID",
         "User=chartdrop",
         "SupplementaryGroups=chartdrop-scan",
         "ReadWritePaths=/srv/chartdrop",
