@@ -26,6 +26,15 @@ EXIT_ERROR = 2
 EXIT_INVALID = 1
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chartdrop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config_path(args.config))
 
@@ -273,16 +282,29 @@ def _job_dict(job: Any) -> dict[str, Any]:
     }
 
 
+JOB_STATES = ("intake", "queued", "retrying", "leased", "sent", "rejected", "done", "failed",
+              "abandoned")  # fmt: skip
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    queue = _open_queue(_settings(args))
-    states = [args.state] if args.state else []
-    jobs = [
-        _job_dict(j)
-        for j in queue.jobs(states=states, destination=args.destination, limit=args.limit)
-    ]
+    settings = _settings(args)
+    queue = _open_queue(settings)
+    configured = {d.name for d in settings.destination}
+    if (
+        args.destination
+        and args.destination not in configured
+        and not queue.jobs(destination=args.destination, limit=1)  # a removed one's jobs stay
+    ):
+        raise ChartdropError(f"no destination named {args.destination!r} in the config")
+    retrying = args.state == "retrying"  # queued again after at least one failed attempt
+    states = ["queued"] if retrying else [args.state] if args.state else []
+    found = queue.jobs(states=states, destination=args.destination, limit=args.limit)
+    jobs = [_job_dict(j) for j in found if not retrying or j.attempts > 0]
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
+    if not jobs:
+        print("no jobs")
     for j in jobs:
         print(
             f"{j['id']}  {j['destination']:<12} {j['state']:<9} attempts={j['attempts']} "
@@ -292,14 +314,36 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from daemon import audit
+
     queue = _open_queue(_settings(args))
-    job = queue.get(args.job)
-    if job is None:
-        raise ChartdropError(f"no job with id {args.job}")
+    job = _find_job(queue, args.job)
     data = _job_dict(job)
     data["last_error"] = job.last_error
     data["events"] = queue.events(job.id)
-    print(json.dumps(data, indent=2, default=str))
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for key in ("id", "destination", "state", "attempts", "document_id", "size", "sha256",
+                "remote_id", "http_status", "error_kind", "created", "updated"):  # fmt: skip
+        if data[key] not in (None, ""):
+            print(f"{key.replace('_', ' ') + ':':<14}{data[key]}")
+    if job.last_error:
+        print("last error:")
+        for line in job.last_error.splitlines():
+            print(f"  {line}")
+    print("history:")
+    for event in data["events"]:
+        extra = [
+            f"HTTP {event['http_status']}" if event.get("http_status") else "",
+            event.get("error_kind") or "",
+            f"remote {event['remote_id']}" if event.get("remote_id") else "",
+            event.get("detail") or "",
+        ]
+        print(
+            f"  {_ts(event['at'])}  {audit.outcome(event):<10} attempt {event['attempt']}"
+            + "".join(f"  {x}" for x in extra if x)
+        )
     return 0
 
 
@@ -381,7 +425,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from daemon.outgoing import check_sidecar
+    from daemon.outgoing import check_sidecar, effective_sidecar
     from daemon.sidecar import read_sidecar
 
     settings = _settings(args)
@@ -395,7 +439,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         check_sidecar(
             dest=dest,
             settings=settings,
-            sidecar=data,
+            sidecar=data if alone else effective_sidecar(dest, data, args.file_name),
             file_name=args.file_name,
             redox_type=None if alone else "PDF",
         )
@@ -425,12 +469,26 @@ def _copy_in(src: Path, inbox: Path) -> Path:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
+    from daemon.intake import judge
+
     settings = _settings(args)
     try:
         dest = settings.get_destination(args.destination)
     except KeyError:
         raise ChartdropError(f"no destination named {args.destination!r} in the config") from None
     doc, side = Path(args.file), Path(args.sidecar)
+    for path, what in ((doc, "document"), (side, "sidecar")):
+        if not path.is_file():
+            raise ChartdropError(f"the {what} {path} does not exist or is not a file")
+    verdict = judge(dest, settings, doc, side)  # the daemon's own checks, before any copy
+    problems = (
+        [f"the document is incomplete: {verdict.incomplete}"] if verdict.incomplete else []
+    ) + (verdict.rejection[1].splitlines() if verdict.rejection else [])
+    if problems:
+        print(f"not dropped: the pair would fail in destination {dest.name}:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_INVALID
     tmp_doc = _copy_in(doc, dest.inbox)
     tmp_side = _copy_in(side, dest.inbox)
     try:
@@ -453,7 +511,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
     finally:
         tmp_doc.unlink(missing_ok=True)
         tmp_side.unlink(missing_ok=True)
-    print(f"dropped into destination {dest.name}")
+    # The caller's own file name, shown to the caller (never logged).
+    print(f"dropped into destination {dest.name} as {dest.inbox / name}")
     return 0
 
 
@@ -471,8 +530,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="chartdrop", description=__doc__.split(".")[0] if __doc__ else None
+        prog="chartdrop",
+        description="chartdrop files scanned documents into patient charts through Redox or FHIR.",
     )
+    p.add_argument("--version", action="version", version=f"chartdrop {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
@@ -502,12 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one monitoring-plugin line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
     )
     j = cmd("jobs", cmd_jobs, "list jobs")
-    j.add_argument("--state")
+    j.add_argument("--state", choices=JOB_STATES, help="retrying: queued after a failed attempt")
     j.add_argument("-d", "--destination")
     j.add_argument("--limit", type=int, default=100)
     j.add_argument("--json", action="store_true")
     sh = cmd("show", cmd_show, "one job's history")
-    sh.add_argument("job")
+    sh.add_argument("job", help="a job id, or its first 4 or more characters")
+    sh.add_argument("--json", action="store_true")
     au = cmd("audit", cmd_audit, "export the audit trail (every state change, no patient data)")
     au.add_argument(
         "--since", required=True, help="YYYY-MM-DD (local midnight) or an ISO date and time"
@@ -595,6 +657,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `chartdrop audit | head`: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not complain
+        return 0
     except OSError as exc:
         print(f"chartdrop: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
