@@ -516,6 +516,18 @@ def cmd_drop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from daemon.keys import describe, new_key
+
+    path = Path(args.out)
+    jwks = new_key(path, args.kid)
+    if args.jwks_only:
+        print(json.dumps(jwks, indent=2))
+    else:
+        print(describe(jwks, path))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from daemon.demo import run_sandbox
 
@@ -597,6 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("file")
     d.add_argument("--sidecar", required=True)
     d.add_argument("-d", "--destination", required=True)
+    k = cmd("keys", cmd_keys, "make the Redox signed-JWT key pair", config=False)
+    k.add_argument("action", choices=["new"], help="new: write a private key, print the JWKS")
+    k.add_argument("--out", default="redox-key.pem", help="private key file (mode 0600)")
+    k.add_argument("--kid", help="the key id (default: a new UUID)")
+    k.add_argument("--jwks-only", action="store_true", help="print only the public JWKS")
     sb = cmd("sandbox", cmd_sandbox, "run the local Redox-compatible API alone", config=False)
     sb.add_argument("--port", type=int, default=8765)
     sb.add_argument("--dir", default="chartdrop-sandbox", help="where keys and blobs are kept")

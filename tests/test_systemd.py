@@ -53,7 +53,7 @@ def test_unit_runs_the_installed_entry_point_without_a_shell() -> None:
         "SupplementaryGroups=chartdrop-scan",
         "ReadWritePaths=/srv/chartdrop",
         "UMask=0077",
-        "LoadCredential=redox-key:/etc/chartdrop/credentials/redox-key.pem",
+        "LoadCredential=redox-key:/etc/chartdrop/credentials/redox-key",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     ):
         assert directive in unit_lines()
