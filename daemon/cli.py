@@ -11,51 +11,17 @@ import shutil
 import sqlite3
 import sys
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from daemon import logs
+from daemon.cli_common import EXIT_ERROR, EXIT_INVALID, settings_from, version_text
+from daemon.cli_jobs import JOB_STATES, cmd_audit, cmd_jobs, cmd_retry, cmd_show
+from daemon.cli_status import cmd_status
 from daemon.config import Settings, config_path, load_settings
 from daemon.errors import ChartdropError, ConfigError, InputError
 from daemon.fsutil import fsync_dir, rename_noreplace
-from daemon.inboxes import read_report
 from daemon.names import suffixed
-
-EXIT_ERROR = 2
-EXIT_INVALID = 1
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("chartdrop")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(config_path(args.config))
-
-
-def _open_queue(settings: Settings) -> Any:
-    from daemon.queue import Queue
-
-    if not settings.database_path.exists():
-        raise ConfigError(
-            f"no database at {settings.database_path} yet: "
-            "has `chartdrop run` started with this config?"
-        )
-    return Queue.open_readonly(settings.database_path)
-
-
-def _ts(value: float | None) -> str:
-    return (
-        "-"
-        if value is None
-        else datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -74,7 +40,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     """SIGHUP the daemon and wait for its answer (systemd's ExecReload=)."""
     from daemon.reloading import request_reload
 
-    settings = _settings(args)
+    settings = settings_from(args)
     answer = request_reload(settings.state_dir, args.pid, timeout=args.timeout)
     if answer.get("ok"):
         print("reloaded: the daemon runs with the new config")
@@ -92,7 +58,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from daemon.service import Service, folder_problems
 
-    settings = _settings(args)
+    settings = settings_from(args)
     problems = folder_problems(settings)
     for key_name, key in secret_files(settings):
         if key is None or not key.is_file():
@@ -132,303 +98,11 @@ def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
     return out
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    if args.check:
-        return _status_check(args)
-    from daemon.check import take_snapshot
-
-    settings = _settings(args)
-    queue = _open_queue(settings)
-    snap = take_snapshot(settings, queue)
-    pauses: dict[str, list[dict[str, Any]]] = {}
-    for pause in snap.pauses if snap.running else []:  # a dead daemon's pauses are stale
-        pauses.setdefault(pause.destination, []).append(
-            {
-                "kind": pause.kind,
-                "reason": pause.reason,
-                "since": _ts(pause.since),
-                "next_try": _ts(pause.until) if pause.until is not None else None,
-            }
-        )
-    intake = read_report(settings.state_dir)  # empty unless the daemon is running
-    rows = []
-    names = [d.name for d in settings.destination] + sorted(snap.unconfigured)
-    for name in names:
-        s = snap.status.get(name)
-        seen = intake.get(name, {})
-        rows.append(
-            {
-                "destination": name,
-                "configured": name not in snap.unconfigured,
-                "daemon_running": snap.running,
-                "queued": s.queued if s else 0,
-                "retrying": s.retrying if s else 0,
-                "in_flight": s.in_flight if s else 0,
-                "awaiting_move": s.awaiting_move if s else 0,
-                "done_today": s.done_today if s else 0,
-                "failed": s.failed if s else 0,
-                "failed_24h": snap.failed_24h.get(name, 0),
-                "in_failed_folder": snap.in_failed_folder.get(name),
-                "awaiting_sidecar": snap.awaiting_sidecar.get(name),
-                "oldest_waiting_seconds": s.oldest_waiting_seconds if s else None,
-                "last_success": _ts(s.last_success_at) if s and s.last_success_at else None,
-                "paused": pauses.get(name, []),
-                "incomplete_in_inbox": seen.get("incomplete", 0),
-                "incomplete_since": _ts(seen["incomplete_since"])
-                if seen.get("incomplete_since")
-                else None,
-                "intake_errors": seen.get("errors", 0),
-            }
-        )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not snap.running:
-        print(
-            "chartdrop is NOT RUNNING (no daemon holds the lock in "
-            f"{settings.state_dir}): nothing is taken in or sent. "
-            "The counts below are what the database holds."
-        )
-    header = (
-        "destination",
-        "queued",
-        "retrying",
-        "in flight",
-        "done today",
-        "failed 24h",
-        "in failed/",
-        "incomplete",
-        "no sidecar",
-        "oldest waiting",
-        "last success",
-    )
-    print("  ".join(f"{h:>12}" for h in header))
-    for r in rows:
-        oldest = r["oldest_waiting_seconds"]
-        cells = (
-            r["destination"],
-            r["queued"],
-            r["retrying"],
-            r["in_flight"],
-            r["done_today"],
-            r["failed_24h"],
-            "?" if r["in_failed_folder"] is None else r["in_failed_folder"],
-            r["incomplete_in_inbox"],
-            "?" if r["awaiting_sidecar"] is None else r["awaiting_sidecar"],
-            "-" if oldest is None else f"{oldest:.0f}s",
-            r["last_success"] or "-",
-        )
-        print("  ".join(f"{c!s:>12}" for c in cells))
-    for name, items in pauses.items():
-        for p in items:
-            retry = f"; next try {p['next_try']}" if p["next_try"] else ""
-            waiting = (
-                "New documents wait in the inbox"
-                if p["kind"] == "folder_missing"
-                else "Documents wait in the queue"
-            )
-            print(
-                f"PAUSED {name} ({p['kind']}, since {p['since']}): {p['reason']}{retry}. {waiting}."
-            )
-    for r in rows:
-        if r["awaiting_sidecar"]:
-            print(
-                f"WAITING {r['destination']}: {r['awaiting_sidecar']} document(s) in the inbox "
-                "have no sidecar yet (sent to failed/ after sidecar_timeout_seconds)."
-            )
-    for name, n in sorted(snap.unconfigured.items()):
-        print(
-            f"NOT CONFIGURED {name}: {n} job(s) wait for a destination that is no longer "
-            "in the config; they go out when it is configured again."
-        )
-    return 0
-
-
-def _status_check(args: argparse.Namespace) -> int:
-    """``status --check``: one monitoring-plugin line; UNKNOWN (3) when nothing can be read."""
-    from daemon.check import UNKNOWN, evaluate, take_snapshot
-    from daemon.queue import Queue
-
-    try:
-        settings = _settings(args)
-        queue = (
-            Queue.open_readonly(settings.database_path) if settings.database_path.exists() else None
-        )
-        result = evaluate(settings, take_snapshot(settings, queue))
-    except ConfigError as exc:
-        print(f"CHARTDROP UNKNOWN - {exc.problems[0]}")
-        return UNKNOWN
-    except (sqlite3.DatabaseError, OSError) as exc:
-        print(f"CHARTDROP UNKNOWN - the queue database cannot be read ({type(exc).__name__})")
-        return UNKNOWN
-    print(result.line())
-    return result.code
-
-
-def _job_dict(job: Any) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "destination": job.destination,
-        "state": str(job.state),
-        "attempts": job.attempts,
-        "document_id": job.document_id,
-        "size": job.size,
-        "sha256": job.sha256,
-        "remote_id": job.remote_id,
-        "http_status": job.http_status,
-        "error_kind": job.error_kind,
-        "created": _ts(job.created_at),
-        "updated": _ts(job.updated_at),
-    }
-
-
-JOB_STATES = ("intake", "queued", "retrying", "leased", "sent", "rejected", "done", "failed",
-              "abandoned")  # fmt: skip
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    queue = _open_queue(settings)
-    configured = {d.name for d in settings.destination}
-    if (
-        args.destination
-        and args.destination not in configured
-        and not queue.jobs(destination=args.destination, limit=1)  # a removed one's jobs stay
-    ):
-        raise ChartdropError(f"no destination named {args.destination!r} in the config")
-    retrying = args.state == "retrying"  # queued again after at least one failed attempt
-    states = ["queued"] if retrying else [args.state] if args.state else []
-    found = queue.jobs(states=states, destination=args.destination, limit=args.limit)
-    jobs = [_job_dict(j) for j in found if not retrying or j.attempts > 0]
-    if args.json:
-        print(json.dumps(jobs, indent=2))
-        return 0
-    if not jobs:
-        print("no jobs")
-    for j in jobs:
-        print(
-            f"{j['id']}  {j['destination']:<12} {j['state']:<9} attempts={j['attempts']} "
-            f"size={j['size']} error={j['error_kind'] or '-'} updated={j['updated']}"
-        )
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from daemon import audit
-
-    queue = _open_queue(_settings(args))
-    job = _find_job(queue, args.job)
-    data = _job_dict(job)
-    data["last_error"] = job.last_error
-    data["events"] = queue.events(job.id)
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-        return 0
-    for key in ("id", "destination", "state", "attempts", "document_id", "size", "sha256",
-                "remote_id", "http_status", "error_kind", "created", "updated"):  # fmt: skip
-        if data[key] not in (None, ""):
-            print(f"{key.replace('_', ' ') + ':':<14}{data[key]}")
-    if job.last_error:
-        print("last error:")
-        for line in job.last_error.splitlines():
-            print(f"  {line}")
-    print("history:")
-    for event in data["events"]:
-        extra = [
-            f"HTTP {event['http_status']}" if event.get("http_status") else "",
-            event.get("error_kind") or "",
-            f"remote {event['remote_id']}" if event.get("remote_id") else "",
-            event.get("detail") or "",
-        ]
-        print(
-            f"  {_ts(event['at'])}  {audit.outcome(event):<10} attempt {event['attempt']}"
-            + "".join(f"  {x}" for x in extra if x)
-        )
-    return 0
-
-
-def _writable_queue(settings: Settings) -> Any:
-    from daemon.queue import Queue
-
-    if not settings.database_path.exists():
-        raise ConfigError(
-            f"no database at {settings.database_path} yet: "
-            "has `chartdrop run` started with this config?"
-        )
-    return Queue(settings.database_path)
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    from daemon import audit
-    from daemon.retry import retry_job
-
-    if bool(args.jobs) == bool(args.failed):
-        raise ChartdropError("name the jobs to retry, or use --failed (not both)")
-    if (args.destination or args.since) and not args.failed:
-        raise ChartdropError("-d and --since go with --failed")
-    settings = _settings(args)
-    if args.destination and args.destination not in {d.name for d in settings.destination}:
-        raise ChartdropError(f"no destination named {args.destination!r} in the config")
-    queue = _writable_queue(settings)
-    if args.failed:
-        since = audit.parse_when(args.since) if args.since else None
-        jobs = queue.failed_jobs(destination=args.destination, since=since)
-        if not jobs:
-            print("no failed jobs to retry")
-            return 0
-    else:
-        jobs = [_find_job(queue, key) for key in args.jobs]
-    refused = 0
-    for job in jobs:
-        result = retry_job(settings, queue, job)
-        if result.requeued:
-            print(
-                f"requeued {job.id} ({job.destination}), same DocumentID {job.document_id}; "
-                "its note in failed/ was removed"
-            )
-        else:
-            refused += 1
-            print(f"not retried {job.id} ({job.destination}):")
-            for problem in result.problems:
-                print(f"  - {problem}")
-    return EXIT_INVALID if refused else 0
-
-
-def _find_job(queue: Any, key: str) -> Any:
-    """A job by id or by a prefix of at least 4 characters; ambiguity lists the matches."""
-    job = queue.get(key)
-    if job is not None:
-        return job
-    if len(key.strip()) >= 4:
-        matches = queue.find_prefix(key)
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            listed = ", ".join(j.id for j in matches[:5])
-            raise ChartdropError(f"{key} matches more than one job: {listed}")
-    elif key.strip():
-        raise ChartdropError(f"{key} is too short: give at least 4 characters of the job id")
-    raise ChartdropError(f"no job with id {key}")
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from daemon import audit
-
-    since = audit.parse_when(args.since)
-    until = audit.parse_when(args.until, end=True) if args.until else None
-    queue = _open_queue(_settings(args))
-    events = queue.audit_rows(
-        since=since, until=until, destination=args.destination, sha256=args.sha256
-    )
-    audit.write(sys.stdout, "json" if args.json else "csv" if args.csv else "text", events)
-    return 0
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from daemon.outgoing import check_sidecar, effective_sidecar
     from daemon.sidecar import read_sidecar
 
-    settings = _settings(args)
+    settings = settings_from(args)
     try:
         dest = settings.get_destination(args.destination)
     except KeyError:
@@ -471,7 +145,7 @@ def _copy_in(src: Path, inbox: Path) -> Path:
 def cmd_drop(args: argparse.Namespace) -> int:
     from daemon.intake import judge
 
-    settings = _settings(args)
+    settings = settings_from(args)
     try:
         dest = settings.get_destination(args.destination)
     except KeyError:
@@ -545,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chartdrop",
         description="chartdrop files scanned documents into patient charts through Redox or FHIR.",
     )
-    p.add_argument("--version", action="version", version=f"chartdrop {_version()}")
+    p.add_argument("--version", action="version", version=f"chartdrop {version_text()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
