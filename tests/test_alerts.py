@@ -144,3 +144,40 @@ def test_webhook_gets_the_same_facts_as_json(tmp_path: Path, sandbox: Sandbox) -
 def test_a_plain_http_webhook_is_refused() -> None:
     with pytest.raises(ValueError, match="https"):
         AlertsSettings(webhook_url="http://alerts.example.org/x")
+
+
+def test_a_hanging_command_is_killed_after_its_timeout(
+    tmp_path: Path, log_stream: io.StringIO
+) -> None:
+    from daemon.alerts import Alerts
+    from daemon.config import Settings
+    from daemon.queue import Queue
+
+    (tmp_path / "in").mkdir()
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        destination=[
+            {
+                "name": "d",
+                "inbox": tmp_path / "in",
+                "done": tmp_path / "o",
+                "failed": tmp_path / "f",
+                "redox_destination_id": "x",
+            }  # fmt: skip
+        ],
+        alerts={
+            "command": [sys.executable, "-c", "import time; time.sleep(30)"],
+            "command_timeout_seconds": 0.5,
+        },
+    )
+    with Queue(tmp_path / "q.sqlite3") as queue:
+        alerts = Alerts(settings, queue)
+        assert alerts.fire("destination.paused", "d", reason="outage")
+        assert not alerts.fire("destination.paused", "d", reason="outage")  # repeat_minutes
+        alerts.close(timeout=10)
+    (failed,) = events(log_stream, "alert.failed")
+    assert (failed["kind"], failed["reason"], failed["alert"]) == (
+        "command",
+        "timeout",
+        "destination.paused",
+    )
