@@ -163,7 +163,7 @@ def test_a_hanging_command_is_killed_after_its_timeout(
                 "done": tmp_path / "o",
                 "failed": tmp_path / "f",
                 "redox_destination_id": "x",
-            }  # fmt: skip
+            }
         ],
         alerts={
             "command": [sys.executable, "-c", "import time; time.sleep(30)"],
