@@ -88,6 +88,19 @@ def count_awaiting_sidecar(dest: Destination) -> int | None:
     return count
 
 
+def can_tell_if_running(settings: Settings) -> bool:
+    """False when this user may not open the state directory's lock (e.g. a monitoring
+    agent that is not ``chartdrop``): "not running" would then be a guess."""
+    try:
+        fd = os.open(settings.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:
+        return False
+    except OSError:
+        return True  # no lock file: no daemon ever ran here, or it is gone
+    os.close(fd)
+    return True
+
+
 def take_snapshot(settings: Settings, queue: Queue | None, *, now: float | None = None) -> Snapshot:
     """Read the queue (``None``: no database yet) and the folders."""
     now = time.time() if now is None else now

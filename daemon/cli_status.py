@@ -127,11 +127,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _status_check(args: argparse.Namespace) -> int:
     """``status --check``: one monitoring-plugin line; UNKNOWN (3) when nothing can be read."""
-    from daemon.check import UNKNOWN, evaluate, take_snapshot
+    from daemon.check import UNKNOWN, can_tell_if_running, evaluate, take_snapshot
     from daemon.queue import Queue
 
     try:
         settings = settings_from(args)
+        if not can_tell_if_running(settings):
+            print(
+                f"CHARTDROP UNKNOWN - no permission to read {settings.lock_path}; "
+                "run the check as the chartdrop user"
+            )
+            return UNKNOWN
         queue = (
             Queue.open_readonly(settings.database_path) if settings.database_path.exists() else None
         )

@@ -153,3 +153,32 @@ def test_plain_status_shows_documents_without_sidecar_and_removed_destinations(
         assert code == 1 and "1 job(s) wait for consents, which is no longer configured" in line
         assert "CANARY" not in out + line
         (r.inbox / "CANARY_no_sidecar.pdf").unlink()
+
+
+def test_a_user_who_may_not_read_the_lock_gets_unknown_not_a_false_critical(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    import os
+    import shutil
+
+    import pytest
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+    config = write_config(tmp_path, sandbox)
+    with running(config):
+        lock = tmp_path / "state" / "chartdrop.lock"
+        lock.chmod(0)
+        result = subprocess.run(
+            [*prefix, CHARTDROP, "status", "--check", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        lock.chmod(0o600)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("CHARTDROP UNKNOWN - no permission to read")
