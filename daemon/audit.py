@@ -64,7 +64,12 @@ def outcome(event: dict[str, Any]) -> str:
 def parse_when(text: str, *, end: bool = False) -> float:
     """Epoch seconds of ``YYYY-MM-DD`` (local midnight; with ``end``, the next
     midnight, so the whole day is included) or of an ISO 8601 date and time
-    (local time unless it carries an offset)."""
+    (local time unless it carries an offset); ``today`` and ``yesterday`` too."""
+    words = {"today": 0, "yesterday": -1}
+    if text.strip().lower() in words:
+        midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        day = midnight + timedelta(days=words[text.strip().lower()])
+        return (day + timedelta(days=1 if end else 0)).timestamp()
     try:
         if len(text) == 10:
             day = datetime.strptime(text, "%Y-%m-%d")  # local midnight, on purpose
@@ -72,7 +77,7 @@ def parse_when(text: str, *, end: bool = False) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ChartdropError(
-            f"{text!r} is not a date (YYYY-MM-DD) or an ISO date and time"
+            f"{text!r} is not a date (YYYY-MM-DD, today, yesterday) or an ISO date and time"
         ) from None
 
 

@@ -11,42 +11,17 @@ import shutil
 import sqlite3
 import sys
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from daemon import logs
+from daemon.cli_common import EXIT_ERROR, EXIT_INVALID, settings_from, version_text
+from daemon.cli_jobs import JOB_STATES, cmd_audit, cmd_jobs, cmd_retry, cmd_show
+from daemon.cli_status import cmd_status
 from daemon.config import Settings, config_path, load_settings
 from daemon.errors import ChartdropError, ConfigError, InputError
 from daemon.fsutil import fsync_dir, rename_noreplace
-from daemon.inboxes import read_report
 from daemon.names import suffixed
-
-EXIT_ERROR = 2
-EXIT_INVALID = 1
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(config_path(args.config))
-
-
-def _open_queue(settings: Settings) -> Any:
-    from daemon.queue import Queue
-
-    if not settings.database_path.exists():
-        raise ConfigError(
-            f"no database at {settings.database_path} yet: "
-            "has `chartdrop run` started with this config?"
-        )
-    return Queue.open_readonly(settings.database_path)
-
-
-def _ts(value: float | None) -> str:
-    return (
-        "-"
-        if value is None
-        else datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -61,10 +36,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return service.run()
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the daemon and wait for its answer (systemd's ExecReload=)."""
+    from daemon.reloading import request_reload
+
+    settings = settings_from(args)
+    answer = request_reload(settings.state_dir, args.pid, timeout=args.timeout)
+    if answer.get("ok"):
+        print("reloaded: the daemon runs with the new config")
+        return 0
+    problems = [str(p) for p in answer.get("problems") or []]
+    print(
+        "chartdrop: the daemon refused the new config and keeps running with the old one:",
+        file=sys.stderr,
+    )
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from daemon.service import Service, folder_problems
 
-    settings = _settings(args)
+    settings = settings_from(args)
     problems = folder_problems(settings)
     for key_name, key in secret_files(settings):
         if key is None or not key.is_file():
@@ -104,152 +98,11 @@ def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
     return out
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    queue = _open_queue(settings)
-    status = queue.status()
-    pauses: dict[str, list[dict[str, Any]]] = {}
-    for pause in queue.pauses():
-        pauses.setdefault(pause.destination, []).append(
-            {
-                "kind": pause.kind,
-                "reason": pause.reason,
-                "since": _ts(pause.since),
-                "next_try": _ts(pause.until) if pause.until is not None else None,
-            }
-        )
-    intake = read_report(settings.state_dir)  # empty unless the daemon is running
-    rows = []
-    for dest in settings.destination:
-        s = status.get(dest.name)
-        seen = intake.get(dest.name, {})
-        rows.append(
-            {
-                "destination": dest.name,
-                "queued": s.queued if s else 0,
-                "retrying": s.retrying if s else 0,
-                "in_flight": s.in_flight if s else 0,
-                "awaiting_move": s.awaiting_move if s else 0,
-                "done_today": s.done_today if s else 0,
-                "failed": s.failed if s else 0,
-                "oldest_waiting_seconds": s.oldest_waiting_seconds if s else None,
-                "last_success": _ts(s.last_success_at) if s and s.last_success_at else None,
-                "paused": pauses.get(dest.name, []),
-                "incomplete_in_inbox": seen.get("incomplete", 0),
-                "incomplete_since": _ts(seen["incomplete_since"])
-                if seen.get("incomplete_since")
-                else None,
-                "intake_errors": seen.get("errors", 0),
-            }
-        )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    header = (
-        "destination",
-        "queued",
-        "retrying",
-        "in flight",
-        "done today",
-        "failed",
-        "incomplete",
-        "oldest waiting",
-        "last success",
-    )
-    print("  ".join(f"{h:>12}" for h in header))
-    for r in rows:
-        oldest = r["oldest_waiting_seconds"]
-        cells = (
-            r["destination"],
-            r["queued"],
-            r["retrying"],
-            r["in_flight"],
-            r["done_today"],
-            r["failed"],
-            r["incomplete_in_inbox"],
-            "-" if oldest is None else f"{oldest:.0f}s",
-            r["last_success"] or "-",
-        )
-        print("  ".join(f"{c!s:>12}" for c in cells))
-    for name, items in pauses.items():
-        for p in items:
-            retry = f"; next try {p['next_try']}" if p["next_try"] else ""
-            waiting = (
-                "New documents wait in the inbox"
-                if p["kind"] == "folder_missing"
-                else "Documents wait in the queue"
-            )
-            print(
-                f"PAUSED {name} ({p['kind']}, since {p['since']}): {p['reason']}{retry}. {waiting}."
-            )
-    return 0
-
-
-def _job_dict(job: Any) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "destination": job.destination,
-        "state": str(job.state),
-        "attempts": job.attempts,
-        "document_id": job.document_id,
-        "size": job.size,
-        "sha256": job.sha256,
-        "remote_id": job.remote_id,
-        "http_status": job.http_status,
-        "error_kind": job.error_kind,
-        "created": _ts(job.created_at),
-        "updated": _ts(job.updated_at),
-    }
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    queue = _open_queue(_settings(args))
-    states = [args.state] if args.state else []
-    jobs = [
-        _job_dict(j)
-        for j in queue.jobs(states=states, destination=args.destination, limit=args.limit)
-    ]
-    if args.json:
-        print(json.dumps(jobs, indent=2))
-        return 0
-    for j in jobs:
-        print(
-            f"{j['id']}  {j['destination']:<12} {j['state']:<9} attempts={j['attempts']} "
-            f"size={j['size']} error={j['error_kind'] or '-'} updated={j['updated']}"
-        )
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    queue = _open_queue(_settings(args))
-    job = queue.get(args.job)
-    if job is None:
-        raise ChartdropError(f"no job with id {args.job}")
-    data = _job_dict(job)
-    data["last_error"] = job.last_error
-    data["events"] = queue.events(job.id)
-    print(json.dumps(data, indent=2, default=str))
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from daemon import audit
-
-    since = audit.parse_when(args.since)
-    until = audit.parse_when(args.until, end=True) if args.until else None
-    queue = _open_queue(_settings(args))
-    events = queue.audit_rows(
-        since=since, until=until, destination=args.destination, sha256=args.sha256
-    )
-    audit.write(sys.stdout, "json" if args.json else "csv" if args.csv else "text", events)
-    return 0
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    from daemon.outgoing import check_sidecar
+    from daemon.outgoing import check_sidecar, effective_sidecar
     from daemon.sidecar import read_sidecar
 
-    settings = _settings(args)
+    settings = settings_from(args)
     try:
         dest = settings.get_destination(args.destination)
     except KeyError:
@@ -260,7 +113,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         check_sidecar(
             dest=dest,
             settings=settings,
-            sidecar=data,
+            sidecar=data if alone else effective_sidecar(dest, data, args.file_name),
             file_name=args.file_name,
             redox_type=None if alone else "PDF",
         )
@@ -290,12 +143,26 @@ def _copy_in(src: Path, inbox: Path) -> Path:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    from daemon.intake import judge
+
+    settings = settings_from(args)
     try:
         dest = settings.get_destination(args.destination)
     except KeyError:
         raise ChartdropError(f"no destination named {args.destination!r} in the config") from None
     doc, side = Path(args.file), Path(args.sidecar)
+    for path, what in ((doc, "document"), (side, "sidecar")):
+        if not path.is_file():
+            raise ChartdropError(f"the {what} {path} does not exist or is not a file")
+    verdict = judge(dest, settings, doc, side)  # the daemon's own checks, before any copy
+    problems = (
+        [f"the document is incomplete: {verdict.incomplete}"] if verdict.incomplete else []
+    ) + (verdict.rejection[1].splitlines() if verdict.rejection else [])
+    if problems:
+        print(f"not dropped: the pair would fail in destination {dest.name}:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_INVALID
     tmp_doc = _copy_in(doc, dest.inbox)
     tmp_side = _copy_in(side, dest.inbox)
     try:
@@ -318,7 +185,20 @@ def cmd_drop(args: argparse.Namespace) -> int:
     finally:
         tmp_doc.unlink(missing_ok=True)
         tmp_side.unlink(missing_ok=True)
-    print(f"dropped into destination {dest.name}")
+    # The caller's own file name, shown to the caller (never logged).
+    print(f"dropped into destination {dest.name} as {dest.inbox / name}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from daemon.keys import describe, new_key
+
+    path = Path(args.out)
+    jwks = new_key(path, args.kid)
+    if args.jwks_only:
+        print(json.dumps(jwks, indent=2))
+    else:
+        print(describe(jwks, path))
     return 0
 
 
@@ -359,8 +239,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="chartdrop", description=__doc__.split(".")[0] if __doc__ else None
+        prog="chartdrop",
+        description="chartdrop files scanned documents into patient charts through Redox or FHIR.",
     )
+    p.add_argument("--version", action="version", version=f"chartdrop {version_text()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
@@ -375,19 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     cmd("run", cmd_run, "run the daemon (systemd's ExecStart)")
+    rl = cmd("reload", cmd_reload, "reload the running daemon's config and wait for its answer")
+    rl.add_argument("--pid", type=int, required=True, help="the daemon's pid (systemd: $MAINPID)")
+    rl.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     c = cmd("check", cmd_check, "validate the config, folders and permissions")
     c.add_argument("--online", action="store_true", help="also authenticate with Redox")
     s = cmd(
         "status", cmd_status, "per destination: queued, retrying, in flight, done today, failed"
     )
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--check",
+        action="store_true",
+        help="one monitoring-plugin line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+    )
     j = cmd("jobs", cmd_jobs, "list jobs")
-    j.add_argument("--state")
+    j.add_argument("--state", choices=JOB_STATES, help="retrying: queued after a failed attempt")
     j.add_argument("-d", "--destination")
     j.add_argument("--limit", type=int, default=100)
     j.add_argument("--json", action="store_true")
     sh = cmd("show", cmd_show, "one job's history")
-    sh.add_argument("job")
+    sh.add_argument("job", help="a job id, or its first 4 or more characters")
+    sh.add_argument("--json", action="store_true")
     au = cmd("audit", cmd_audit, "export the audit trail (every state change, no patient data)")
     au.add_argument(
         "--since", required=True, help="YYYY-MM-DD (local midnight) or an ISO date and time"
@@ -398,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = au.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    rt = cmd("retry", cmd_retry, "requeue failed jobs from failed/, same job and DocumentID")
+    rt.add_argument("jobs", nargs="*", metavar="JOB", help="job ids (4 or more characters)")
+    rt.add_argument("--failed", action="store_true", help="every failed job (see -d, --since)")
+    rt.add_argument("-d", "--destination", help="with --failed: only this destination")
+    rt.add_argument("--since", help="with --failed: failed on or after this date (or today)")
     v = cmd("validate", cmd_validate, "check a sidecar offline, every error at once")
     v.add_argument("sidecar")
     v.add_argument("-d", "--destination", required=True)
@@ -410,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("file")
     d.add_argument("--sidecar", required=True)
     d.add_argument("-d", "--destination", required=True)
+    k = cmd("keys", cmd_keys, "make the Redox signed-JWT key pair", config=False)
+    k.add_argument("action", choices=["new"], help="new: write a private key, print the JWKS")
+    k.add_argument("--out", default="redox-key.pem", help="private key file (mode 0600)")
+    k.add_argument("--kid", help="the key id (default: a new UUID)")
+    k.add_argument("--jwks-only", action="store_true", help="print only the public JWKS")
     sb = cmd("sandbox", cmd_sandbox, "run the local Redox-compatible API alone", config=False)
     sb.add_argument("--port", type=int, default=8765)
     sb.add_argument("--dir", default="chartdrop-sandbox", help="where keys and blobs are kept")
@@ -470,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `chartdrop audit | head`: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not complain
+        return 0
     except OSError as exc:
         print(f"chartdrop: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -354,6 +354,76 @@ class FhirSettings(_Strict):
         return None if value is None else _check_url_shape(value)
 
 
+class AlertsSettings(_Strict):
+    """[alerts]: thresholds for ``chartdrop status --check`` and the alert command."""
+
+    paused_warning_minutes: float = Field(
+        10, gt=0, description="WARNING when a destination has been paused this long."
+    )
+    paused_critical_minutes: float = Field(
+        30, gt=0, description="CRITICAL when a destination has been paused this long."
+    )
+    oldest_warning_minutes: float = Field(
+        30, gt=0, description="WARNING when the oldest waiting document is this old."
+    )
+    oldest_critical_minutes: float = Field(
+        120, gt=0, description="CRITICAL when the oldest waiting document is this old."
+    )
+    failed_window_hours: float = Field(
+        24, gt=0, description="WARNING when a document went to failed/ within this many hours."
+    )
+    command: list[str] | str | None = Field(
+        None,
+        description="Program run (no shell) on a pause, a recovery, a failure or an old backlog.",
+    )
+    command_timeout_seconds: float = Field(
+        30, gt=0, description="The alert command is killed after this long."
+    )
+    webhook_url: str | None = Field(
+        None, description="https URL that gets the same facts as JSON (POST)."
+    )
+    repeat_minutes: float = Field(
+        60, gt=0, description="The same alert (event and destination) at most this often."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
+class MetricsSettings(_Strict):
+    """[metrics]: Prometheus text over HTTP on loopback and/or a textfile."""
+
+    listen: str | None = Field(
+        None,
+        description='Serve /metrics here: "127.0.0.1:9464", "[::1]:9464" or "unix:/path". Off.',
+    )
+    textfile: Path | None = Field(
+        None, description="Write the metrics to this file (node_exporter textfile collector)."
+    )
+    textfile_seconds: float = Field(15, gt=0, description="How often the textfile is rewritten.")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("unix:"):
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError('must be "HOST:PORT" or "unix:/path"')
+        if host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("must be a loopback address (127.0.0.1, [::1]) or a unix socket")
+        return value
+
+    @field_validator("textfile")
+    @classmethod
+    def _relative(cls, value: Path | None) -> Path | None:
+        return None if value is None else _resolve(value)
+
+
 class Settings(BaseSettings):
     """The whole configuration file."""
 
@@ -435,6 +505,12 @@ class Settings(BaseSettings):
 
     redox: RedoxSettings = Field(default_factory=RedoxSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
+    alerts: AlertsSettings = Field(
+        default_factory=AlertsSettings, description="status --check thresholds and alerts."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus metrics (off by default)."
+    )
     destination: list[Destination] = Field(
         ..., min_length=1, description="One [[destination]] table per watched inbox."
     )

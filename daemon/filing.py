@@ -48,6 +48,7 @@ from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.names import NAME_MAX, error_note_name, paired_sidecar_name, shortened, suffixed
 from daemon.queue import Job, JobState, Queue
+from daemon.reuse import remove_earlier_note
 
 FIX_BY_KIND: dict[str, str] = {
     cls.reason: cls.fix
@@ -256,6 +257,7 @@ class Filer:
             self.queue.mark_failed(job.id, str(target))
         else:
             self.queue.mark_done(job.id, str(target))
+            remove_earlier_note(self.settings, self.queue, job)  # a copy moved back by hand
         self.log.info(
             "job.failed" if failed else "job.done",
             job_id=job.id,

@@ -50,6 +50,7 @@ from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
 from daemon.payload import sidecar_from_filename
 from daemon.queue import Job, JobState, Queue
 from daemon.readiness import StabilityTracker
+from daemon.reuse import earlier_document_id
 from daemon.sidecar import read_sidecar
 
 HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after this
@@ -508,6 +509,9 @@ class Intake:
             sidecar_name=storable(sidecar_name) if sidecar_name else None,
             spool_document=str(spool_doc),
             spool_sidecar=str(spool_side) if spool_side else None,
+            document_id=None
+            if is_sidecar(doc_name)
+            else earlier_document_id(self.queue, dest.name, dest.inbox / doc_name),
         )
         killpoint("intake_after_row")
         try:

@@ -691,3 +691,110 @@ class Queue:
         with self._lock:
             rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return dict.fromkeys(map(str, JobState), 0) | {state: n for state, n in rows}
+
+    # -- monitoring and retry (status --check, metrics, chartdrop retry) ------
+
+    def failed_since(self, since: float) -> dict[str, int]:
+        """Per destination: jobs that went to failed/ at or after ``since``."""
+        sql = (
+            "SELECT destination, COUNT(*) FROM jobs WHERE state = ? AND finished_at >= ?"
+            " GROUP BY destination"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (JobState.FAILED, since)).fetchall()
+        return {dest: int(n) for dest, n in rows}
+
+    def counts_by_destination(self) -> dict[tuple[str, str], int]:
+        """(destination, state) -> number of jobs, for metrics."""
+        sql = "SELECT destination, state, COUNT(*) FROM jobs GROUP BY destination, state"
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return {(dest, state): int(n) for dest, state, n in rows}
+
+    def failed_jobs(
+        self, *, destination: str | None = None, since: float | None = None
+    ) -> list[Job]:
+        """Failed jobs, oldest first (``chartdrop retry --failed``)."""
+        where, params = ["state = ?"], list[object]([JobState.FAILED])
+        if destination is not None:
+            where.append("destination = ?")
+            params.append(destination)
+        if since is not None:
+            where.append("finished_at >= ?")
+            params.append(since)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY finished_at, id"  # noqa: S608
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_job(row) for row in rows]
+
+    def find_prefix(self, prefix: str, *, limit: int = 10) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (hex), for short ids on the command line."""
+        key = prefix.strip().lower()
+        if not key or any(c not in "0123456789abcdef-" for c in key):
+            return []
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (key, key + "g", limit),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def unknown_outcome_failures(self, destination: str, size: int) -> list[Job]:
+        """Failed jobs of ``destination`` with a file of ``size`` bytes, newest first,
+        whose tries ended at least once without knowing whether it arrived (so it may
+        have been filed): a copy moved back by hand must reuse their DocumentID."""
+        sql = (
+            "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND size = ?"
+            " AND sha256 IS NOT NULL AND sha256 != ''"
+            " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
+            " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
+            " ORDER BY finished_at DESC LIMIT 20"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (JobState.FAILED, destination, size)).fetchall()
+        return [_job(row) for row in rows]
+
+    def requeue_from_failed(
+        self,
+        job_id: str,
+        *,
+        spool_document: str,
+        spool_sidecar: str | None,
+        sidecar_name: str | None,
+    ) -> bool:
+        """failed -> queued (``chartdrop retry``): like :meth:`requeue`, and a sidecar
+        staff added in failed/ since (a missing-sidecar failure) is recorded."""
+        now = self._clock()
+        job = self._move(
+            job_id, JobState.FAILED, JobState.QUEUED, detail="requeued by chartdrop retry",
+            attempts=0, next_attempt_at=now, queued_at=now, spool_document=spool_document,
+            spool_sidecar=spool_sidecar, sidecar_name=sidecar_name, final_path=None,
+            sent_at=None, finished_at=None, blob_uri=None, remote_id=None, http_status=None,
+            last_error=None, error_kind=None,
+        )  # fmt: skip
+        return job is not None
+
+    def failed_with_document_id(self, document_id: str, *, exclude: str) -> list[Job]:
+        """Failed jobs carrying ``document_id`` (other than ``exclude``)."""
+        sql = "SELECT * FROM jobs WHERE document_id = ? AND state = ? AND id != ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (document_id, JobState.FAILED, exclude)).fetchall()
+        return [_job(row) for row in rows]
+
+    def attempt_counts(self) -> dict[tuple[str, str], int]:
+        """(destination, result) -> send attempts that ended that way, from the audit
+        trail: ``sent`` (leased -> sent), ``retry`` (leased -> queued with an error),
+        ``rejected`` (leased -> rejected), for metrics."""
+        sql = """
+            SELECT destination,
+                   CASE WHEN to_state = 'sent' THEN 'sent'
+                        WHEN to_state = 'rejected' THEN 'rejected' ELSE 'retry' END,
+                   COUNT(*)
+            FROM events WHERE from_state = 'leased'
+              AND (to_state IN ('sent', 'rejected')
+                   OR (to_state = 'queued' AND error_kind IS NOT NULL))
+            GROUP BY 1, 2
+        """
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return {(dest, result): int(n) for dest, result, n in rows}

@@ -33,7 +33,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from daemon.breaker import Breakers
+from daemon.alerts import ALERT_CHECK_SECONDS, Alerts, start_alerts
+from daemon.breaker import AUTH, Breakers
 from daemon.config import Settings, load_settings
 from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
@@ -42,12 +43,14 @@ from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.intake import InboxEvents, Intake
-from daemon.logs import get_logger
+from daemon.logs import get_logger, where
+from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
 from daemon.redox import RedoxClient, make_http_client
+from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
 
 TICK_SECONDS = 0.25
@@ -160,6 +163,7 @@ def _client_inputs(settings: Settings) -> tuple[object, ...]:
         settings.read_timeout_seconds,
         settings.write_timeout_seconds,
         settings.pool_timeout_seconds,
+        secret_fingerprints(settings),  # a key file replaced under the same name
     )
 
 
@@ -189,8 +193,12 @@ class Service:
         self._stalled: list[str] = []
         self._next_ping = 0.0
         self._next_status = 0.0
+        self._next_alerts = 0.0
+        self._client_inputs: tuple[object, ...] = ()  # what the running clients were built from
         self.queue: Queue | None = None
         self.intake: Intake | None = None
+        self.metrics: Metrics | None = None
+        self.alerts: Alerts | None = None
 
     # -- start-up ---------------------------------------------------------
     def _take_lock(self) -> None:
@@ -257,6 +265,8 @@ class Service:
         self._report_unconfigured()
         self._start_observer()
         self._start_workers()
+        self.metrics = start_metrics(self.settings, self.queue)  # [metrics], off by default
+        self.alerts = start_alerts(self.settings, self.queue)  # [alerts] command, webhook_url
         self.log.info(
             "daemon.started",
             workers=self.settings.workers,
@@ -278,8 +288,10 @@ class Service:
     def _new_sender(self, settings: Settings) -> Sender:
         """The daemon's clients (start and reload): every step of their HTTP requests
         beats the calling worker's heartbeat (:mod:`daemon.health`)."""
+        inputs = _client_inputs(settings)  # before the files are read: a later change is seen
         sender = self.make_sender(settings)
         self.health.watch_http(sender.redox.http)
+        self._client_inputs = inputs
         return sender
 
     def _start_workers(self) -> None:
@@ -307,7 +319,9 @@ class Service:
                         exclude_destinations=self.breakers.blocked(),
                     )
                 except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
-                    self.log.error("worker.claim_failed", exc_type=type(exc).__name__)
+                    self.log.error(
+                        "worker.claim_failed", exc_type=type(exc).__name__, frames=where(exc)
+                    )
                     self.stopping.wait(1.0)
                     continue
                 if job is None:
@@ -315,10 +329,18 @@ class Service:
                     self.work.clear()
                     continue
                 self.health.beat(name)
+                started = time.monotonic()
                 try:
                     self.deliverer.process(job)
+                    if self.metrics is not None:
+                        self.metrics.observe_send(job.destination, time.monotonic() - started)
                 except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
-                    self.log.error("worker.crashed_job", job_id=job.id, exc_type=type(exc).__name__)
+                    self.log.error(
+                        "worker.crashed_job",
+                        job_id=job.id,
+                        exc_type=type(exc).__name__,
+                        frames=where(exc),
+                    )
         finally:
             self.health.forget(name)
 
@@ -344,8 +366,11 @@ class Service:
                     last_moves = time.monotonic()
                     self.filer.finish_pending()
                 self._check_observer()
+                if self.alerts is not None and time.monotonic() >= self._next_alerts:
+                    self._next_alerts = time.monotonic() + ALERT_CHECK_SECONDS
+                    self.alerts.check()
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; the rescan catches up
-                self.log.error("daemon.tick_failed", exc_type=type(exc).__name__)
+                self.log.error("daemon.tick_failed", exc_type=type(exc).__name__, frames=where(exc))
             self._tell_systemd()
             if until is not None and until():
                 break
@@ -463,6 +488,7 @@ class Service:
             new, sender = self._prepare_reload()
         except ConfigError as exc:
             self.log.error("daemon.reload_refused", problems=exc.problems)
+            self._answer_reload(ok=False, problems=exc.problems)
             self.notifier.ready(self.status_text())
             return False
         old = self.settings
@@ -484,9 +510,21 @@ class Service:
             needs_restart=restart_only or None,
         )
         self._report_unconfigured()
+        if sender is not None and self.queue is not None:  # new credentials: retry auth now
+            for pause in [p for p in self.queue.pauses() if p.kind == AUTH]:
+                self.breakers.forget(pause.destination)
+                self.queue.make_due(pause.destination)
+        self._answer_reload(ok=True, problems=[])
         self.work.set()
         self.notifier.ready(self.status_text())
         return True
+
+    def _answer_reload(self, *, ok: bool, problems: list[str]) -> None:
+        """For `chartdrop reload` (ExecReload=), which waits for this answer."""
+        try:
+            write_result(self.settings.state_dir, ok=ok, problems=problems)
+        except OSError as exc:
+            self.log.error("daemon.reload_answer_failed", exc_type=type(exc).__name__)
 
     def _prepare_reload(self) -> tuple[Settings, Sender | None]:
         """Load and check the new file; build new API clients if their inputs changed.
@@ -499,7 +537,7 @@ class Service:
             problems.append("state_dir and spool_dir cannot change while running; restart")
         if problems:
             raise ConfigError(problems)
-        if _client_inputs(new) == _client_inputs(self.settings):
+        if _client_inputs(new) == self._client_inputs:
             return new, None
         return new, self._new_sender(new)
 
@@ -574,6 +612,10 @@ class Service:
         self.work.set()
         self.notifier.stopping("stopping: finishing in-flight sends")
         self._stop_observers()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.alerts is not None:
+            self.alerts.close()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for t in self._workers.values():
             t.join(max(0.0, deadline - time.monotonic()))

@@ -135,7 +135,7 @@ def test_status_jobs_and_show_report_without_phi(tmp_path: Path, sandbox: Sandbo
     jobs = run("jobs", "-c", str(config), "--json")
     listed = json.loads(jobs.stdout)
     assert len(listed) == 2
-    show = run("show", listed[0]["id"][:8], "-c", str(config))
+    show = run("show", listed[0]["id"][:8], "-c", str(config), "--json")
     assert show.returncode == 0
     assert json.loads(show.stdout)["events"]
     for out in (status.stdout, table.stdout, jobs.stdout, show.stdout):

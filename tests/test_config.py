@@ -29,17 +29,36 @@ def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text()
     for key in Settings.model_fields:
         assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
-    from daemon.config import Destination, FhirSettings, RedoxSettings
+    from daemon.config import (
+        AlertsSettings,
+        Destination,
+        FhirSettings,
+        MetricsSettings,
+        RedoxSettings,
+    )
 
-    for model in (Destination, RedoxSettings, FhirSettings):
+    for model in (Destination, RedoxSettings, FhirSettings, AlertsSettings, MetricsSettings):
         for key in model.model_fields:
             assert f"{key} =" in text or f"[destination.{key}]" in text, f"{model.__name__}.{key}"
 
 
 def test_every_key_has_a_description() -> None:
-    from daemon.config import Destination, FhirSettings, RedoxSettings
+    from daemon.config import (
+        AlertsSettings,
+        Destination,
+        FhirSettings,
+        MetricsSettings,
+        RedoxSettings,
+    )
 
-    for model in (Settings, Destination, RedoxSettings, FhirSettings):
+    for model in (
+        Settings,
+        Destination,
+        RedoxSettings,
+        FhirSettings,
+        AlertsSettings,
+        MetricsSettings,
+    ):
         for name, info in model.model_fields.items():
             if name in ("redox", "fhir"):
                 continue

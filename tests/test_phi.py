@@ -156,12 +156,30 @@ def finished(db: Path, name: str) -> Job:
     )
 
 
-def cli_output(*args: str) -> str:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(config: Path) -> str:
+    import httpx
+
+    from daemon.config import load_settings
+
+    listen = load_settings(config).metrics.listen
+    assert listen is not None
+    return httpx.get(f"http://{listen}/metrics", timeout=10).text
+
+
+def cli_output(*args: str, code: int = 0) -> str:
     """Run a command in-process (the same code as the installed entry point)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(args))
-    assert code == 0, err.getvalue()
+        got = cli.main(list(args))
+    assert got == code, err.getvalue()
     return out.getvalue() + err.getvalue()
 
 
@@ -194,6 +212,8 @@ def test_no_canary_leaves_its_place(tmp_path: Path, sandbox: Sandbox) -> None:
             f'failed = "slow/failed"\nredox_destination_id = "{DEST_ID}"\n'
             "give_up_after_hours = 0.0006\n"
             '[destination.defaults]\nMedia = { Availability = "Available" }\n'
+            f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\ntextfile = "metrics.prom"\n'
+            "textfile_seconds = 0.5\n"
         )
     inbox = tmp_path / "consents" / "inbox"
     db = tmp_path / "state" / "chartdrop.sqlite3"
@@ -245,6 +265,7 @@ def test_no_canary_leaves_its_place(tmp_path: Path, sandbox: Sandbox) -> None:
                 "wrong_types", "broken_json", "orphan", "no_sidecar", "link", "fifo", "unreadable"
             ):  # fmt: skip
                 finished(db, f"{NAME}_{kind}.pdf" + (".json" if kind == "orphan" else ""))
+            scraped = scrape(config)
             assert second.stop() == 0
 
     # every path really happened
@@ -283,6 +304,10 @@ def test_no_canary_leaves_its_place(tmp_path: Path, sandbox: Sandbox) -> None:
     seen: dict[str, str] = {"daemon logs": log_text}
     seen["status"] = cli_output("status", "-c", str(config))
     seen["status --json"] = cli_output("status", "-c", str(config), "--json")
+    seen["status --check"] = cli_output("status", "--check", "-c", str(config), code=2)
+    seen["metrics (HTTP)"] = scraped
+    seen["metrics (textfile)"] = (tmp_path / "metrics.prom").read_text()
+    assert 'chartdrop_documents_total{destination="consents",outcome="failed"} 8.0' in scraped
     seen["jobs"] = cli_output("jobs", "-c", str(config))
     seen["jobs --json"] = cli_output("jobs", "-c", str(config), "--json")
     for job in jobs(db):

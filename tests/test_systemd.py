@@ -47,12 +47,13 @@ def test_unit_runs_the_installed_entry_point_without_a_shell() -> None:
     for directive in (
         "Type=notify",
         "NotifyAccess=main",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/opt/chartdrop/venv/bin/chartdrop reload -c /etc/chartdrop/chartdrop.toml"
+        " --pid $MAINPID",
         "User=chartdrop",
         "SupplementaryGroups=chartdrop-scan",
         "ReadWritePaths=/srv/chartdrop",
         "UMask=0077",
-        "LoadCredential=redox-key:/etc/chartdrop/credentials/redox-key.pem",
+        "LoadCredential=redox-key:/etc/chartdrop/credentials/redox-key",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     ):
         assert directive in unit_lines()

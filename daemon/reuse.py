@@ -1,0 +1,64 @@
+"""A pair moved back into the inbox by hand after its job gave up with an
+unknown outcome (a timeout after the request was sent: it may have been filed)
+must not be filed a second time under a new ID. Intake asks
+:func:`earlier_document_id` before it commits the new job, so the new job
+carries the failed one's DocumentID; once it is done, :func:`remove_earlier_note`
+removes the old ``.error.txt`` left in failed/.
+
+Only a file whose size matches such a failed job is hashed, so ordinary intake
+pays one indexed query.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.config import Settings
+from daemon.fsutil import fsync_dir, lstat_kind, open_document, sha256_file
+from daemon.names import error_note_name
+from daemon.queue import Job, Queue
+
+
+def earlier_document_id(queue: Queue, destination: str, path: Path) -> str | None:
+    """For intake: the DocumentID of a failed job of ``destination`` whose bytes are
+    ``path``'s and whose outcome was unknown (it may have been filed), so a pair
+    moved back into the inbox by hand is sent under the same ID, never a second one.
+    Only a file whose size matches such a job is hashed."""
+    try:
+        size = path.stat().st_size
+        candidates = queue.unknown_outcome_failures(destination, size)
+        if not candidates:
+            return None
+        with open_document(path) as fh:
+            digest, _size = sha256_file(fh)
+    except OSError:
+        return None  # intake's own checks report an unreadable file
+    for job in candidates:
+        if job.sha256 == digest:
+            return job.document_id
+    return None
+
+
+def remove_earlier_note(settings: Settings, queue: Queue, job: Job) -> None:
+    """After ``job`` went through: remove the ``.error.txt`` of a failed job with the
+    same DocumentID (its document was moved back by hand and is filed now)."""
+    try:
+        earlier = queue.failed_with_document_id(job.document_id, exclude=job.id)
+    except Exception:  # noqa: BLE001 - a tidy-up: the delivery is done and recorded
+        return
+    for old in earlier:
+        if not old.final_path:
+            continue
+        try:
+            dest = settings.get_destination(old.destination)
+        except KeyError:
+            continue
+        doc = Path(old.final_path)
+        note = doc.parent / error_note_name(doc.name)
+        if doc.parent != dest.failed or lstat_kind(doc) != "missing":
+            continue  # the old document is still there: its note still describes it
+        try:
+            note.unlink()
+            fsync_dir(dest.failed)
+        except OSError:
+            pass

@@ -1,0 +1,149 @@
+"""`chartdrop retry`: failed jobs back from failed/ under the same job and
+DocumentID, run as a subprocess beside a real daemon on the real sandbox."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Sandbox, running, wait_until, write_config
+
+from daemon.queue import JobState
+from daemon.samples import sample_pdf, sample_sidecar
+
+CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
+
+
+def retry(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHARTDROP, "retry", "-c", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_refused_by_the_destination_then_retried_with_the_same_document_id(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    with running(config) as r:
+        sandbox.state.set_faults(fail_next=[400])
+        r.drop("CANARY_Bixby.pdf", sample_pdf("x"), sample_sidecar(mrn="CANARYMRN"))
+        (job,) = r.finished(1)
+        assert job.state == JobState.FAILED
+        assert sorted(p.name for p in r.failed.iterdir()) == [
+            "CANARY_Bixby.pdf",
+            "CANARY_Bixby.pdf.error.txt",
+            "CANARY_Bixby.pdf.json",
+        ]
+        result = retry(config, job.id[:4])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"requeued {job.id}" in result.stdout
+        assert job.document_id in result.stdout
+        assert "CANARY" not in result.stdout + result.stderr
+        assert list(r.failed.iterdir()) == []  # the pair left and the note is gone
+        wait_until(lambda: r.queue.get(job.id).state == JobState.DONE)  # type: ignore[union-attr]
+        (rec,) = sandbox.state.received()
+        assert rec.body["Media"]["DocumentID"] == job.document_id
+        assert len(r.queue.jobs()) == 1  # the same job, not a new one
+        assert [a.document_id for a in sandbox.state.attempts] == [job.document_id] * 2
+        done = list((r.done).rglob("*.pdf"))
+        assert [p.name for p in done] == ["CANARY_Bixby.pdf"]
+
+
+def test_fixed_sidecar_in_failed_is_taken_and_invalid_one_refused_with_every_problem(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    with running(config) as r:
+        bad = sample_sidecar(last="CANARYLAST")
+        del bad["Patient"]["Identifiers"]
+        bad["Media"]["Bogus"] = "x"
+        r.drop("CANARY_bad.pdf", sample_pdf("y"), bad)
+        (job,) = r.finished(1)
+        refused = retry(config, job.id)
+        assert refused.returncode == 1
+        assert f"not retried {job.id}" in refused.stdout
+        problems = [line for line in refused.stdout.splitlines() if line.startswith("  - ")]
+        assert len(problems) >= 2, refused.stdout  # every problem, not the first one
+        assert "CANARY" not in refused.stdout
+        assert (r.failed / "CANARY_bad.pdf.error.txt").exists()  # nothing moved
+        # staff fix the sidecar where it is, in failed/
+        (r.failed / "CANARY_bad.pdf.json").write_text(json.dumps(sample_sidecar()))
+        ok = retry(config, "--failed", "-d", "consents", "--since", "today")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        wait_until(lambda: r.queue.get(job.id).state == JobState.DONE)  # type: ignore[union-attr]
+        (rec,) = sandbox.state.received()
+        assert rec.body["Media"]["DocumentID"] == job.document_id
+        # a done job is not failed: refused with the reason
+        again = retry(config, job.id)
+        assert again.returncode == 1 and "the job is done, not failed" in again.stdout
+
+
+def test_refused_when_the_files_left_failed_or_the_document_changed(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    with running(config) as r:
+        sandbox.state.set_faults(fail_next=[400, 400])
+        r.drop("a.pdf", sample_pdf("a"), sample_sidecar())
+        r.drop("b.pdf", sample_pdf("b"), sample_sidecar())
+        jobs = {j.original_name: j for j in r.finished(2)}
+    (r.failed / "a.pdf").rename(tmp_path / "a.pdf")
+    (r.failed / "b.pdf").write_bytes(sample_pdf("something else"))
+    result = retry(config, "--failed")
+    assert result.returncode == 1
+    assert f"not retried {jobs['a.pdf'].id}" in result.stdout
+    assert "no longer in failed/" in result.stdout
+    assert f"not retried {jobs['b.pdf'].id}" in result.stdout
+    assert "not the one this job had" in result.stdout
+    assert (r.failed / "b.pdf.error.txt").exists()
+
+
+def test_bad_arguments_are_one_sentence(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox)
+    with running(config):
+        pass
+    for args, text in (
+        ((), "name the jobs to retry, or use --failed"),
+        (("abc",), "give at least 4 characters"),
+        (("abcd",), "no job with id abcd"),
+        (("--failed", "-d", "nosuch"), "no destination named 'nosuch'"),
+    ):
+        result = retry(config, *args)
+        assert result.returncode == 2, args
+        assert text in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_pair_moved_back_by_hand_after_an_unknown_outcome_keeps_its_document_id(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5, give_up_after_hours=0.0003)
+    with running(config) as r:
+        sandbox.state.set_faults(latency_seconds=1.5)
+        r.drop("CANARY_slow.pdf", sample_pdf("slow"), sample_sidecar())
+        (job,) = r.finished(1)
+        assert (job.state, job.error_kind) == (JobState.FAILED, "gave_up")
+        sandbox.state.set_faults(latency_seconds=0)
+        # staff move the pair back by hand (the documented way), leaving the note
+        (r.failed / "CANARY_slow.pdf.json").rename(r.inbox / "CANARY_slow.pdf.json")
+        (r.failed / "CANARY_slow.pdf").rename(r.inbox / "CANARY_slow.pdf")
+        done = wait_until(lambda: r.jobs(JobState.DONE))
+        assert done[0].id != job.id
+        assert done[0].document_id == job.document_id
+        assert {rec.body["Media"]["DocumentID"] for rec in sandbox.state.received()} == {
+            job.document_id
+        }
+        assert list(r.failed.iterdir()) == []  # the stale note went with it
+        # a different document of the same size is not taken for the same one
+        other = sample_pdf("slOw")
+        assert len(other) == len(sample_pdf("slow"))
+        r.drop("other.pdf", other, sample_sidecar())
+        new = wait_until(
+            lambda: [j for j in r.jobs(JobState.DONE) if j.original_name == "other.pdf"]
+        )
+        assert new[0].document_id != job.document_id
