@@ -309,6 +309,11 @@ class FhirSettings(_Strict):
         description="Identifier system of the patient ID (e.g. the MRN's OID URI); "
         "a sidecar's Patient.Identifiers[0].IDType that is a URI wins.",
     )
+    visit_identifier_system: str | None = Field(
+        None,
+        description="Identifier system of Visit.VisitNumber (Media.encounter.identifier); "
+        "unset: the encounter identifier is sent with its value only.",
+    )
     document_identifier_system: str = Field(
         "urn:ietf:rfc:3986",
         description="Identifier system of the document ID (Media.identifier, If-None-Exist).",
