@@ -15,6 +15,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import ssl
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -78,6 +79,12 @@ def resolve_secret(value: Path) -> Path:
 # File types chartdrop can recognise by content (Redox FileType names).
 FileTypeName = Literal["PDF", "TIFF", "JPG", "PNG", "GIF", "TXT", "RTF"]
 FILE_TYPES: tuple[FileTypeName, ...] = ("PDF", "TIFF", "JPG", "PNG", "GIF", "TXT", "RTF")
+
+
+_CA_BUNDLE_HELP = (
+    "PEM file of CA certificates trusted in addition to the system's roots (e.g. a "
+    "proxy's or a private CA); TLS verification is always on."
+)
 
 
 class _Strict(BaseModel):
@@ -152,6 +159,11 @@ class Destination(TimingOverrides):
         description="Maps each named group to a sidecar field, "
         'e.g. mrn = "Patient.Identifiers[0].ID".',
     )
+    ca_bundle: Path | None = Field(
+        None,
+        description=_CA_BUNDLE_HELP + " FHIR destinations: for this destination's base_url "
+        "(else [fhir].ca_bundle).",
+    )
     polling: bool = Field(
         False,
         description=(
@@ -164,6 +176,11 @@ class Destination(TimingOverrides):
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url_shape(value)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        return _ca_bundle(value)
 
     @field_validator("filename_pattern")
     @classmethod
@@ -184,6 +201,8 @@ class Destination(TimingOverrides):
             raise ValueError(f"redox_destination_id is required for model = {self.model!r}")
         if self.model != "FHIR" and self.base_url is not None:
             raise ValueError("base_url is only for model = 'FHIR'")
+        if self.model != "FHIR" and self.ca_bundle is not None:
+            raise ValueError("ca_bundle is only for model = 'FHIR' (Redox uses [redox].ca_bundle)")
         groups = re.compile(self.filename_pattern).groupindex if self.filename_pattern else {}
         if self.from_filename and not groups:
             raise ValueError("from_filename needs a filename_pattern")
@@ -210,6 +229,20 @@ class Destination(TimingOverrides):
         value = getattr(self, key)
         assert value is not None, f"{key} is filled from the top level when loading"
         return value
+
+
+def _ca_bundle(value: Path | None) -> Path | None:
+    """A CA bundle path (relative to the config) that loads as PEM certificates."""
+    if value is None:
+        return None
+    path = _resolve(value)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise ValueError(f"the CA bundle {path} does not exist") from None
+    except (OSError, ssl.SSLError):
+        raise ValueError(f"{path} is not a readable PEM file of CA certificates") from None
+    return path
 
 
 def _check_url_shape(value: str) -> str:
@@ -262,9 +295,7 @@ class RedoxSettings(_Strict):
     )
     source_name: str | None = Field(None, description="Optional Meta.Source.Name.")
     test: bool = Field(False, description="Meta.Test on every message.")
-    ca_bundle: Path | None = Field(
-        None, description="Extra CA bundle (PEM) to trust; TLS verification is always on."
-    )
+    ca_bundle: Path | None = Field(None, description=_CA_BUNDLE_HELP + " For Redox.")
 
     @field_validator("private_key_file", "secret_file")
     @classmethod
@@ -274,7 +305,7 @@ class RedoxSettings(_Strict):
     @field_validator("ca_bundle")
     @classmethod
     def _ca(cls, value: Path | None) -> Path | None:
-        return None if value is None else _resolve(value)
+        return _ca_bundle(value)
 
     @field_validator("api_url", "upload_url")
     @classmethod
@@ -324,6 +355,14 @@ class FhirSettings(_Strict):
     log_cdata_format: Literal["kv", "json"] | None = Field(
         None, description="Optional log-cdata-format header: kv or json."
     )
+    ca_bundle: Path | None = Field(
+        None, description=_CA_BUNDLE_HELP + " For the FHIR token URL and base_url."
+    )
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        return _ca_bundle(value)
 
     @field_validator("client_secret_file")
     @classmethod

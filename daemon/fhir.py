@@ -306,13 +306,21 @@ class FhirClient(BearerClient):
 
     service = "FHIR"
 
-    def __init__(self, settings: FhirSettings, http: httpx.Client) -> None:
+    def __init__(
+        self,
+        settings: FhirSettings,
+        http: httpx.Client,
+        dest_http: dict[str, httpx.Client] | None = None,
+    ) -> None:
+        """``http`` serves the token URL and every destination not in ``dest_http``
+        (destination name -> client, for a destination with its own ca_bundle)."""
         if settings.token_url is not None:
             check_url(settings.token_url, "fhir.token_url")
         if settings.base_url is not None:
             check_url(settings.base_url, "fhir.base_url")
         super().__init__(http)
         self.settings = settings
+        self.dest_http = dest_http or {}
 
     def _fetch_token(self) -> tuple[str, float]:
         if self.settings.token_url is None:
@@ -350,7 +358,9 @@ class FhirClient(BearerClient):
         if self.settings.log_cdata_format:
             headers["log-cdata-format"] = self.settings.log_cdata_format
         url = f"{self.base_url(dest)}/Media"
-        response = self._post("FHIR server", url, json=resource, headers=headers)
+        response = self._post(
+            "FHIR server", url, json=resource, headers=headers, client=self.dest_http.get(dest.name)
+        )
         classify(response, "FHIR server")
         resource_id = _json(response).get("id")
         if not (isinstance(resource_id, str) and REMOTE_ID.match(resource_id)):

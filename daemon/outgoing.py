@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+import httpx
+
 from daemon import fhir
 from daemon.config import Destination, Settings
 from daemon.content import FileKind, check_kind_matches_extension, detect
@@ -171,6 +173,10 @@ class Sender:
     settings: Settings
     redox: RedoxClient
     fhir: FhirClient
+
+    def http_clients(self) -> list[httpx.Client]:
+        """Every HTTP client (one per TLS trust: Redox, FHIR, FHIR destinations)."""
+        return [self.redox.http, self.fhir.http, *self.fhir.dest_http.values()]
 
     def send(
         self,

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+import httpx
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
@@ -47,7 +48,7 @@ from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
-from daemon.redox import RedoxClient, make_http_client
+from daemon.redox import RedoxClient, http_client, make_http_client
 from daemon.retention import Retention
 
 TICK_SECONDS = 0.25
@@ -265,21 +266,33 @@ class Service:
 
     @staticmethod
     def make_sender(settings: Settings) -> Sender:
-        """The API clients for every destination model (one HTTP connection pool)."""
-        http = make_http_client(settings)
+        """The API clients for every destination model: one HTTP connection pool per
+        TLS trust (Redox, FHIR, and each FHIR destination with its own ca_bundle)."""
+        clients: list[httpx.Client] = []
         try:
+            clients.append(redox_http := make_http_client(settings))
+            clients.append(fhir_http := http_client(settings, settings.fhir.ca_bundle))
+            dest_http = {}
+            for dest in settings.destination:
+                if dest.model == "FHIR" and dest.ca_bundle is not None:
+                    dest_http[dest.name] = http_client(settings, dest.ca_bundle)
+                    clients.append(dest_http[dest.name])
             return Sender(
-                settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http)
+                settings,
+                RedoxClient(settings.redox, redox_http),
+                FhirClient(settings.fhir, fhir_http, dest_http),
             )
         except BaseException:
-            http.close()
+            for client in clients:
+                client.close()
             raise
 
     def _new_sender(self, settings: Settings) -> Sender:
         """The daemon's clients (start and reload): every step of their HTTP requests
         beats the calling worker's heartbeat (:mod:`daemon.health`)."""
         sender = self.make_sender(settings)
-        self.health.watch_http(sender.redox.http)
+        for client in sender.http_clients():
+            self.health.watch_http(client)
         return sender
 
     def _start_workers(self) -> None:
@@ -582,7 +595,8 @@ class Service:
             self.log.warning("daemon.stopped_with_inflight", count=len(busy))
         else:
             for sender in self._retired:
-                sender.redox.http.close()
+                for client in sender.http_clients():
+                    client.close()
             if self.queue is not None:
                 self.queue.close()
         if self._lock_file is not None:
