@@ -12,6 +12,7 @@ credential: a bare name found in ``$CREDENTIALS_DIRECTORY`` wins.
 
 from __future__ import annotations
 
+import difflib
 import grp
 import os
 import re
@@ -197,27 +198,9 @@ class Destination(TimingOverrides):
 
     @model_validator(mode="after")
     def _model_fields(self) -> Destination:
-        if self.model != "FHIR" and self.redox_destination_id is None:
-            raise ValueError(f"redox_destination_id is required for model = {self.model!r}")
-        if self.model != "FHIR" and self.base_url is not None:
-            raise ValueError("base_url is only for model = 'FHIR'")
-        if self.model != "FHIR" and self.ca_bundle is not None:
-            raise ValueError("ca_bundle is only for model = 'FHIR' (Redox uses [redox].ca_bundle)")
-        groups = re.compile(self.filename_pattern).groupindex if self.filename_pattern else {}
-        if self.from_filename and not groups:
-            raise ValueError("from_filename needs a filename_pattern")
-        unknown = sorted(set(self.from_filename) - set(groups))
-        if unknown:
-            raise ValueError(
-                f"from_filename names groups the pattern does not have: {', '.join(unknown)}"
-            )
-        unused = sorted(set(groups) - set(self.from_filename))
-        if unused:
-            raise ValueError(
-                f"filename_pattern groups not mapped in from_filename: {', '.join(unused)}"
-            )
-        for target in self.from_filename.values():
-            parse_field_path(target)
+        problems = destination_rules({k: getattr(self, k) for k in type(self).model_fields})
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @field_validator("inbox", "done", "failed")
@@ -501,18 +484,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_destinations(self) -> Settings:
-        names = [d.name for d in self.destination]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"destination names must be unique (repeated: {', '.join(dupes)})")
-        for dest in self.destination:
-            if dest.model != "FHIR":
-                continue
-            where = f"destination {dest.name!r} (model = 'FHIR')"
-            if (dest.base_url or self.fhir.base_url) is None:
-                raise ValueError(f"{where} needs [fhir].base_url or its own base_url")
-            if self.fhir.token_url is None or self.fhir.client_secret_file is None:
-                raise ValueError(f"{where} needs [fhir].token_url and client_secret_file")
+        data = {
+            "destination": [dict(d) for d in self.destination],
+            "fhir": dict(self.fhir),
+        }
+        problems = settings_rules(data)
+        if problems:
+            raise ValueError("\n".join(problems))
         filled = []
         for dest in self.destination:
             updates = {k: getattr(self, k) for k in TIMING_KEYS if getattr(dest, k) is None}
@@ -551,6 +529,70 @@ class Settings(BaseSettings):
         raise KeyError(name)
 
 
+# -- cross-field rules ------------------------------------------------------------
+# Plain functions of plain dicts: the model validators call them on valid
+# fields, and load_settings calls them on the file's raw tables when other
+# keys failed (pydantic then skips the validators), so every problem is
+# reported in one run.
+
+
+def destination_rules(d: dict[str, Any]) -> list[str]:
+    """What one [[destination]] table's keys require of each other."""
+    problems = []
+    model = d.get("model") or "Media"
+    if model != "FHIR" and d.get("redox_destination_id") is None:
+        problems.append(f"redox_destination_id is required for model = {model!r}")
+    for key in ("base_url", "ca_bundle"):
+        if model != "FHIR" and d.get(key) is not None:
+            problems.append(f"{key} is only for model = 'FHIR'")
+    pattern, mapping = d.get("filename_pattern"), d.get("from_filename") or {}
+    try:
+        groups = set(re.compile(pattern).groupindex) if isinstance(pattern, str) else set()
+    except re.error:
+        return problems  # the pattern's own error is reported
+    if not isinstance(mapping, dict):
+        return problems
+    if mapping and not groups and pattern is None:
+        problems.append("from_filename needs a filename_pattern")
+    elif groups:
+        unknown = sorted(set(mapping) - groups)
+        if unknown:
+            problems.append(
+                f"from_filename names groups the pattern does not have: {', '.join(unknown)}"
+            )
+        unused = sorted(groups - set(mapping))
+        if unused:
+            problems.append(
+                f"filename_pattern groups not mapped in from_filename: {', '.join(unused)}"
+            )
+    for target in mapping.values():
+        try:
+            parse_field_path(str(target))
+        except ValueError as exc:
+            problems.append(f"from_filename: {exc}")
+    return problems
+
+
+def settings_rules(data: dict[str, Any]) -> list[str]:
+    """What the whole file's tables require of each other."""
+    problems = []
+    dests = [d for d in data.get("destination") or [] if isinstance(d, dict)]
+    names = [str(d["name"]) for d in dests if isinstance(d.get("name"), str)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"destination names must be unique (repeated: {', '.join(dupes)})")
+    fhir: dict[str, Any] = data["fhir"] if isinstance(data.get("fhir"), dict) else {}
+    for dest in dests:
+        if dest.get("model") != "FHIR":
+            continue
+        where = f"[[destination]] \"{dest.get('name')}\" (model = 'FHIR')"
+        if (dest.get("base_url") or fhir.get("base_url")) is None:
+            problems.append(f"{where} needs [fhir].base_url or its own base_url")
+        if fhir.get("token_url") is None or fhir.get("client_secret_file") is None:
+            problems.append(f"{where} needs [fhir].token_url and client_secret_file")
+    return problems
+
+
 def group_id(group: int | str) -> int:
     """A gid from a group name or number; ValueError if there is no such group."""
     if isinstance(group, int):
@@ -573,9 +615,120 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_errors(err: ValidationError) -> list[str]:
-    """One line per problem, with the key's path; never the offending value."""
-    return [f"{key_path(tuple(e['loc']))}: {e['msg']}" for e in err.errors(include_input=False)]
+# -- errors in plain words ----------------------------------------------------------
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where ``loc`` points (for "did you mean")."""
+    sections: dict[str, type[BaseModel]] = {
+        "redox": RedoxSettings,
+        "fhir": FhirSettings,
+        "destination": Destination,
+    }
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        nested = sections.get(part)
+        if field is None or nested is None:
+            break
+        model = nested
+    return list(model.model_fields)
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> tuple[str, tuple[int | str, ...]]:
+    """("destination", 1, "inbox") -> ('[[destination]] "letters"', ("inbox",))."""
+    if len(loc) >= 2 and loc[0] == "destination" and isinstance(loc[1], int):
+        tables = raw.get("destination")
+        table = tables[loc[1]] if isinstance(tables, list) and len(tables) > loc[1] else None
+        name = table.get("name") if isinstance(table, dict) else None
+        label = f'"{name}"' if isinstance(name, str) and name else f"number {loc[1] + 1}"
+        return f"[[destination]] {label}", loc[2:]
+    if loc and loc[0] in ("redox", "fhir") and len(loc) >= 1:
+        return f"[{loc[0]}]", loc[1:]
+    return "", loc
+
+
+def _plain(e: Any, key: str, loc: tuple[int | str, ...]) -> str:
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "missing":
+        return "is required but missing"
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(key, _known_keys(loc[:-1]), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (check its spelling)"
+        return f"is not a setting chartdrop knows{hint}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "value_error":
+        return str(e["msg"]).removeprefix("Value error, ")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return "must be a whole number"
+    if kind in ("float_type", "float_parsing"):
+        return "must be a number"
+    if kind in ("bool_type", "bool_parsing"):
+        return "must be true or false"
+    if kind in ("string_type", "path_type"):
+        return "must be text in quotes"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be a table"
+    if kind == "list_type":
+        return "must be a list [ ... ]"
+    bounds = {
+        "greater_than": "greater than {gt}",
+        "greater_than_equal": "at least {ge}",
+        "less_than": "less than {lt}",
+        "less_than_equal": "at most {le}",
+    }
+    if kind in bounds:
+        return "must be " + bounds[kind].format(**ctx)
+    if kind == "too_short":
+        return "must not be empty"
+    if kind in ("string_too_short",):
+        return "must not be empty"
+    if kind == "string_pattern_mismatch" and key == "name":
+        return (
+            "may hold only letters, digits, _ . and - (at most 64, starting with a letter or digit)"
+        )
+    return str(e["msg"]).lower()
+
+
+def _line(where: str, path: str, message: str) -> str:
+    if where and path:
+        return f"{where} {path}: {message}"
+    if where or path:
+        return f"{where or path}: {message}"
+    return message
+
+
+def format_errors(err: ValidationError, raw: dict[str, Any] | None = None) -> list[str]:
+    """One line per problem in plain words: the table (a destination by its
+    name), the key, what is wrong; the closest known key for a typo; never the
+    offending value."""
+    raw = raw or {}
+    lines: list[str] = []
+    for e in err.errors(include_input=False, include_url=False):
+        loc = tuple(e["loc"])
+        where, rest = _where(loc, raw)
+        path = key_path(rest) if rest else ""
+        key = str(rest[-1]) if rest else ""
+        message = _plain(e, key, loc)
+        if e["type"] == "value_error":
+            lines.extend(_line(where, path, m) for m in message.split("\n"))
+        else:
+            lines.append(_line(where, path, message))
+    return lines
+
+
+def _rule_lines(raw: dict[str, Any]) -> list[str]:
+    """The cross-field rules on the file's raw tables, formatted like format_errors."""
+    lines = list(settings_rules(raw))
+    tables = raw.get("destination")
+    for i, table in enumerate(tables if isinstance(tables, list) else []):
+        if isinstance(table, dict):
+            where, _ = _where(("destination", i), raw)
+            lines.extend(_line(where, "", p) for p in destination_rules(table))
+    return lines
 
 
 def load_settings(path: Path) -> Settings:
@@ -585,7 +738,7 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"config file {path} does not exist or is not a file")
     try:
         with path.open("rb") as fh:
-            tomllib.load(fh)
+            raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
@@ -594,7 +747,8 @@ def load_settings(path: Path) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+        problems = format_errors(exc, raw) + _rule_lines(raw)
+        raise ConfigError(list(dict.fromkeys(problems))) from None
     finally:
         _loading.reset(token)
 
