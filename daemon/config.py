@@ -165,6 +165,15 @@ class Destination(TimingOverrides):
         description=_CA_BUNDLE_HELP + " FHIR destinations: for this destination's base_url "
         "(else [fhir].ca_bundle).",
     )
+    duplicates: Literal["send", "hold"] = Field(
+        "hold",
+        description='"hold": a document whose bytes (sha256) and patient identifier match one '
+        "sent to this destination within duplicate_window_days goes to failed/ with a note "
+        'naming the earlier job; "send": send it again.',
+    )
+    duplicate_window_days: float = Field(
+        30, gt=0, description="How far back the duplicate hold looks, in days."
+    )
     polling: bool = Field(
         False,
         description=(

@@ -23,6 +23,7 @@ from daemon.config import Destination, Settings
 from daemon.errors import (
     ChangedError,
     ContentError,
+    DuplicateError,
     InputError,
     NotRegularFileError,
     SidecarError,
@@ -48,6 +49,7 @@ FIX_BY_KIND: dict[str, str] = {
         ContentError,
         TooLargeError,
         NotRegularFileError,
+        DuplicateError,
         ChangedError,
     )
 }

@@ -74,6 +74,9 @@ class Job:
     updated_at: float
     sent_at: float | None
     finished_at: float | None
+    # -- duplicates (migration m003) --
+    patient_key: str | None = None  # hash of the patient identifier sent (not PHI itself)
+    allow_duplicate: bool = False  # send even if a duplicate: `chartdrop retry --allow-duplicate`
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,16 @@ def m002_create_pauses(db: Database) -> None:
         )
         """
     )
+
+
+@MIGRATIONS()
+def m003_duplicates(db: Database) -> None:
+    # Duplicate hold (``duplicates = "hold"``): a hash of the patient identifier
+    # each job was sent for, the per-job flag that lets one duplicate through
+    # (set by ``chartdrop retry --allow-duplicate``), and the index the check reads.
+    db.execute("ALTER TABLE jobs ADD COLUMN patient_key TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN allow_duplicate INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX jobs_destination_sha256 ON jobs (destination, sha256)")
 
 
 JOB_COLUMNS = frozenset(Job.__dataclass_fields__)
