@@ -62,10 +62,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from daemon.inbox_lock import inbox_conflict
     from daemon.service import Service, folder_problems
 
     settings = _settings(args)
     problems = folder_problems(settings)
+    for dest in settings.destination:
+        conflict = inbox_conflict(dest.name, dest.inbox, settings.state_dir)
+        if conflict:
+            problems.append(conflict)
     for key_name, key in secret_files(settings):
         if key is None or not key.is_file():
             problems.append(f"{key_name} ({key}) does not exist")

@@ -42,6 +42,7 @@ from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
+from daemon.inbox_lock import lock_inbox
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger
 from daemon.notify import Notifier
@@ -181,6 +182,7 @@ class Service:
         self.work = threading.Event()
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
+        self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
         self._workers: dict[int, threading.Thread] = {}
         self._observers: list[BaseObserver] = []  # inotify, polling
         self._observer_checks = [ObserverCheck(stuck_after=self.health.allowance) for _ in "ip"]
@@ -206,6 +208,30 @@ class Service:
             ) from None
         self._lock_file = fh
 
+    def _lock_inboxes(self, settings: Settings) -> None:
+        """Lock every inbox of ``settings`` not locked yet; on any conflict, release
+        the ones just taken and raise ConfigError naming every conflict."""
+        taken: dict[Path, IO[bytes]] = {}
+        problems: list[str] = []
+        for dest in settings.destination:
+            if dest.inbox in self._inbox_locks or dest.inbox in taken:
+                continue
+            try:
+                taken[dest.inbox] = lock_inbox(dest.name, dest.inbox, settings.state_dir)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            for fh in taken.values():
+                fh.close()
+            raise ConfigError(problems)
+        self._inbox_locks.update(taken)
+
+    def _release_inboxes(self, keep: Settings | None = None) -> None:
+        """Release the locks of inboxes ``keep`` does not watch (None: all)."""
+        wanted = {d.inbox for d in keep.destination} if keep is not None else set()
+        for inbox in [i for i in self._inbox_locks if i not in wanted]:
+            self._inbox_locks.pop(inbox).close()
+
     def _open_queue(self) -> Queue:
         """Refuse a damaged database before anything (migrations, lease resets)
         writes to it: SQLite's integrity check runs on the file first."""
@@ -229,6 +255,7 @@ class Service:
         ensure_private_dir(self.settings.state_dir)
         ensure_private_dir(self.settings.spool_dir)
         self._take_lock()
+        self._lock_inboxes(self.settings)
         self.queue = self._open_queue()
         self.queue.clear_all_pauses()  # re-learnt by this run
         self.breakers = Breakers(self.queue)
@@ -481,6 +508,7 @@ class Service:
         old = self.settings
         added, changed, removed = _destination_changes(old, new)
         self._apply_settings(new, sender)
+        self._release_inboxes(keep=new)
         for name in removed:  # no pause outlives its destination (status would show it)
             self.breakers.forget(name)
         if added or changed or removed:
@@ -512,6 +540,7 @@ class Service:
             problems.append("state_dir and spool_dir cannot change while running; restart")
         if problems:
             raise ConfigError(problems)
+        self._lock_inboxes(new)  # the new inboxes; old ones are released once applied
         if _client_inputs(new) == _client_inputs(self.settings):
             return new, None
         return new, self._new_sender(new)
@@ -599,6 +628,7 @@ class Service:
                     client.close()
             if self.queue is not None:
                 self.queue.close()
+        self._release_inboxes()
         if self._lock_file is not None:
             self._lock_file.close()
         self.log.info("daemon.stopped")
