@@ -430,6 +430,24 @@ class Settings(BaseSettings):
             "delivered, and their job rows keep only non-PHI facts. failed/ is never cleaned."
         ),
     )
+    keep_failed_days: int = Field(
+        90,
+        ge=1,
+        le=36_500,
+        description=(
+            "Failed and abandoned job rows lose their file names and paths this many days "
+            "after they finished (the files in failed/ are not touched)."
+        ),
+    )
+    keep_events_days: int = Field(
+        2190,
+        ge=365,
+        le=36_500,
+        description=(
+            "The audit trail (the events table, PHI-free) is kept this many days (six "
+            "years by default), then pruned. At least a year."
+        ),
+    )
     files_group: int | str | None = Field(
         None,
         description=(

@@ -442,6 +442,43 @@ class Queue:
         )  # fmt: skip
         return job is not None
 
+    # -- retention of failed rows and events ----------------------------------
+
+    def failed_before(self, cutoff: float, *, limit: int = 500) -> list[Job]:
+        """Failed and abandoned jobs that finished before ``cutoff`` and still name
+        their files, oldest first."""
+        sql = (
+            "SELECT * FROM jobs WHERE state IN (?, ?) AND finished_at < ?"
+            " AND original_name != ? ORDER BY finished_at, id LIMIT ?"
+        )
+        params = (JobState.FAILED, JobState.ABANDONED, cutoff, SCRUBBED_NAME, limit)
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_job(row) for row in rows]
+
+    def scrub_failed(self, job: Job, detail: str) -> bool:
+        """Retention: a failed or abandoned job's file names and paths are removed
+        from its row (the files in failed/ or the inbox are not touched; the error
+        text, PHI-free by construction, stays). False if its state changed."""
+        scrubbed = self._move(
+            job.id, job.state, job.state, detail=detail, original_name=SCRUBBED_NAME,
+            sidecar_name=None, spool_document=None, spool_sidecar=None, final_path=None,
+            blob_uri=None,
+        )  # fmt: skip
+        return scrubbed is not None
+
+    def prune_events(self, cutoff: float, *, limit: int = 5000) -> int:
+        """Delete up to ``limit`` audit rows older than ``cutoff`` (keep_events_days);
+        the number deleted. Rows at or after the cutoff stay undeletable."""
+        with self._write() as conn:
+            conn.execute("UPDATE events_prune_before SET at = MAX(at, ?)", (cutoff,))
+            cursor = conn.execute(
+                "DELETE FROM events WHERE id IN"
+                " (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+                (cutoff, limit),
+            )
+            return cursor.rowcount
+
     # -- duplicates -------------------------------------------------------------
 
     def earlier_duplicate(

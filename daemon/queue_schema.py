@@ -219,6 +219,23 @@ def m003_duplicates(db: Database) -> None:
     db.execute("CREATE INDEX jobs_destination_sha256 ON jobs (destination, sha256)")
 
 
+@MIGRATIONS()
+def m004_events_retention(db: Database) -> None:
+    # Events stay append-only, except that retention may delete rows older
+    # than ``events_prune_before.at`` (keep_events_days): the cutoff is raised
+    # in the same transaction as the delete, and no younger row can be deleted.
+    db.execute("CREATE TABLE events_prune_before (at REAL NOT NULL)")
+    db.execute("INSERT INTO events_prune_before (at) VALUES (0)")
+    db.execute("DROP TRIGGER events_no_delete")
+    db.execute(
+        """
+        CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        WHEN OLD.at >= (SELECT at FROM events_prune_before)
+        BEGIN SELECT RAISE(ABORT, 'events are append-only (until keep_events_days)'); END
+        """
+    )
+
+
 JOB_COLUMNS = frozenset(Job.__dataclass_fields__)
 
 
