@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, Sandbox, events, running, wait_until, write_config
+from conftest import Running, Sandbox, events, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
 from daemon.errors import ConfigError
@@ -239,7 +239,7 @@ def test_unreadable_documents_are_retried_then_reported(
     assert "permissions" in (failed / "locked.pdf.error.txt").read_text()
     assert [a.status for a in sandbox.state.attempts if a.path == "/endpoint"][-1] == 200
     assert len(sandbox.state.received()) == 1
-    assert os.listdir(inbox) == []
+    assert in_inbox(inbox) == []
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, Sandbox, running, wait_until, write_config
+from conftest import Running, Sandbox, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
 from daemon.intake import Intake, Verdict
@@ -215,7 +215,7 @@ def test_every_poison_input_in_one_run(
             "again.pdf",
         ]
         assert r.thread.is_alive()
-        assert os.listdir(r.inbox) == []
+        assert in_inbox(r.inbox) == []
         assert sorted(os.listdir(r.settings.spool_dir)) == []
     assert r.results == [0]
     assert bytes_read() - read_before < GIB  # the 4 GiB file and the 100 MB sidecar were not read
@@ -253,7 +253,7 @@ def settled(r: Running, f: Feeder) -> list[Any]:
         jobs = {j.original_name: (j.state, j.error_kind) for j in r.jobs()}
         missing = {k: v[:2] for k, v in f.expected.items() if jobs.get(k) != v[:2]}
         raise AssertionError(
-            f"not settled: {missing!r}; got {jobs!r}; inbox {os.listdir(r.inbox)!r}"
+            f"not settled: {missing!r}; got {jobs!r}; inbox {in_inbox(r.inbox)!r}"
         ) from None
 
 
