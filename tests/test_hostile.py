@@ -42,6 +42,7 @@ class Feeder:
         self.r, self.pdf = r, pdf
         self.expected: dict[str, tuple[JobState, str | None, str | None]] = {}
         self.good = sample_sidecar()
+        self.made: dict[str, list[bytes]] = {}  # name -> the bytes fed under it
 
     def sidecar(self, doc: str, raw: bytes, *, name: str | None = None) -> None:
         tmp = self.r.inbox / ".sidecar.part"
@@ -50,7 +51,11 @@ class Feeder:
 
     def document(self, name: str, data: bytes | None = None) -> None:
         tmp = self.r.inbox / ".document.part"
-        tmp.write_bytes(self.pdf if data is None else data)
+        # each document its own bytes: the same bytes for the same patient are held
+        count = sum(len(v) for v in self.made.values())
+        data = sample_pdf(f"Good {count}") if data is None else data
+        self.made.setdefault(name, []).append(data)
+        tmp.write_bytes(data)
         tmp.rename(self.r.inbox / name)
 
     def good_pair(self, name: str) -> None:
@@ -226,7 +231,8 @@ def test_every_poison_input_in_one_run(
     )
     good = [k for k, v in f.expected.items() if v[0] == JobState.DONE] + ["again.pdf"]
     assert len(arrived) == len(good)
-    assert set(arrived) == {hashlib.sha256(pdf).hexdigest()}
+    fed = [b for name in set(good) for b in f.made[name]]
+    assert arrived == sorted(hashlib.sha256(b).hexdigest() for b in fed)
     names = sorted(rec.body["Media"]["FileName"] for rec in sandbox.state.received())
     assert names == sorted(good)  # spaces, both Unicode forms, control characters kept
     assert (outside / "target.pdf").read_bytes() == pdf  # link targets never touched

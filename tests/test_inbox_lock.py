@@ -9,12 +9,16 @@ import signal
 import subprocess
 from pathlib import Path
 
-from conftest import Sandbox, wait_until, write_config
+import pytest
+from conftest import Sandbox, running, wait_until, write_config
 from daemonproc import CHARTDROP, daemon_process
 
-from daemon.inbox_lock import INBOX_LOCK_NAME
+from daemon.config import load_settings
+from daemon.errors import ConfigError
+from daemon.inbox_lock import INBOX_LOCK_NAME, lock_inbox
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
+from daemon.service import Service
 
 
 def _configs(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, Path]:
@@ -70,3 +74,36 @@ def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path, sandbox: S
         wait_until(lambda: again.logs("daemon.started"), timeout=30)
     assert [j.state for j in jobs] == [JobState.DONE]
     assert list((tmp_path / "consents" / "failed").iterdir()) == []
+
+
+def test_reload_onto_a_watched_inbox_is_refused_and_moves_release_the_old_lock(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """reload() as the main loop calls it (this thread: run() is not running)."""
+    first, _ = _configs(tmp_path, sandbox)
+    for folder in ("letters", "letters2"):
+        for sub in ("inbox", "done", "failed"):
+            (tmp_path / folder / sub).mkdir(parents=True)
+    letters = {f"{sub}": f"letters/{sub}" for sub in ("inbox", "done", "failed")}
+    second = tmp_path / "second.toml"
+    write_config(tmp_path, sandbox, state_dir="state-2", dest={"name": "letters", **letters})
+    (tmp_path / "chartdrop.toml").rename(second)
+    text = second.read_text()
+    with running(first):
+        service = Service(load_settings(second), config_path=second)
+        service.start()
+        try:
+            second.write_text(text.replace('"letters/inbox"', '"consents/inbox"'))
+            assert service.reload() is False  # daemon one watches consents/inbox
+            assert service.settings.destination[0].inbox == tmp_path / "letters" / "inbox"
+            with pytest.raises(ConfigError, match="is already watched by"):
+                lock_inbox("x", tmp_path / "letters" / "inbox", tmp_path / "other")
+
+            second.write_text(text.replace('"letters/inbox"', '"letters2/inbox"'))
+            assert service.reload()
+            lock_inbox("x", tmp_path / "letters" / "inbox", tmp_path / "other").close()  # freed
+            with pytest.raises(ConfigError, match="is already watched by"):
+                lock_inbox("x", tmp_path / "letters2" / "inbox", tmp_path / "other")
+        finally:
+            service.shutdown()
+    lock_inbox("x", tmp_path / "letters2" / "inbox", tmp_path / "other").close()  # and at exit
