@@ -33,7 +33,13 @@ def lock_inbox(name: str, inbox: Path, state_dir: Path) -> IO[bytes]:
     """Take ``inbox``'s lock for destination ``name``; ConfigError if another
     daemon holds it. Keep the returned file open for as long as the inbox is watched."""
     path = inbox / INBOX_LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"destination {name!r} inbox ({inbox}): cannot create its lock file "
+            f"{INBOX_LOCK_NAME} ({exc.strerror})"
+        ) from None
     fh = os.fdopen(fd, "r+b")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
