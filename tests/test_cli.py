@@ -146,11 +146,11 @@ def test_validate_lists_every_error(tmp_path: Path, sandbox: Sandbox) -> None:
 def test_drop_hands_a_pair_to_the_running_daemon(tmp_path: Path, sandbox: Sandbox) -> None:
     config = write_config(tmp_path, sandbox)
     doc = tmp_path / "fax.pdf"
-    doc.write_bytes(sample_pdf("fax"))
     side = tmp_path / "fax-meta.json"
     side.write_text(json.dumps(sample_sidecar()))
     with running(config) as r:
-        for _ in range(2):
+        for i in range(2):  # two faxes under one name (the same bytes twice would be held)
+            doc.write_bytes(sample_pdf(f"fax {i}"))
             result = run(
                 "drop", str(doc), "--sidecar", str(side), "-d", "consents", "-c", str(config)
             )
