@@ -15,6 +15,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import ssl
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -78,6 +79,12 @@ def resolve_secret(value: Path) -> Path:
 # File types chartdrop can recognise by content (Redox FileType names).
 FileTypeName = Literal["PDF", "TIFF", "JPG", "PNG", "GIF", "TXT", "RTF"]
 FILE_TYPES: tuple[FileTypeName, ...] = ("PDF", "TIFF", "JPG", "PNG", "GIF", "TXT", "RTF")
+
+
+_CA_BUNDLE_HELP = (
+    "PEM file of CA certificates trusted in addition to the system's roots (e.g. a "
+    "proxy's or a private CA); TLS verification is always on."
+)
 
 
 class _Strict(BaseModel):
@@ -161,6 +168,20 @@ class Destination(TimingOverrides):
             "max_requests_per_minute."
         ),
     )
+    ca_bundle: Path | None = Field(
+        None,
+        description=_CA_BUNDLE_HELP + " FHIR destinations: for this destination's base_url "
+        "(else [fhir].ca_bundle).",
+    )
+    duplicates: Literal["send", "hold"] = Field(
+        "hold",
+        description='"hold": a document whose bytes (sha256) and patient identifier match one '
+        "sent to this destination within duplicate_window_days goes to failed/ with a note "
+        'naming the earlier job; "send": send it again.',
+    )
+    duplicate_window_days: float = Field(
+        30, gt=0, description="How far back the duplicate hold looks, in days."
+    )
     polling: bool = Field(
         False,
         description=(
@@ -173,6 +194,11 @@ class Destination(TimingOverrides):
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url_shape(value)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        return _ca_bundle(value)
 
     @field_validator("filename_pattern")
     @classmethod
@@ -189,30 +215,9 @@ class Destination(TimingOverrides):
 
     @model_validator(mode="after")
     def _model_fields(self) -> Destination:
-        if self.model != "FHIR" and self.redox_destination_id is None:
-            raise ValueError(f"redox_destination_id is required for model = {self.model!r}")
-        if self.model != "FHIR" and self.base_url is not None:
-            raise ValueError("base_url is only for model = 'FHIR'")
-        if self.model != "FHIR" and self.max_requests_per_minute is not None:
-            raise ValueError(
-                "max_requests_per_minute is only for model = 'FHIR' "
-                "(Redox destinations share [redox] max_requests_per_minute)"
-            )
-        groups = re.compile(self.filename_pattern).groupindex if self.filename_pattern else {}
-        if self.from_filename and not groups:
-            raise ValueError("from_filename needs a filename_pattern")
-        unknown = sorted(set(self.from_filename) - set(groups))
-        if unknown:
-            raise ValueError(
-                f"from_filename names groups the pattern does not have: {', '.join(unknown)}"
-            )
-        unused = sorted(set(groups) - set(self.from_filename))
-        if unused:
-            raise ValueError(
-                f"filename_pattern groups not mapped in from_filename: {', '.join(unused)}"
-            )
-        for target in self.from_filename.values():
-            parse_field_path(target)
+        problems = destination_rules({k: getattr(self, k) for k in type(self).model_fields})
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @field_validator("inbox", "done", "failed")
@@ -224,6 +229,20 @@ class Destination(TimingOverrides):
         value = getattr(self, key)
         assert value is not None, f"{key} is filled from the top level when loading"
         return value
+
+
+def _ca_bundle(value: Path | None) -> Path | None:
+    """A CA bundle path (relative to the config) that loads as PEM certificates."""
+    if value is None:
+        return None
+    path = _resolve(value)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise ValueError(f"the CA bundle {path} does not exist") from None
+    except (OSError, ssl.SSLError):
+        raise ValueError(f"{path} is not a readable PEM file of CA certificates") from None
+    return path
 
 
 def _check_url_shape(value: str) -> str:
@@ -285,9 +304,7 @@ class RedoxSettings(_Strict):
             "several daemons sharing one Redox source split the quota between them."
         ),
     )
-    ca_bundle: Path | None = Field(
-        None, description="Extra CA bundle (PEM) to trust; TLS verification is always on."
-    )
+    ca_bundle: Path | None = Field(None, description=_CA_BUNDLE_HELP + " For Redox.")
 
     @field_validator("private_key_file", "secret_file")
     @classmethod
@@ -297,7 +314,7 @@ class RedoxSettings(_Strict):
     @field_validator("ca_bundle")
     @classmethod
     def _ca(cls, value: Path | None) -> Path | None:
-        return None if value is None else _resolve(value)
+        return _ca_bundle(value)
 
     @field_validator("api_url", "upload_url")
     @classmethod
@@ -332,6 +349,11 @@ class FhirSettings(_Strict):
         description="Identifier system of the patient ID (e.g. the MRN's OID URI); "
         "a sidecar's Patient.Identifiers[0].IDType that is a URI wins.",
     )
+    visit_identifier_system: str | None = Field(
+        None,
+        description="Identifier system of Visit.VisitNumber (Media.encounter.identifier); "
+        "unset: the encounter identifier is sent with its value only.",
+    )
     document_identifier_system: str = Field(
         "urn:ietf:rfc:3986",
         description="Identifier system of the document ID (Media.identifier, If-None-Exist).",
@@ -342,6 +364,14 @@ class FhirSettings(_Strict):
     log_cdata_format: Literal["kv", "json"] | None = Field(
         None, description="Optional log-cdata-format header: kv or json."
     )
+    ca_bundle: Path | None = Field(
+        None, description=_CA_BUNDLE_HELP + " For the FHIR token URL and base_url."
+    )
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        return _ca_bundle(value)
 
     @field_validator("client_secret_file")
     @classmethod
@@ -487,6 +517,24 @@ class Settings(BaseSettings):
             "delivered, and their job rows keep only non-PHI facts. failed/ is never cleaned."
         ),
     )
+    keep_failed_days: int = Field(
+        90,
+        ge=1,
+        le=36_500,
+        description=(
+            "Failed and abandoned job rows lose their file names and paths this many days "
+            "after they finished (the files in failed/ are not touched)."
+        ),
+    )
+    keep_events_days: int = Field(
+        2190,
+        ge=365,
+        le=36_500,
+        description=(
+            "The audit trail (the events table, PHI-free) is kept this many days (six "
+            "years by default), then pruned. At least a year."
+        ),
+    )
     files_group: int | str | None = Field(
         None,
         description=(
@@ -556,18 +604,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_destinations(self) -> Settings:
-        names = [d.name for d in self.destination]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"destination names must be unique (repeated: {', '.join(dupes)})")
-        for dest in self.destination:
-            if dest.model != "FHIR":
-                continue
-            where = f"destination {dest.name!r} (model = 'FHIR')"
-            if (dest.base_url or self.fhir.base_url) is None:
-                raise ValueError(f"{where} needs [fhir].base_url or its own base_url")
-            if self.fhir.token_url is None or self.fhir.client_secret_file is None:
-                raise ValueError(f"{where} needs [fhir].token_url and client_secret_file")
+        data = {
+            "destination": [dict(d) for d in self.destination],
+            "fhir": dict(self.fhir),
+        }
+        problems = settings_rules(data)
+        if problems:
+            raise ValueError("\n".join(problems))
         filled = []
         for dest in self.destination:
             updates = {k: getattr(self, k) for k in TIMING_KEYS if getattr(dest, k) is None}
@@ -606,6 +649,75 @@ class Settings(BaseSettings):
         raise KeyError(name)
 
 
+# -- cross-field rules ------------------------------------------------------------
+# Plain functions of plain dicts: the model validators call them on valid
+# fields, and load_settings calls them on the file's raw tables when other
+# keys failed (pydantic then skips the validators), so every problem is
+# reported in one run.
+
+
+def destination_rules(d: dict[str, Any]) -> list[str]:
+    """What one [[destination]] table's keys require of each other."""
+    problems = []
+    model = d.get("model") or "Media"
+    if model != "FHIR" and d.get("redox_destination_id") is None:
+        problems.append(f"redox_destination_id is required for model = {model!r}")
+    for key in ("base_url", "ca_bundle"):
+        if model != "FHIR" and d.get(key) is not None:
+            problems.append(f"{key} is only for model = 'FHIR'")
+    if model != "FHIR" and d.get("max_requests_per_minute") is not None:
+        problems.append(
+            "max_requests_per_minute is only for model = 'FHIR' "
+            "(Redox destinations share [redox] max_requests_per_minute)"
+        )
+    pattern, mapping = d.get("filename_pattern"), d.get("from_filename") or {}
+    try:
+        groups = set(re.compile(pattern).groupindex) if isinstance(pattern, str) else set()
+    except re.error:
+        return problems  # the pattern's own error is reported
+    if not isinstance(mapping, dict):
+        return problems
+    if mapping and not groups and pattern is None:
+        problems.append("from_filename needs a filename_pattern")
+    elif groups:
+        unknown = sorted(set(mapping) - groups)
+        if unknown:
+            problems.append(
+                f"from_filename names groups the pattern does not have: {', '.join(unknown)}"
+            )
+        unused = sorted(groups - set(mapping))
+        if unused:
+            problems.append(
+                f"filename_pattern groups not mapped in from_filename: {', '.join(unused)}"
+            )
+    for target in mapping.values():
+        try:
+            parse_field_path(str(target))
+        except ValueError as exc:
+            problems.append(f"from_filename: {exc}")
+    return problems
+
+
+def settings_rules(data: dict[str, Any]) -> list[str]:
+    """What the whole file's tables require of each other."""
+    problems = []
+    dests = [d for d in data.get("destination") or [] if isinstance(d, dict)]
+    names = [str(d["name"]) for d in dests if isinstance(d.get("name"), str)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"destination names must be unique (repeated: {', '.join(dupes)})")
+    fhir: dict[str, Any] = data["fhir"] if isinstance(data.get("fhir"), dict) else {}
+    for dest in dests:
+        if dest.get("model") != "FHIR":
+            continue
+        where = f"[[destination]] \"{dest.get('name')}\" (model = 'FHIR')"
+        if (dest.get("base_url") or fhir.get("base_url")) is None:
+            problems.append(f"{where} needs [fhir].base_url or its own base_url")
+        if fhir.get("token_url") is None or fhir.get("client_secret_file") is None:
+            problems.append(f"{where} needs [fhir].token_url and client_secret_file")
+    return problems
+
+
 def group_id(group: int | str) -> int:
     """A gid from a group name or number; ValueError if there is no such group."""
     if isinstance(group, int):
@@ -628,11 +740,6 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_errors(err: ValidationError) -> list[str]:
-    """One line per problem, with the key's path; never the offending value."""
-    return [f"{key_path(tuple(e['loc']))}: {e['msg']}" for e in err.errors(include_input=False)]
-
-
 def load_settings(path: Path) -> Settings:
     """Load and validate ``path``; raise ConfigError listing every problem."""
     path = path.expanduser().absolute()
@@ -640,7 +747,7 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"config file {path} does not exist or is not a file")
     try:
         with path.open("rb") as fh:
-            tomllib.load(fh)
+            raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
@@ -649,7 +756,9 @@ def load_settings(path: Path) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+        from daemon.config_errors import plain_problems
+
+        raise ConfigError(plain_problems(exc, raw)) from None
     finally:
         _loading.reset(token)
 

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,6 +23,7 @@ from daemon.errors import (
     AuthError,
     ChangedError,
     ChartdropError,
+    DuplicateError,
     InputError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -30,7 +32,7 @@ from daemon.filing import Filer
 from daemon.fsutil import open_document, sha256_file
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
-from daemon.outgoing import Sender, is_sidecar_only
+from daemon.outgoing import Sender, is_sidecar_only, patient_key
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
 from daemon.redox import SendResult
@@ -193,6 +195,7 @@ class Deliverer:
             self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
             return "queued"
         try:
+            key = self._hold_duplicates(job, dest)
             result = self._deliver(job, dest)
         except Throttled as exc:
             # Nothing was sent: the job waits unburnt, its quota's destinations are held.
@@ -214,7 +217,11 @@ class Deliverer:
         self.breakers.success(dest.name)
         killpoint("after_send")
         if not self.queue.mark_sent(
-            job.id, job.lease_token, remote_id=result.log_id, http_status=result.status
+            job.id,
+            job.lease_token,
+            remote_id=result.log_id,
+            http_status=result.status,
+            patient_key=key,
         ):
             log.error("job.lease_lost_after_send", remote_id=result.log_id)
             return "lease_lost"
@@ -294,6 +301,38 @@ class Deliverer:
 
     def _finish(self, job: Job) -> None:
         self.filer.finish_safely(job)  # it reads the job again: ``job`` is the claimed copy
+
+    def _hold_duplicates(self, job: Job, dest: Destination) -> str | None:
+        """The job's patient key; DuplicateError when ``duplicates = "hold"`` and the
+        same bytes were sent for the same patient within the window, unless the job
+        is allowed through (``allow_duplicate``, set by ``chartdrop retry
+        --allow-duplicate``): then the send is audited as a duplicate."""
+        assert job.lease_token is not None
+        if is_sidecar_only(job) or not job.sha256:
+            return None
+        sidecar = read_sidecar(Path(job.spool_sidecar)) if job.spool_sidecar else None
+        key = patient_key(dest, sidecar, job.original_name)
+        if key is None or dest.duplicates == "send":
+            return key
+        since = self.clock() - dest.duplicate_window_days * 86400
+        earlier = self.queue.earlier_duplicate(job, patient_key=key, since=since)
+        if earlier is None:
+            return key
+        earlier_id, sent_at = earlier
+        if job.allow_duplicate:
+            self.queue.record_duplicate_sent(job.id, job.lease_token, earlier_id)
+            self.log.info(
+                "job.duplicate_allowed",
+                job_id=job.id,
+                destination=job.destination,
+                earlier_job_id=earlier_id,
+            )
+            return key
+        when = datetime.fromtimestamp(sent_at).astimezone().strftime("%Y-%m-%d %H:%M")
+        raise DuplicateError(
+            f"the same document for the same patient was already sent to this destination "
+            f"on {when} (job {earlier_id}), so it was not sent again"
+        )
 
     def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None

@@ -8,6 +8,7 @@
     │   ├── ContentError          incomplete, unrecognised or wrong-type content
     │   ├── TooLargeError         over upload_max_bytes (no network call made)
     │   ├── ChangedError          the file changed after it was queued (sha256 differs)
+    │   ├── DuplicateError        the same bytes for the same patient were sent recently
     │   └── NotRegularFileError   a symlink, FIFO, device or hard link: never read through
     └── DeliveryError             talking to the remote side failed
         ├── TransientDeliveryError  retried with backoff (5xx, 429, 408, network errors)
@@ -79,6 +80,15 @@ class ChangedError(InputError):
         "Something was still writing the file after chartdrop had taken it, so it was not "
         "sent. Check that the document in failed/ is complete (or scan it again), then move "
         "it and its sidecar back into the inbox."
+    )
+
+
+class DuplicateError(InputError):
+    reason = "duplicate"
+    fix = (
+        "Nothing needs doing if it was dropped twice by mistake: delete it from failed/. "
+        "If it really must be filed again, ask your administrator to run "
+        "`chartdrop retry --allow-duplicate` with the job number below."
     )
 
 

@@ -1,14 +1,23 @@
 """FHIR R4 destinations: the sidecar mapped to a ``Media`` resource, and the client.
 
-The sidecar has the same shape as for Redox Media (so one scanner profile
-serves both), but only the fields below map to FHIR; any other key is an
-error that names it, so a typo cannot silently drop a field:
+The sidecar has the same shape as for Redox Media, so one scanner profile
+serves every destination. It is first checked as a Redox Media sidecar
+(types, dates, and no key that Redox's Media model does not know: a typo is
+an error naming it); then the fields below are mapped, and the rest (e.g.
+``Patient.Demographics``) is checked but not sent, since a FHIR ``Media``
+has no place for it:
 
     Patient.Identifiers[0].ID       subject.identifier.value
     Patient.Identifiers[0].IDType   subject.identifier.system, when it is a URI
                                     (else [fhir].patient_identifier_system)
+    Visit.VisitNumber               encounter.identifier.value (system:
+                                    [fhir].visit_identifier_system, if set)
+    Media.Provider.ID               operator.identifier.value
+    Media.Provider.IDType           operator.identifier.system: NPI (or absent)
+                                    is http://hl7.org/fhir/sid/us-npi; a URI is
+                                    itself; anything else is an error
     Media.DocumentID                identifier[0].value (else the job's own ID)
-    Media.DocumentType              content.title (else Media.FileName)
+    Media.DocumentType              type.text and content.title
     Media.DocumentDescription       content.title, when DocumentType is absent
     Media.FileName                  content.title, the last resort
     Media.CreationDateTime          createdDateTime and content.creation
@@ -24,14 +33,17 @@ on servers that support conditional create.
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redox.media.new import New as MediaNew
 
 from daemon.config import Destination, FhirSettings, key_path
 from daemon.errors import AuthError, SidecarError
+from daemon.payload import filled_field_problems
 from daemon.redox import (
     REMOTE_ID,
     BearerClient,
@@ -48,8 +60,17 @@ _URI = re.compile(r"^(urn:[a-z0-9][a-z0-9-]*:|https?://)\S+$", re.IGNORECASE)
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
+NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+
+# The Redox Media sidecar fields that hold a date or a date and time.
+_DATES = {("Patient", "Demographics", "DOB"), ("Patient", "Demographics", "DeathDateTime")}
+_DATETIMES = {("Media", "CreationDateTime"), ("Media", "ServiceDateTime")}
+
+
 class _Sidecar(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Unknown keys were already refused by the Redox Media check; what is left
+    # over here is a Redox field FHIR has no place for, checked but not sent.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class _Identifier(_Sidecar):
@@ -61,38 +82,100 @@ class _Patient(_Sidecar):
     Identifiers: list[_Identifier] = Field(min_length=1)
 
 
+class _Visit(_Sidecar):
+    VisitNumber: str | None = Field(None, min_length=1)
+
+
+class _Provider(_Sidecar):
+    ID: str = Field(min_length=1)
+    IDType: str | None = None
+
+
 class _MediaFields(_Sidecar):
     DocumentID: str | None = Field(None, min_length=1)
     DocumentType: str | None = None
     DocumentDescription: str | None = None
     FileName: str | None = None
     CreationDateTime: str | None = None
+    Provider: _Provider | None = None
 
 
 class FhirSidecar(_Sidecar):
-    """What a sidecar may hold for a FHIR destination."""
+    """What a FHIR destination takes from a (Redox Media shaped) sidecar."""
 
     Patient: _Patient
+    Visit: _Visit = Field(default_factory=_Visit)
     Media: _MediaFields = Field(default_factory=_MediaFields)
 
 
 _PLAIN = {
     "missing": "is required but missing",
-    "extra_forbidden": "is not a field chartdrop sends to FHIR (check its spelling)",
+    "extra_forbidden": "is not a field Redox knows (check its spelling)",
     "string_type": "must be text",
+    "bool_type": "must be true or false",
     "too_short": "must not be empty",
     "string_too_short": "must not be empty",
     "list_type": "must be a list [ ... ]",
     "model_type": "must be an object { ... }",
+    "model_attributes_type": "must be an object { ... }",
     "dict_type": "must be an object { ... }",
 }
 
 
-def _problems(err: ValidationError, plain: dict[str, str]) -> list[str]:
+_FHIR_PLAIN = {"extra_forbidden": "is not an element of a FHIR R4 Media"}
+
+
+def _problems(err: ValidationError, plain: dict[str, str], *, skip: str = "") -> list[str]:
     lines = []
     for e in err.errors(include_input=False, include_url=False):
-        lines.append(f"{key_path(tuple(e['loc']))} {plain.get(e['type'], e['msg'].lower())}")
+        if e["type"] != skip:
+            lines.append(f"{key_path(tuple(e['loc']))} {plain.get(e['type'], e['msg'].lower())}")
     return sorted(set(lines))
+
+
+def _redox_shape_problems(data: dict[str, Any]) -> list[str]:
+    """The sidecar checked as a Redox Media sidecar: unknown keys and wrong types
+    are problems; fields chartdrop fills (Meta, the file) and what Redox requires
+    but FHIR does not (Availability, Provider, ...) are not checked here."""
+    problems = filled_field_problems("Media", data)
+    try:
+        MediaNew.model_validate(data, strict=True)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, _PLAIN, skip="missing"))
+    problems.extend(_date_problems(data))
+    return problems
+
+
+def _date_problems(data: dict[str, Any]) -> list[str]:
+    problems = []
+    for path in sorted(_DATES | _DATETIMES):
+        node: Any = data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, str):
+            continue  # absent, or a wrong type the Redox check already named
+        where = ".".join(path)
+        if path in _DATES:
+            if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", node) or not _parses(node):
+                problems.append(f'{where} must be a date written "YYYY-MM-DD"')
+        elif not _DATETIME.fullmatch(node) or not _parses(node[:10]):
+            problems.append(
+                f'{where} must be a date and time with its zone, e.g. "2026-11-21T14:30:00Z"'
+            )
+    return problems
+
+
+_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _parses(day: str) -> bool:
+    try:
+        date.fromisoformat(day)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_sidecar(sidecar: dict[str, Any], settings: FhirSettings) -> FhirSidecar:
@@ -101,6 +184,7 @@ def parse_sidecar(sidecar: dict[str, Any], settings: FhirSettings) -> FhirSideca
     if "EventType" in sidecar and sidecar["EventType"] != "New":
         problems.append("EventType: FHIR destinations only create (New) documents")
     data = {k: v for k, v in sidecar.items() if k != "EventType"}
+    problems.extend(_redox_shape_problems(data))
     parsed: FhirSidecar | None = None
     try:
         parsed = FhirSidecar.model_validate(data)
@@ -115,10 +199,24 @@ def parse_sidecar(sidecar: dict[str, Any], settings: FhirSettings) -> FhirSideca
                 "Patient.Identifiers[0].IDType must be the identifier system as a URI "
                 "(e.g. urn:oid:...), or the admin sets [fhir].patient_identifier_system"
             )
+        provider = parsed.Media.Provider
+        if provider is not None and _provider_system(provider) is None:
+            problems.append(
+                "Media.Provider.IDType must be NPI or the identifier system as a URI "
+                "for a FHIR destination"
+            )
     if problems:
-        raise SidecarError(problems)
+        raise SidecarError(list(dict.fromkeys(problems)))
     assert parsed is not None
     return parsed
+
+
+def _provider_system(provider: _Provider) -> str | None:
+    """The provider ID's system: NPI when the IDType says so (or says nothing:
+    Redox's Provider.ID is an NPI by convention), a URI IDType as is, else None."""
+    if provider.IDType is None or provider.IDType.upper() == "NPI":
+        return NPI_SYSTEM
+    return provider.IDType if _URI.match(provider.IDType) else None
 
 
 def document_identifier(settings: FhirSettings, document_id: str) -> tuple[str, str]:
@@ -159,7 +257,7 @@ def build_media(
     media = sidecar.Media
     system, value = document_identifier(settings, media.DocumentID or document_id)
     creation = media.CreationDateTime or created
-    return {
+    resource: dict[str, Any] = {
         "resourceType": "Media",
         "identifier": [{"system": system, "value": value}],
         "status": "completed",
@@ -174,6 +272,18 @@ def build_media(
             "creation": creation,
         },
     }
+    if media.DocumentType:
+        resource["type"] = {"text": media.DocumentType}
+    if sidecar.Visit.VisitNumber:
+        encounter = {"value": sidecar.Visit.VisitNumber}
+        if settings.visit_identifier_system:
+            encounter = {"system": settings.visit_identifier_system} | encounter
+        resource["encounter"] = {"identifier": encounter}
+    if media.Provider is not None:
+        resource["operator"] = {
+            "identifier": {"system": _provider_system(media.Provider), "value": media.Provider.ID}
+        }
+    return resource
 
 
 def if_none_exist(resource: dict[str, Any]) -> str:
@@ -188,7 +298,7 @@ def validate_media(resource: dict[str, Any]) -> None:
     try:
         Media.model_validate(resource)
     except ValidationError as exc:
-        raise SidecarError(_problems(exc, _PLAIN)) from None
+        raise SidecarError(_problems(exc, _PLAIN | _FHIR_PLAIN)) from None
 
 
 class FhirClient(BearerClient):
@@ -196,13 +306,21 @@ class FhirClient(BearerClient):
 
     service = "FHIR"
 
-    def __init__(self, settings: FhirSettings, http: httpx.Client) -> None:
+    def __init__(
+        self,
+        settings: FhirSettings,
+        http: httpx.Client,
+        dest_http: dict[str, httpx.Client] | None = None,
+    ) -> None:
+        """``http`` serves the token URL and every destination not in ``dest_http``
+        (destination name -> client, for a destination with its own ca_bundle)."""
         if settings.token_url is not None:
             check_url(settings.token_url, "fhir.token_url")
         if settings.base_url is not None:
             check_url(settings.base_url, "fhir.base_url")
         super().__init__(http)
         self.settings = settings
+        self.dest_http = dest_http or {}
 
     def _fetch_token(self) -> tuple[str, float]:
         if self.settings.token_url is None:
@@ -240,7 +358,9 @@ class FhirClient(BearerClient):
         if self.settings.log_cdata_format:
             headers["log-cdata-format"] = self.settings.log_cdata_format
         url = f"{self.base_url(dest)}/Media"
-        response = self._post("FHIR server", url, json=resource, headers=headers)
+        response = self._post(
+            "FHIR server", url, json=resource, headers=headers, client=self.dest_http.get(dest.name)
+        )
         classify(response, "FHIR server")
         resource_id = _json(response).get("id")
         if not (isinstance(resource_id, str) and REMOTE_ID.match(resource_id)):

@@ -32,6 +32,7 @@ from daemon.config import Destination, Settings
 from daemon.errors import (
     ChangedError,
     ContentError,
+    DuplicateError,
     InputError,
     NotRegularFileError,
     SidecarError,
@@ -58,6 +59,7 @@ FIX_BY_KIND: dict[str, str] = {
         ContentError,
         TooLargeError,
         NotRegularFileError,
+        DuplicateError,
         ChangedError,
     )
 }

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+import httpx
+
 from daemon import fhir
 from daemon.config import Destination, RedoxSettings, Settings
 from daemon.content import FileKind, check_kind_matches_extension, detect
@@ -67,6 +69,24 @@ def effective_sidecar(
         return from_name
     merged: dict[str, Any] = merge(from_name or {}, sidecar)
     return merged
+
+
+def patient_key(dest: Destination, sidecar: dict[str, Any] | None, file_name: str) -> str | None:
+    """A hash of the patient identifier a document is for (``Patient.Identifiers[0]``
+    after file-name fields and defaults), for the duplicate hold; None without one.
+    The hash, not the identifier, is kept on the job."""
+    try:
+        fields = merge(dest.defaults, effective_sidecar(dest, sidecar, file_name))
+    except SidecarError:
+        return None
+    patient = fields.get("Patient")
+    ids = patient.get("Identifiers") if isinstance(patient, dict) else None
+    first = ids[0] if isinstance(ids, list) and ids else None
+    if not isinstance(first, dict) or not isinstance(first.get("ID"), str):
+        return None
+    id_type = first.get("IDType")
+    raw = f"{id_type if isinstance(id_type, str) else ''}\x1f{first['ID']}"
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
 def check_kind(dest: Destination, kind: FileKind | None, file_name: str) -> FileKind:
@@ -222,6 +242,10 @@ class Sender:
     settings: Settings
     redox: RedoxClient
     fhir: FhirClient
+
+    def http_clients(self) -> list[httpx.Client]:
+        """Every HTTP client (one per TLS trust: Redox, FHIR, FHIR destinations)."""
+        return [self.redox.http, self.fhir.http, *self.fhir.dest_http.values()]
 
     def send(
         self,

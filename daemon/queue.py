@@ -57,6 +57,7 @@ _CLAIM_CANDIDATE = (
 def _job(row: sqlite3.Row) -> Job:
     values = {column: row[column] for column in JOB_COLUMNS}  # a newer schema may add columns
     values["state"] = JobState(values["state"])
+    values["allow_duplicate"] = bool(values["allow_duplicate"])
     return Job(**values)
 
 
@@ -318,13 +319,20 @@ class Queue:
         return job is not None
 
     def mark_sent(
-        self, job_id: str, token: str, *, remote_id: str | None, http_status: int
+        self,
+        job_id: str,
+        token: str,
+        *,
+        remote_id: str | None,
+        http_status: int,
+        patient_key: str | None = None,
     ) -> bool:
-        """leased -> sent: the remote side accepted it (the attempt counts)."""
+        """leased -> sent: the remote side accepted it (the attempt counts).
+        ``patient_key``: whom it was sent for (see :meth:`earlier_duplicate`)."""
         job = self._move(
             job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True, outcome=True,
             remote_id=remote_id, http_status=http_status, sent_at=self._clock(),
-            error_kind=None, last_error=None,
+            error_kind=None, last_error=None, patient_key=patient_key,
         )  # fmt: skip
         return job is not None
 
@@ -471,6 +479,82 @@ class Queue:
             job_id, JobState.DONE, JobState.DONE, detail=detail, original_name=SCRUBBED_NAME,
             sidecar_name=None, spool_document=None, spool_sidecar=None, final_path=None,
             blob_uri=None, last_error=None,
+        )  # fmt: skip
+        return job is not None
+
+    # -- retention of failed rows and events ----------------------------------
+
+    def failed_before(self, cutoff: float, *, limit: int = 500) -> list[Job]:
+        """Failed and abandoned jobs that finished before ``cutoff`` and still name
+        their files, oldest first."""
+        sql = (
+            "SELECT * FROM jobs WHERE state IN (?, ?) AND finished_at < ?"
+            " AND original_name != ? ORDER BY finished_at, id LIMIT ?"
+        )
+        params = (JobState.FAILED, JobState.ABANDONED, cutoff, SCRUBBED_NAME, limit)
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_job(row) for row in rows]
+
+    def scrub_failed(self, job: Job, detail: str) -> bool:
+        """Retention: a failed or abandoned job's file names and paths are removed
+        from its row (the files in failed/ or the inbox are not touched; the error
+        text, PHI-free by construction, stays). False if its state changed."""
+        scrubbed = self._move(
+            job.id, job.state, job.state, detail=detail, original_name=SCRUBBED_NAME,
+            sidecar_name=None, spool_document=None, spool_sidecar=None, final_path=None,
+            blob_uri=None,
+        )  # fmt: skip
+        return scrubbed is not None
+
+    def prune_events(self, cutoff: float, *, limit: int = 5000) -> int:
+        """Delete up to ``limit`` audit rows older than ``cutoff`` (keep_events_days);
+        the number deleted. Rows at or after the cutoff stay undeletable."""
+        with self._write() as conn:
+            conn.execute("UPDATE events_prune_before SET at = MAX(at, ?)", (cutoff,))
+            cursor = conn.execute(
+                "DELETE FROM events WHERE id IN"
+                " (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+                (cutoff, limit),
+            )
+            return cursor.rowcount
+
+    # -- duplicates -------------------------------------------------------------
+
+    def earlier_duplicate(
+        self, job: Job, *, patient_key: str, since: float
+    ) -> tuple[str, float] | None:
+        """(id, sent_at) of the latest other job with ``job``'s destination and
+        sha256 sent for ``patient_key`` at or after ``since``, or None."""
+        sql = (
+            "SELECT id, sent_at FROM jobs WHERE destination = ? AND sha256 = ? AND id != ?"
+            " AND patient_key = ? AND sent_at >= ? AND state IN (?, ?)"
+            " ORDER BY sent_at DESC LIMIT 1"
+        )
+        params = (job.destination, job.sha256, job.id, patient_key, since)
+        with self._lock:
+            row = self._conn.execute(sql, (*params, JobState.SENT, JobState.DONE)).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    def allow_duplicate(self, job_id: str) -> bool:
+        """Let this job through the duplicate hold once (for ``chartdrop retry
+        --allow-duplicate``, which then requeues it); audited. False if no such job."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET allow_duplicate = 1, updated_at = ? WHERE id = ? RETURNING *",
+                (self._clock(), job_id),
+            ).fetchall()
+            if not rows:
+                return False
+            job = _job(rows[0])
+            self._event(conn, job, job.state, "duplicate allowed by the admin")
+        return True
+
+    def record_duplicate_sent(self, job_id: str, token: str, earlier_id: str) -> bool:
+        """Audit: this leased job is a duplicate of ``earlier_id`` and goes out anyway."""
+        job = self._move(
+            job_id, JobState.LEASED, JobState.LEASED, token=token,
+            detail=f"duplicate of job {earlier_id}, sent as allowed",
         )  # fmt: skip
         return job is not None
 

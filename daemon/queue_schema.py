@@ -74,6 +74,9 @@ class Job:
     updated_at: float
     sent_at: float | None
     finished_at: float | None
+    # -- duplicates (migration m003) --
+    patient_key: str | None = None  # hash of the patient identifier sent (not PHI itself)
+    allow_duplicate: bool = False  # send even if a duplicate: `chartdrop retry --allow-duplicate`
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,33 @@ def m003_indexes_for_a_big_queue(db: Database) -> None:
         "CREATE INDEX jobs_destination_sent ON jobs (destination, sent_at)",
     ):
         db.execute(statement)
+
+
+@MIGRATIONS()
+def m004_duplicates(db: Database) -> None:
+    # Duplicate hold (``duplicates = "hold"``): a hash of the patient identifier
+    # each job was sent for, the per-job flag that lets one duplicate through
+    # (set by ``chartdrop retry --allow-duplicate``), and the index the check reads.
+    db.execute("ALTER TABLE jobs ADD COLUMN patient_key TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN allow_duplicate INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX jobs_destination_sha256 ON jobs (destination, sha256)")
+
+
+@MIGRATIONS()
+def m005_events_retention(db: Database) -> None:
+    # Events stay append-only, except that retention may delete rows older
+    # than ``events_prune_before.at`` (keep_events_days): the cutoff is raised
+    # in the same transaction as the delete, and no younger row can be deleted.
+    db.execute("CREATE TABLE events_prune_before (at REAL NOT NULL)")
+    db.execute("INSERT INTO events_prune_before (at) VALUES (0)")
+    db.execute("DROP TRIGGER events_no_delete")
+    db.execute(
+        """
+        CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        WHEN OLD.at >= (SELECT at FROM events_prune_before)
+        BEGIN SELECT RAISE(ABORT, 'events are append-only (until keep_events_days)'); END
+        """
+    )
 
 
 JOB_COLUMNS = frozenset(Job.__dataclass_fields__)

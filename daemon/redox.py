@@ -89,10 +89,28 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The system's trusted roots, plus ``ca_bundle``'s CAs when given: the bundle
+    adds to the roots, it never replaces them (a FHIR server's private CA must not
+    break TLS to Redox). Verification is always on. A system without any roots
+    (a bare container) falls back to certifi's."""
+    context = ssl.create_default_context()
+    if context.cert_store_stats()["x509_ca"] == 0:
+        import certifi
+
+        context.load_verify_locations(cafile=certifi.where())
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
 def make_http_client(settings: Settings) -> httpx.Client:
-    verify: ssl.SSLContext | bool = True
-    if settings.redox.ca_bundle is not None:
-        verify = ssl.create_default_context(cafile=str(settings.redox.ca_bundle))
+    """The client for Redox (``[redox].ca_bundle``)."""
+    return http_client(settings, settings.redox.ca_bundle)
+
+
+def http_client(settings: Settings, ca_bundle: Path | None) -> httpx.Client:
+    """An HTTP client with chartdrop's timeouts, trusting the system roots plus ``ca_bundle``."""
     return httpx.Client(
         timeout=httpx.Timeout(
             connect=settings.connect_timeout_seconds,
@@ -100,7 +118,7 @@ def make_http_client(settings: Settings) -> httpx.Client:
             write=settings.write_timeout_seconds,
             pool=settings.pool_timeout_seconds,
         ),
-        verify=verify,
+        verify=tls_context(ca_bundle),
         follow_redirects=False,
         # Uncompressed answers: read_capped's limit then bounds what is received, too.
         headers={"User-Agent": "chartdrop", "Accept-Encoding": "identity"},
@@ -291,13 +309,14 @@ class BearerClient:
         """POST with a bearer token; on 401 renew the token once and try again."""
         rewind = kwargs.pop("rewind", None)
         extra_headers = kwargs.pop("headers", {})
+        http: httpx.Client = kwargs.pop("client", None) or self.http  # a per-service TLS trust
         for attempt in (1, 2):
             token = self.token()
             try:
-                request = self.http.build_request(
+                request = http.build_request(
                     "POST", url, headers=self._headers(token) | extra_headers, **kwargs
                 )
-                response = read_capped(self.http, request)
+                response = read_capped(http, request)
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
                 raise TransientDeliveryError(
@@ -473,8 +492,10 @@ __all__ = [
     "check_url",
     "classify",
     "encode_body",
+    "http_client",
     "make_http_client",
     "read_capped",
     "remote_log_id",
     "retry_after_seconds",
+    "tls_context",
 ]

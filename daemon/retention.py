@@ -21,6 +21,13 @@ Safety rules:
 * failed/ is never cleaned: a document there was never filed into the chart,
   and staff must fix and retry it; deleting it would lose it.
 
+Failed and abandoned job rows keep their file names (PHI) for
+``keep_failed_days`` after they finished, then lose them the same way
+(:meth:`~daemon.queue.Queue.scrub_failed`); their files are not touched. The
+events table (the audit trail, PHI-free) is kept ``keep_events_days`` (six
+years by default) and older rows are deleted
+(:meth:`~daemon.queue.Queue.prune_events`).
+
 Everything is logged as counts, never names.
 """
 
@@ -56,6 +63,8 @@ class RetentionReport:
     files_missing: int = 0  # a job's document was no longer in done/
     files_kept: int = 0  # a job's document was left in place (changed, a link, unexpected)
     rows_scrubbed: int = 0
+    failed_rows_scrubbed: int = 0  # failed/abandoned rows past keep_failed_days
+    events_pruned: int = 0  # audit rows past keep_events_days
     files_unknown: int = 0  # files in dated folders past the cutoff that no job names
     more: bool = False  # the batch was full: another pass follows at once
 
@@ -88,16 +97,27 @@ class Retention:
             outcome = self._delete_files(job, report)
             if self.queue.scrub_done(job.id, f"retention: {outcome}"):
                 report.rows_scrubbed += 1
-        report.more = len(jobs) == BATCH
+        failed_cutoff = now - self.settings.keep_failed_days * DAY_SECONDS
+        failed = self.queue.failed_before(failed_cutoff, limit=BATCH)
+        for job in failed:
+            if self.queue.scrub_failed(job, "retention: file names removed"):
+                report.failed_rows_scrubbed += 1
+        events_cutoff = now - self.settings.keep_events_days * DAY_SECONDS
+        report.events_pruned = self.queue.prune_events(events_cutoff, limit=BATCH * 10)
+        report.more = (
+            len(jobs) == BATCH or len(failed) == BATCH or report.events_pruned == BATCH * 10
+        )
         if not report.more:
             report.files_unknown = self._count_unknown(cutoff)
-        if jobs or report.files_unknown:
+        if jobs or failed or report.events_pruned or report.files_unknown:
             self.log.info(
                 "retention.done",
                 files_deleted=report.files_deleted,
                 files_missing=report.files_missing,
                 files_kept=report.files_kept,
                 rows_scrubbed=report.rows_scrubbed,
+                failed_rows_scrubbed=report.failed_rows_scrubbed,
+                events_pruned=report.events_pruned,
                 files_unknown=report.files_unknown,
             )
         return report

@@ -53,11 +53,10 @@ def sample_sidecar(
         "Demographics": {"FirstName": first, "LastName": last, "DOB": "2008-01-06"},
     }
     provider = {"ID": "4356789876", "IDType": "NPI"}
-    if model == "FHIR":
-        return {
-            "Patient": {"Identifiers": [{"ID": mrn, "IDType": "urn:oid:2.16.840.1.113883.3.0"}]},
-            "Media": {"DocumentType": document_type},
-        }
+    if model == "FHIR":  # the Redox Media sidecar, with the MRN's system as a URI
+        patient["Identifiers"] = [{"ID": mrn, "IDType": "urn:oid:2.16.840.1.113883.3.0"}]
+        media = {"DocumentType": document_type, "Provider": provider}
+        return {"Patient": patient, "Visit": {"VisitNumber": "1234"}, "Media": media}
     if model == "Notes":
         section: dict[str, Any] = {"Note": {"DocumentType": document_type, "Provider": provider}}
     elif model == "Results":

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+import httpx
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
@@ -42,6 +43,7 @@ from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
+from daemon.inbox_lock import lock_inbox
 from daemon.intake import InboxEvents, Intake
 from daemon.logs import get_logger, where
 from daemon.metrics import Metrics, start_metrics
@@ -49,7 +51,7 @@ from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
-from daemon.redox import RedoxClient, make_http_client
+from daemon.redox import RedoxClient, http_client, make_http_client
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
 
@@ -184,6 +186,7 @@ class Service:
         self.work = threading.Event()
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
+        self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
         self._workers: dict[int, threading.Thread] = {}
         self._observers: list[BaseObserver] = []  # inotify, polling
         self._observer_checks = [ObserverCheck(stuck_after=self.health.allowance) for _ in "ip"]
@@ -213,6 +216,30 @@ class Service:
             ) from None
         self._lock_file = fh
 
+    def _lock_inboxes(self, settings: Settings) -> None:
+        """Lock every inbox of ``settings`` not locked yet; on any conflict, release
+        the ones just taken and raise ConfigError naming every conflict."""
+        taken: dict[Path, IO[bytes]] = {}
+        problems: list[str] = []
+        for dest in settings.destination:
+            if dest.inbox in self._inbox_locks or dest.inbox in taken:
+                continue
+            try:
+                taken[dest.inbox] = lock_inbox(dest.name, dest.inbox, settings.state_dir)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            for fh in taken.values():
+                fh.close()
+            raise ConfigError(problems)
+        self._inbox_locks.update(taken)
+
+    def _release_inboxes(self, keep: Settings | None = None) -> None:
+        """Release the locks of inboxes ``keep`` does not watch (None: all)."""
+        wanted = {d.inbox for d in keep.destination} if keep is not None else set()
+        for inbox in [i for i in self._inbox_locks if i not in wanted]:
+            self._inbox_locks.pop(inbox).close()
+
     def _open_queue(self) -> Queue:
         """Refuse a damaged database before anything (migrations, lease resets)
         writes to it: SQLite's integrity check runs on the file first."""
@@ -236,6 +263,7 @@ class Service:
         ensure_private_dir(self.settings.state_dir)
         ensure_private_dir(self.settings.spool_dir)
         self._take_lock()
+        self._lock_inboxes(self.settings)
         self.queue = self._open_queue()
         self.queue.clear_all_pauses()  # re-learnt by this run
         self.breakers = Breakers(self.queue)
@@ -275,14 +303,25 @@ class Service:
 
     @staticmethod
     def make_sender(settings: Settings) -> Sender:
-        """The API clients for every destination model (one HTTP connection pool)."""
-        http = make_http_client(settings)
+        """The API clients for every destination model: one HTTP connection pool per
+        TLS trust (Redox, FHIR, and each FHIR destination with its own ca_bundle)."""
+        clients: list[httpx.Client] = []
         try:
+            clients.append(redox_http := make_http_client(settings))
+            clients.append(fhir_http := http_client(settings, settings.fhir.ca_bundle))
+            dest_http = {}
+            for dest in settings.destination:
+                if dest.model == "FHIR" and dest.ca_bundle is not None:
+                    dest_http[dest.name] = http_client(settings, dest.ca_bundle)
+                    clients.append(dest_http[dest.name])
             return Sender(
-                settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http)
+                settings,
+                RedoxClient(settings.redox, redox_http),
+                FhirClient(settings.fhir, fhir_http, dest_http),
             )
         except BaseException:
-            http.close()
+            for client in clients:
+                client.close()
             raise
 
     def _new_sender(self, settings: Settings) -> Sender:
@@ -290,7 +329,8 @@ class Service:
         beats the calling worker's heartbeat (:mod:`daemon.health`)."""
         inputs = _client_inputs(settings)  # before the files are read: a later change is seen
         sender = self.make_sender(settings)
-        self.health.watch_http(sender.redox.http)
+        for client in sender.http_clients():
+            self.health.watch_http(client)
         self._client_inputs = inputs
         return sender
 
@@ -494,6 +534,7 @@ class Service:
         old = self.settings
         added, changed, removed = _destination_changes(old, new)
         self._apply_settings(new, sender)
+        self._release_inboxes(keep=new)
         for name in removed:  # no pause outlives its destination (status would show it)
             self.breakers.forget(name)
         if added or changed or removed:
@@ -537,6 +578,7 @@ class Service:
             problems.append("state_dir and spool_dir cannot change while running; restart")
         if problems:
             raise ConfigError(problems)
+        self._lock_inboxes(new)  # the new inboxes; old ones are released once applied
         if _client_inputs(new) == self._client_inputs:
             return new, None
         return new, self._new_sender(new)
@@ -627,9 +669,11 @@ class Service:
             if self.deliverer is not None:
                 senders.append(self.deliverer.sender)
             for sender in senders:
-                sender.redox.http.close()
+                for client in sender.http_clients():
+                    client.close()
             if self.queue is not None:
                 self.queue.close()
+        self._release_inboxes()
         if self._lock_file is not None:
             self._lock_file.close()
         self.log.info("daemon.stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,14 @@ def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
     """The logged events called ``name``, parsed."""
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
     return [line for line in lines if line.get("event") == name]
+
+
+def in_inbox(inbox: Path) -> list[str]:
+    """Names in an inbox, sorted, without the daemon's own lock file
+    (``.chartdrop.lock``, held while it watches the inbox)."""
+    from daemon.inbox_lock import INBOX_LOCK_NAME
+
+    return sorted(n for n in os.listdir(inbox) if n != INBOX_LOCK_NAME)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -44,7 +44,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, when run as a script
 
-from conftest import CLIENT_ID, KEY_ID, Sandbox, wait_until, write_config
+from conftest import CLIENT_ID, KEY_ID, Sandbox, in_inbox, wait_until, write_config
 
 from daemon.killpoints import ENV as KILLPOINT_ENV
 from daemon.queue import JobState, Queue
@@ -414,7 +414,7 @@ def run_soak(
 
         def drained() -> bool:
             return (
-                not any(inbox.iterdir())
+                not in_inbox(inbox)
                 and not any(spool.iterdir())
                 and unfinished(db) == 0
                 and count_filed(done) + count_filed(failed) >= documents
@@ -466,7 +466,7 @@ def _check(
     inbox, done, failed = (root / "consents" / sub for sub in ("inbox", "done", "failed"))
     spool, db = root / "state" / "spool", root / "state" / "chartdrop.sqlite3"
     in_done, in_failed = filed(done), filed(failed)
-    left_inbox = sorted(x.name for x in inbox.iterdir())
+    left_inbox = in_inbox(inbox)
     left_spool = sorted(x.name for x in spool.iterdir())
     if left_inbox:
         p.append(f"{len(left_inbox)} files left in the inbox")

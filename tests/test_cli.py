@@ -8,11 +8,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Sandbox, running, wait_until, write_config
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
@@ -35,7 +43,7 @@ def test_bad_config_is_listed_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "workers:" in result.stderr
-    assert "destination[0].inbox:" in result.stderr
+    assert '[[destination]] "a" inbox: is required but missing' in result.stderr
 
 
 def test_missing_config_is_one_sentence(tmp_path: Path) -> None:
@@ -77,6 +85,42 @@ def test_check_online_with_wrong_key_fails_clearly(tmp_path: Path, sandbox: Sand
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("make_key", "expected"),
+    [
+        (lambda: b"not a key at all\n", "is not a PEM private key"),
+        (
+            lambda: ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+            ),
+            "is not an RSA private key (Redox signs with RS384)",
+        ),
+        (
+            lambda: rsa.generate_private_key(65537, 2048).private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"pw")
+            ),
+            "is encrypted with a passphrase",
+        ),
+        (
+            lambda: rsa.generate_private_key(65537, 1024).private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+            ),
+            "is an RSA key of 1024 bits; Redox needs at least 2048",
+        ),
+    ],
+)
+def test_check_offline_refuses_a_key_file_that_cannot_sign(
+    tmp_path: Path, sandbox: Sandbox, make_key: Callable[[], bytes], expected: str
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    sandbox.private_key.write_bytes(make_key())
+    result = run("check", "-c", str(config))
+    assert result.returncode == 2, result.stdout
+    assert f"redox.private_key_file ({sandbox.private_key}) {expected}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sandbox.state.token_requests == 0  # offline
+
+
 def test_validate_lists_every_error(tmp_path: Path, sandbox: Sandbox) -> None:
     config = write_config(tmp_path, sandbox)
     good = tmp_path / "good.json"
@@ -102,11 +146,11 @@ def test_validate_lists_every_error(tmp_path: Path, sandbox: Sandbox) -> None:
 def test_drop_hands_a_pair_to_the_running_daemon(tmp_path: Path, sandbox: Sandbox) -> None:
     config = write_config(tmp_path, sandbox)
     doc = tmp_path / "fax.pdf"
-    doc.write_bytes(sample_pdf("fax"))
     side = tmp_path / "fax-meta.json"
     side.write_text(json.dumps(sample_sidecar()))
     with running(config) as r:
-        for _ in range(2):
+        for i in range(2):  # two faxes under one name (the same bytes twice would be held)
+            doc.write_bytes(sample_pdf(f"fax {i}"))
             result = run(
                 "drop", str(doc), "--sidecar", str(side), "-d", "consents", "-c", str(config)
             )

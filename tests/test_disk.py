@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, Sandbox, events, running, wait_until, write_config
+from conftest import Running, Sandbox, events, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
 from daemon.errors import ConfigError
 from daemon.queue import JobState, Queue
-from daemon.samples import sample_sidecar
+from daemon.samples import sample_pdf, sample_sidecar
 from daemon.service import Service
 
 CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
@@ -199,7 +199,7 @@ def test_unreadable_documents_are_retried_then_reported(
         wait_until(lambda: "daemon.started" in (tmp_path / "daemon.log").read_text())
         sandbox.state.set_faults(outage=True)
         (inbox / "later.pdf.json").write_text(json.dumps(sidecar))
-        (inbox / ".later.pdf.part").write_bytes(pdf)
+        (inbox / ".later.pdf.part").write_bytes(sample_pdf("later"))  # not a duplicate
         (inbox / ".later.pdf.part").rename(inbox / "later.pdf")
         queue = Queue.open_readonly(settings.database_path)
         job = wait_until(lambda: queue.jobs(states=(JobState.QUEUED,)))[0]
@@ -239,7 +239,7 @@ def test_unreadable_documents_are_retried_then_reported(
     assert "permissions" in (failed / "locked.pdf.error.txt").read_text()
     assert [a.status for a in sandbox.state.attempts if a.path == "/endpoint"][-1] == 200
     assert len(sandbox.state.received()) == 1
-    assert os.listdir(inbox) == []
+    assert in_inbox(inbox) == []
 
 
 @pytest.mark.parametrize(

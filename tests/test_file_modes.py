@@ -222,7 +222,7 @@ def test_mode_and_group_settings_are_checked(tmp_path: Path, sandbox: Sandbox) -
         "files_mode": (0o644, "gives other users access"),
         "dirs_mode": (0o640, "must give chartdrop (the owner) full access"),
         "files_group": ("no-such-group-here", "there is no group named"),
-        "keep_done_days": (0, "greater than or equal to 1"),
+        "keep_done_days": (0, "must be at least 1"),
     }
     for key, (value, message) in bad.items():
         with pytest.raises(ConfigError, match=re.escape(message)) as refused:

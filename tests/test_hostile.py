@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, Sandbox, running, wait_until, write_config
+from conftest import Running, Sandbox, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
 from daemon.intake import Intake, Verdict
@@ -42,6 +42,7 @@ class Feeder:
         self.r, self.pdf = r, pdf
         self.expected: dict[str, tuple[JobState, str | None, str | None]] = {}
         self.good = sample_sidecar()
+        self.made: dict[str, list[bytes]] = {}  # name -> the bytes fed under it
 
     def sidecar(self, doc: str, raw: bytes, *, name: str | None = None) -> None:
         tmp = self.r.inbox / ".sidecar.part"
@@ -50,7 +51,11 @@ class Feeder:
 
     def document(self, name: str, data: bytes | None = None) -> None:
         tmp = self.r.inbox / ".document.part"
-        tmp.write_bytes(self.pdf if data is None else data)
+        # each document its own bytes: the same bytes for the same patient are held
+        count = sum(len(v) for v in self.made.values())
+        data = sample_pdf(f"Good {count}") if data is None else data
+        self.made.setdefault(name, []).append(data)
+        tmp.write_bytes(data)
         tmp.rename(self.r.inbox / name)
 
     def good_pair(self, name: str) -> None:
@@ -215,7 +220,7 @@ def test_every_poison_input_in_one_run(
             "again.pdf",
         ]
         assert r.thread.is_alive()
-        assert os.listdir(r.inbox) == []
+        assert in_inbox(r.inbox) == []
         assert sorted(os.listdir(r.settings.spool_dir)) == []
     assert r.results == [0]
     assert bytes_read() - read_before < GIB  # the 4 GiB file and the 100 MB sidecar were not read
@@ -226,7 +231,8 @@ def test_every_poison_input_in_one_run(
     )
     good = [k for k, v in f.expected.items() if v[0] == JobState.DONE] + ["again.pdf"]
     assert len(arrived) == len(good)
-    assert set(arrived) == {hashlib.sha256(pdf).hexdigest()}
+    fed = [b for name in set(good) for b in f.made[name]]
+    assert arrived == sorted(hashlib.sha256(b).hexdigest() for b in fed)
     names = sorted(rec.body["Media"]["FileName"] for rec in sandbox.state.received())
     assert names == sorted(good)  # spaces, both Unicode forms, control characters kept
     assert (outside / "target.pdf").read_bytes() == pdf  # link targets never touched
@@ -253,7 +259,7 @@ def settled(r: Running, f: Feeder) -> list[Any]:
         jobs = {j.original_name: (j.state, j.error_kind) for j in r.jobs()}
         missing = {k: v[:2] for k, v in f.expected.items() if jobs.get(k) != v[:2]}
         raise AssertionError(
-            f"not settled: {missing!r}; got {jobs!r}; inbox {os.listdir(r.inbox)!r}"
+            f"not settled: {missing!r}; got {jobs!r}; inbox {in_inbox(r.inbox)!r}"
         ) from None
 
 

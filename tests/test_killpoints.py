@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, wait_until
+from conftest import Sandbox, in_inbox, wait_until
 from crash_harness import (
     daemon,
     db_jobs,
@@ -74,7 +74,7 @@ def test_crash_at_kill_point_finishes_exactly_once(
     assert len(copies) == 1 and copies[0].name == "CANARY scan.pdf"
     assert copies[0].read_bytes() == pdf
     assert has_sidecar(copies[0])
-    assert list(inbox.iterdir()) == [] and list(spool.iterdir()) == []
+    assert in_inbox(inbox) == [] and list(spool.iterdir()) == []
     assert list(failed.iterdir()) == []
     # delivered with one DocumentID, carrying the original bytes
     received = received_contents(sandbox.state)

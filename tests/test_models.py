@@ -352,6 +352,36 @@ def test_fhir_media_end_to_end(tmp_path: Path, sandbox: Sandbox, pdf: bytes) -> 
     assert sandbox.state.fhir_token_requests == 1
 
 
+def test_fhir_takes_the_full_redox_sidecar(tmp_path: Path, sandbox: Sandbox, pdf: bytes) -> None:
+    """The sidecar a scanner writes for Redox Media (Demographics, Visit, Provider)
+    files on a FHIR destination: encounter, operator and type come from it, the
+    demographics are checked but not sent; a misspelt key still fails, by name."""
+    fhir = {"visit_identifier_system": "urn:oid:1.2.3.4.5"}
+    config = _fhir_config(tmp_path, sandbox, fhir=fhir)
+    full = sample_sidecar(model="Media", first="CANARYFIRST", last="CANARYLAST")
+    typo = sample_sidecar(model="Media")
+    typo["Visit"] = {"VisitNumbr": "1234"}
+    with running(config) as r:
+        r.drop("consent.pdf", pdf, full)
+        r.drop("typo.pdf", pdf, typo)
+        jobs = {j.original_name: j for j in r.finished(2)}
+        note = (r.failed / "typo.pdf.error.txt").read_text()
+    assert jobs["consent.pdf"].state == JobState.DONE, jobs["consent.pdf"].last_error
+    assert jobs["typo.pdf"].state == JobState.FAILED
+    assert "Visit.VisitNumbr is not a field Redox knows (check its spelling)" in note
+    (received,) = sandbox.state.fhir_received()
+    media = FhirMedia.model_validate(received.body)
+    assert media.encounter.identifier.system == "urn:oid:1.2.3.4.5"
+    assert media.encounter.identifier.value == "1234"
+    assert media.operator.identifier.system == "http://hl7.org/fhir/sid/us-npi"
+    assert media.operator.identifier.value == "4356789876"
+    assert media.type.text == "Consent Form" and media.content.title == "Consent Form"
+    # IDType "MR" is not a URI: the admin's patient_identifier_system is used
+    assert media.subject.identifier.system == "urn:oid:2.16.840.1.113883.3.9999"
+    text = json.dumps(received.body)
+    assert "CANARY" not in text and "2008-01-06" not in text
+
+
 def test_fhir_resend_after_unknown_outcome_creates_no_second_resource(
     tmp_path: Path, sandbox: Sandbox, pdf: bytes
 ) -> None:
@@ -413,7 +443,7 @@ def test_fhir_sidecar_with_unknown_key_fails_naming_it(
         (job,) = r.finished(1)
         note = (r.failed / "a.pdf.error.txt").read_text()
     assert job.state == JobState.FAILED
-    assert "Media.DocumentTyp is not a field chartdrop sends to FHIR (check its spelling)" in note
+    assert "Media.DocumentTyp is not a field Redox knows (check its spelling)" in note
 
 
 def test_legacy_token_is_renewed_with_the_refresh_token_then_by_authenticating(

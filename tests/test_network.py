@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,7 +31,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from daemon.config import RedoxSettings, Settings, load_settings
 from daemon.errors import AuthError, ConfigError, TransientDeliveryError
 from daemon.queue import JobState
-from daemon.redox import MAX_RESPONSE_BYTES, RedoxClient, make_http_client, read_capped
+from daemon.redox import (
+    MAX_RESPONSE_BYTES,
+    RedoxClient,
+    make_http_client,
+    read_capped,
+    tls_context,
+)
 from daemon.samples import sample_pdf, sample_sidecar
 from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
 
@@ -146,6 +153,52 @@ def test_tls_is_verified_and_a_ca_bundle_can_be_added(tmp_path: Path) -> None:
         assert len(sandbox.state.received()) == 1
 
 
+def test_ca_bundle_adds_to_the_system_roots(tmp_path: Path) -> None:
+    ca, _cert, _key = make_pki(tmp_path)
+    system, added = tls_context(None), tls_context(ca)
+    roots = system.cert_store_stats()["x509_ca"]
+    assert roots > 0  # the machine's trusted roots are loaded
+    assert added.cert_store_stats()["x509_ca"] == roots + 1  # one more, none replaced
+    names = [dict(rdn[0] for rdn in c["subject"]).get("commonName") for c in added.get_ca_certs()]
+    assert "chartdrop test CA" in names and len(names) == roots + 1
+    assert added.verify_mode == ssl.CERT_REQUIRED and added.check_hostname
+
+
+@pytest.mark.parametrize("where", ["fhir", "destination"])
+def test_a_private_ca_for_the_fhir_server_only(
+    tmp_path: Path, sandbox: Sandbox, pdf: bytes, where: str
+) -> None:
+    """The FHIR server's private CA ([fhir] or the destination's ca_bundle) is
+    trusted for FHIR and not for Redox, whose client keeps the system roots only."""
+    ca, cert, key = make_pki(tmp_path)
+    with SandboxServer(sandbox.state, tls=(str(cert), str(key))) as tls:
+        fhir = sandbox.fhir_table(base_url=f"{tls.url}/fhir/r4")
+        dest: dict[str, Any] = {}
+        if where == "fhir":
+            fhir |= {"token_url": f"{tls.url}/fhir/oauth/token", "ca_bundle": str(ca)}
+        else:
+            dest["ca_bundle"] = str(ca)
+        config = write_config(tmp_path, sandbox, model="FHIR", fhir=fhir, dest=dest)
+        settings = load_settings(config)
+        with (
+            make_http_client(settings) as redox_http,
+            pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+        ):
+            redox_http.get(f"{tls.url}/fhir/r4/metadata")
+        with running(config) as r:
+            r.drop("consent.pdf", pdf, sample_sidecar(model="FHIR"))
+            (job,) = r.finished(1)
+        assert job.state == JobState.DONE, job.last_error
+        assert len(sandbox.state.fhir_received()) == 1
+
+
+def test_a_ca_bundle_that_is_not_pem_is_a_config_error(tmp_path: Path, sandbox: Sandbox) -> None:
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("hello\n")
+    with pytest.raises(ConfigError, match="not a readable PEM file of CA certificates"):
+        load_settings(write_config(tmp_path, sandbox, redox={"ca_bundle": str(bad)}))
+
+
 def test_a_trusted_certificate_for_another_name_is_refused(tmp_path: Path) -> None:
     ca, cert, key = make_pki(tmp_path, server_name="ehr.example")
     with tls_sandbox(tmp_path, cert, key) as sandbox:
@@ -164,7 +217,7 @@ def test_there_is_no_setting_that_turns_verification_off(tmp_path: Path, sandbox
     for line in ("verify = false", "verify_tls = false", "insecure = true"):
         bad = tmp_path / "bad.toml"
         bad.write_text(config.read_text().replace("[redox]\n", f"[redox]\n{line}\n"))
-        with pytest.raises(ConfigError, match="Extra inputs are not permitted"):
+        with pytest.raises(ConfigError, match="is not a setting chartdrop knows"):
             load_settings(bad)
 
 

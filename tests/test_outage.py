@@ -116,8 +116,8 @@ def test_refused_credentials_open_at_once(tmp_path: Path) -> None:
 
 def _drop_all(r: Any, n: int, pdf: bytes) -> list[str]:
     names = [f"doc-{i:03}.pdf" for i in range(n)]
-    for name in names:
-        r.drop(name, pdf, sample_sidecar())
+    for i, name in enumerate(names):  # one patient each: not duplicates of each other
+        r.drop(name, pdf, sample_sidecar(mrn=f"{i:010d}"))
     return names
 
 
@@ -128,7 +128,9 @@ def test_an_afternoon_outage_then_everything_drains_in_order(
         tmp_path, sandbox, workers=1, retry_base_seconds=0.2, retry_cap_seconds=0.8
     )
     with running(config) as r:
-        r.drop("warm-up.pdf", pdf, sample_sidecar())  # a token is cached before the outage
+        r.drop(
+            "warm-up.pdf", sample_pdf("warm up"), sample_sidecar()
+        )  # a token is cached before the outage
         r.finished(1)
         sandbox.state.set_faults(outage=True)
         names = _drop_all(r, 12, pdf)
@@ -171,7 +173,7 @@ def test_read_timeout_is_an_unknown_outcome_resent_with_the_same_document_id(
     pdf = sample_pdf("slow answer")
     config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5)
     with running(config) as r:
-        r.drop("warm-up.pdf", pdf, sample_sidecar())
+        r.drop("warm-up.pdf", sample_pdf("warm up"), sample_sidecar())
         r.finished(1)
         sandbox.state.set_faults(latency_seconds=1.5)  # it answers, but too late
         r.drop("a.pdf", pdf, sample_sidecar())

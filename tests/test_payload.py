@@ -283,8 +283,36 @@ def test_every_model_and_event_validates_against_its_json_schema(model: str, eve
         ),
         (
             "FHIR",
-            lambda s: s["Patient"].update(Demographics={"FirstName": "CANARY"}),
-            "Patient.Demographics is not a field chartdrop sends to FHIR (check its spelling)",
+            lambda s: s["Patient"].update(Demographic={"FirstName": "CANARY"}),
+            "Patient.Demographic is not a field Redox knows (check its spelling)",
+        ),
+        (
+            "FHIR",
+            lambda s: s["Patient"].update(Demographics={"DOB": "06/01/2008"}),
+            'Patient.Demographics.DOB must be a date written "YYYY-MM-DD"',
+        ),
+        (
+            "FHIR",
+            lambda s: s["Media"].update(CreationDateTime="2026-02-30T10:00:00Z"),
+            "Media.CreationDateTime must be a date and time with its zone, "
+            'e.g. "2026-11-21T14:30:00Z"',
+        ),
+        (
+            "FHIR",
+            lambda s: s.update(Visit={"VisitNumber": 1234}),
+            "Visit.VisitNumber must be text",
+        ),
+        (
+            "FHIR",
+            lambda s: s["Media"].update(Provider={"ID": "123", "IDType": "EPIC"}),
+            "Media.Provider.IDType must be NPI or the identifier system as a URI "
+            "for a FHIR destination",
+        ),
+        (
+            "FHIR",
+            lambda s: s["Media"].update(FileContents="x"),
+            "Media.FileContents is filled in by chartdrop from the file; "
+            "remove it from the sidecar",
         ),
         (
             "FHIR",

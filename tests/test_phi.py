@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -99,8 +100,13 @@ def canary_sidecar() -> dict[str, Any]:
     }
 
 
+_PAGES = itertools.count(1)
+
+
 def canary_pdf(padding: int = 0) -> bytes:
-    return sample_pdf(f"{FIRST} {LAST} {DOB} {SSN} {MRN}", padding=padding)
+    """A PDF full of canaries; each call other bytes (page n), so none is held as a
+    duplicate of another (same bytes, same patient)."""
+    return sample_pdf(f"{FIRST} {LAST} {DOB} {SSN} {MRN} page {next(_PAGES)}", padding=padding)
 
 
 def put(inbox: Path, name: str, data: bytes | None, sidecar: bytes | None) -> None:

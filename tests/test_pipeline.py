@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from conftest import DEST_ID, load_schema, wait_until
+from conftest import DEST_ID, in_inbox, load_schema, wait_until
 
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
@@ -51,7 +51,7 @@ def test_small_file_is_embedded_and_filed_in_done(
     folder = today(r.done)
     assert (folder / "consent.pdf").read_bytes() == pdf
     assert json.loads((folder / "consent.pdf.json").read_text()) == sidecar
-    assert sorted(os.listdir(r.inbox)) == []
+    assert in_inbox(r.inbox) == []
     assert sorted(os.listdir(r.settings.spool_dir)) == []
     assert job.sha256 == hashlib.sha256(pdf).hexdigest()
 
@@ -165,9 +165,10 @@ def test_name_collision_in_done_gets_a_suffix(
     assert (folder / "scan.pdf").read_bytes() == b"an older document"
     assert (folder / "scan (1).pdf").read_bytes() == pdf
     assert (folder / "scan (1).pdf.json").exists()
-    r.drop("scan.pdf", pdf, sidecar)
+    other = sample_pdf("another scan")  # the same bytes again would be held as a duplicate
+    r.drop("scan.pdf", other, sidecar)
     r.finished(2)
-    assert (folder / "scan (2).pdf").read_bytes() == pdf
+    assert (folder / "scan (2).pdf").read_bytes() == other
 
 
 def test_symlink_in_inbox_is_never_read(
@@ -236,7 +237,7 @@ def test_junk_names_are_ignored(daemon_factory: Any, sandbox: Any, pdf: bytes) -
         (r.inbox / name).write_bytes(pdf)
     r.drop("real.pdf", pdf, sample_sidecar())
     r.finished(1)
-    assert sorted(os.listdir(r.inbox)) == sorted(
+    assert in_inbox(r.inbox) == sorted(
         ["scan.pdf.tmp", "~$scan.pdf", ".hidden.pdf", "Thumbs.db", "x.part"]
     )
 
@@ -266,7 +267,7 @@ def test_expired_token_is_renewed_once(
     r.drop("one.pdf", pdf, sidecar)
     r.finished(1)
     sandbox.state.revoke_tokens()  # the server forgets the token: the next send gets a 401
-    r.drop("two.pdf", pdf, sidecar)
+    r.drop("two.pdf", sample_pdf("two"), sidecar)
     jobs = r.finished(2)
     assert all(j.state == JobState.DONE for j in jobs)
     assert sandbox.state.token_requests == 2
@@ -347,7 +348,7 @@ def test_undecodable_file_name_fails_clearly_and_others_still_flow(
     assert by_state.count((JobState.FAILED, "bad_content")) == 2
     notes = "".join(p.read_text() for p in r.failed.glob("*.error.txt"))
     assert "not valid text (UTF-8)" in notes
-    assert os.listdir(r.inbox) == []
+    assert in_inbox(r.inbox) == []
 
 
 def test_fifo_named_like_a_document_is_never_opened(

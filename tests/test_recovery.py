@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
 from daemon.queue import JobState, Queue
@@ -58,7 +58,7 @@ def test_crash_after_document_moved_before_sidecar(tmp_path: Path, sandbox: Sand
     with running(config) as r:
         (done,) = r.finished(1)
         assert done.id == job.id and done.state == JobState.DONE
-        assert list(inbox.iterdir()) == []
+        assert in_inbox(inbox) == []
         assert len(sandbox.state.received()) == 1
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -216,3 +217,78 @@ def test_the_daemon_runs_retention_at_start_and_logs_counts(tmp_path: Path, sand
     (line,) = [entry for entry in lines if entry["event"] == "retention.done"]
     assert line["files_deleted"] == 2 and line["rows_scrubbed"] == 1
     assert "Bixby" not in json.dumps(lines)
+
+
+# -- failed rows and the audit trail ------------------------------------------------
+
+
+def fail_one(settings: Settings, queue: Queue, name: str) -> Job:
+    """A job rejected and filed into failed/ by the real Filer."""
+    pdf = sample_pdf(name)
+    doc, side = settings.spool_dir / f"{name}.document", settings.spool_dir / f"{name}.sidecar"
+    doc.write_bytes(pdf)
+    side.write_text(json.dumps(sample_sidecar()))
+    job = queue.begin_intake(
+        destination="consents",
+        original_name=name,
+        sidecar_name=name + ".json",
+        spool_document=str(doc),
+        spool_sidecar=str(side),
+    )
+    queue.complete_intake(job.id, sha256="cd" * 32, size=len(pdf))
+    leased = queue.claim(lease_seconds=60)
+    assert leased is not None and leased.lease_token is not None
+    queue.reject(job.id, leased.lease_token, error_kind="invalid_sidecar", error="Media bad")
+    Filer(settings, queue).finish(queue.get(job.id))  # type: ignore[arg-type]
+    failed = queue.get(job.id)
+    assert failed is not None and failed.state == JobState.FAILED and failed.final_path
+    return failed
+
+
+def test_failed_and_abandoned_rows_lose_their_names_after_keep_failed_days(setup: Any) -> None:
+    settings, queue, clock = setup
+    retention = Retention(settings, queue, clock=clock)
+    old = fail_one(settings, queue, "old-failed.pdf")
+    abandoned = queue.begin_intake(
+        destination="consents", original_name="gone.pdf", sidecar_name=None,
+        spool_document=None, spool_sidecar=None,
+    )  # fmt: skip
+    queue.abandon_intake(abandoned.id, "the files never arrived")
+    clock.now += 60 * DAY_SECONDS
+    young = fail_one(settings, queue, "young-failed.pdf")
+    clock.now += 31 * DAY_SECONDS  # old ones: 91 days; young: 31 days (keep_failed_days 90)
+    report = retention.run(clock.now)
+    assert report.failed_rows_scrubbed == 2
+    for job_id in (old.id, abandoned.id):
+        row = queue.get(job_id)
+        assert row is not None and row.original_name == SCRUBBED_NAME
+        assert all(getattr(row, c) in (None, SCRUBBED_NAME) for c in PHI_COLUMNS)
+        assert row.last_error  # the PHI-free reason stays for `chartdrop show`
+    kept = queue.get(young.id)
+    assert kept is not None and kept.original_name == "young-failed.pdf"
+    # the files in failed/ are never touched
+    assert Path(old.final_path or "").is_file() and Path(young.final_path or "").is_file()
+    assert [
+        e["detail"] for e in queue.events(old.id) if (e["detail"] or "").startswith("retention")
+    ] == ["retention: file names removed"]
+    assert retention.run(clock.now).failed_rows_scrubbed == 0  # once only
+
+
+def test_events_are_kept_keep_events_days_then_pruned(setup: Any) -> None:
+    settings, queue, clock = setup
+    retention = Retention(settings, queue, clock=clock)
+    old = fail_one(settings, queue, "old.pdf")
+    clock.now += 1000 * DAY_SECONDS
+    young = fail_one(settings, queue, "young.pdf")
+    old_count, young_count = len(queue.events(old.id)), len(queue.events(young.id))
+    assert old_count > 0 and young_count > 0
+    clock.now += 1200 * DAY_SECONDS  # old: 2200 days (> 2190), young: 1200 days
+    report = retention.run(clock.now)
+    assert report.events_pruned == old_count
+    # only this run's own scrub row is left of the old job's history
+    assert [e["detail"] for e in queue.events(old.id)] == ["retention: file names removed"]
+    # the young job's events, plus retention's own scrub row, are all still there
+    assert len(queue.events(young.id)) == young_count + 1
+    # the append-only guard still holds for rows inside the window
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"), queue._write() as conn:
+        conn.execute("DELETE FROM events WHERE job_id = ?", (young.id,))

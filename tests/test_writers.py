@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Running, Sandbox, events, wait_until
+from conftest import Running, Sandbox, events, in_inbox, wait_until
 from test_content import make_jpeg, make_png, make_tiff
 
 from daemon import cli
@@ -47,7 +47,7 @@ def sent_once(r: Running, sandbox: Sandbox, data: bytes) -> None:
     assert job.state == JobState.DONE, job.last_error
     assert job.sha256 == hashlib.sha256(data).hexdigest()
     assert [hashlib.sha256(d).hexdigest() for d in received_documents(sandbox)] == [job.sha256]
-    assert os.listdir(r.inbox) == []
+    assert in_inbox(r.inbox) == []
 
 
 def nothing_taken(r: Running, sandbox: Sandbox) -> None:
@@ -254,7 +254,7 @@ def test_file_that_stays_incomplete_is_reported_never_sent_never_dropped(
     row = wait_until(lambda: (lambda s: s if s["incomplete_in_inbox"] == 1 else None)(status_of(r)))
     assert row["incomplete_since"] is not None
     time.sleep(1.0)  # twice the sidecar timeout: still not sent, not failed, not moved
-    assert sorted(os.listdir(r.inbox)) == ["cut.pdf", "cut.pdf.json"]
+    assert in_inbox(r.inbox) == ["cut.pdf", "cut.pdf.json"]
     assert [j.state for j in r.jobs()] == [JobState.DONE]
     assert len(sandbox.state.received()) == 1
     assert "cut.pdf" not in log_stream.getvalue()  # the reason, never the name

@@ -1,0 +1,83 @@
+"""Duplicates against the real daemon and sandbox: the same bytes for the same
+patient are held (failed/ with a note naming the earlier job) unless the
+destination says ``duplicates = "send"``, or the job is allowed through
+(the flag ``chartdrop retry --allow-duplicate`` sets); both are audited."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import Sandbox, running, wait_until, write_config
+
+from daemon.queue import JobState
+from daemon.samples import sample_pdf, sample_sidecar
+
+
+def test_a_duplicate_is_held_then_sent_when_allowed(tmp_path: Path, sandbox: Sandbox) -> None:
+    pdf = sample_pdf("duplicate")
+    with running(write_config(tmp_path, sandbox)) as r:
+        r.drop("first.pdf", pdf, sample_sidecar())
+        (first,) = r.finished(1)
+        assert first.state == JobState.DONE, first.last_error
+        r.drop("again.pdf", pdf, sample_sidecar())  # same bytes, same patient
+        r.drop("other.pdf", pdf, sample_sidecar(mrn="0000000002"))  # another patient
+        r.drop("changed.pdf", sample_pdf("changed"), sample_sidecar())  # other bytes
+        jobs = {j.original_name: j for j in r.finished(4)}
+        held = jobs["again.pdf"]
+        assert held.state == JobState.FAILED and held.error_kind == "duplicate"
+        assert jobs["other.pdf"].state == JobState.DONE
+        assert jobs["changed.pdf"].state == JobState.DONE
+        note = (r.failed / "again.pdf.error.txt").read_text()
+        assert f"(job {first.id})" in note and "already sent to this destination on" in note
+        assert "--allow-duplicate" in note
+        rejected = [e for e in r.queue.events(held.id) if e["to_state"] == "rejected"]
+        assert rejected[0]["error_kind"] == "duplicate" and first.id in rejected[0]["detail"]
+        assert len(sandbox.state.received()) == 3
+
+        # What `chartdrop retry --allow-duplicate` does: set the flag, requeue.
+        spool = r.settings.spool_dir
+        os.rename(r.failed / "again.pdf", spool / "again-retry.pdf")
+        os.rename(r.failed / "again.pdf.json", spool / "again-retry.pdf.json")
+        assert r.queue.allow_duplicate(held.id)
+        assert r.queue.requeue(
+            held.id,
+            spool_document=str(spool / "again-retry.pdf"),
+            spool_sidecar=str(spool / "again-retry.pdf.json"),
+        )
+        sent = wait_until(
+            lambda: (j := r.queue.get(held.id)) and j.state == JobState.DONE and j,
+        )
+        details = [e["detail"] or "" for e in r.queue.events(held.id)]
+    assert sent.document_id == held.document_id  # the same DocumentID as before
+    assert len(sandbox.state.received()) == 4
+    assert "duplicate allowed by the admin" in details
+    assert f"duplicate of job {first.id}, sent as allowed" in details
+    bodies = [x.body for x in sandbox.state.received()]
+    assert bodies[-1]["Media"]["DocumentID"] == held.document_id
+
+
+def test_duplicates_send_lets_them_through(tmp_path: Path, sandbox: Sandbox) -> None:
+    pdf = sample_pdf("duplicate")
+    config = write_config(tmp_path, sandbox, dest={"duplicates": "send"})
+    with running(config) as r:
+        r.drop("first.pdf", pdf, sample_sidecar())
+        r.finished(1)
+        r.drop("again.pdf", pdf, sample_sidecar())
+        jobs = r.finished(2)
+    assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE]
+    assert len({j.document_id for j in jobs}) == 2
+    assert len(sandbox.state.received()) == 2
+
+
+def test_the_window_ends(tmp_path: Path, sandbox: Sandbox) -> None:
+    pdf = sample_pdf("duplicate")
+    config = write_config(tmp_path, sandbox, dest={"duplicate_window_days": 1})
+    with running(config) as r:
+        r.drop("first.pdf", pdf, sample_sidecar())
+        (first,) = r.finished(1)
+        with r.queue._write() as conn:  # the first was sent two days ago
+            conn.execute("UPDATE jobs SET sent_at = sent_at - 2 * 86400 WHERE id = ?", (first.id,))
+        r.drop("again.pdf", pdf, sample_sidecar())
+        jobs = r.finished(2)
+    assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE]
