@@ -328,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--failed", action="store_true", help="every failed job (see -d, --since)")
     rt.add_argument("-d", "--destination", help="with --failed: only this destination")
     rt.add_argument("--since", help="with --failed: failed on or after this date (or today)")
+    rt.add_argument(
+        "--allow-duplicate",
+        action="store_true",
+        help="send a document held as a duplicate anyway (audited)",
+    )
     v = cmd("validate", cmd_validate, "check a sidecar offline, every error at once")
     v.add_argument("sidecar")
     v.add_argument("-d", "--destination", required=True)

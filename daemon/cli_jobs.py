@@ -128,7 +128,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         jobs = [_find_job(queue, key) for key in args.jobs]
     refused = 0
     for job in jobs:
-        result = retry_job(settings, queue, job)
+        result = retry_job(settings, queue, job, allow_duplicate=args.allow_duplicate)
         if result.requeued:
             print(
                 f"requeued {job.id} ({job.destination}), same DocumentID {job.document_id}; "

@@ -338,7 +338,7 @@ class Deliverer:
         assert job.spool_document is not None and job.lease_token is not None
         if self.limits.settings is not self.settings:  # a reload: new rates, same buckets
             self.limits.configure(self.settings)
-        for client in {id(c): c for c in (self.sender.redox.http, self.sender.fhir.http)}.values():
+        for client in {id(c): c for c in self.sender.http_clients()}.values():
             self.limits.watch(client)  # the sender's clients are new after a reload
         with self.limits.sending(dest), open_document(Path(job.spool_document)) as fh:
             if job.sha256:  # what goes out must be what was checked and hashed at intake

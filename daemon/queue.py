@@ -427,18 +427,6 @@ class Queue:
         )  # fmt: skip
         return job is not None
 
-    def requeue(self, job_id: str, *, spool_document: str, spool_sidecar: str | None) -> bool:
-        """failed -> queued from scratch, same document_id. The caller has moved
-        the files back into the spool already."""
-        now = self._clock()
-        job = self._move(
-            job_id, JobState.FAILED, JobState.QUEUED, detail="requeued",
-            attempts=0, next_attempt_at=now, queued_at=now, spool_document=spool_document,
-            spool_sidecar=spool_sidecar, final_path=None, sent_at=None, finished_at=None,
-            blob_uri=None, remote_id=None, http_status=None, last_error=None, error_kind=None,
-        )  # fmt: skip
-        return job is not None
-
     # -- retention ------------------------------------------------------------
 
     def done_before(self, cutoff: float, *, limit: int = 500) -> list[Job]:
@@ -838,7 +826,7 @@ class Queue:
             rows = self._conn.execute(sql, (JobState.FAILED, destination, size)).fetchall()
         return [_job(row) for row in rows]
 
-    def requeue_from_failed(
+    def requeue(
         self,
         job_id: str,
         *,
@@ -846,8 +834,9 @@ class Queue:
         spool_sidecar: str | None,
         sidecar_name: str | None,
     ) -> bool:
-        """failed -> queued (``chartdrop retry``): like :meth:`requeue`, and a sidecar
-        staff added in failed/ since (a missing-sidecar failure) is recorded."""
+        """failed -> queued from scratch (``chartdrop retry``), same document_id. The
+        caller has moved the files back into the spool already; a sidecar staff added
+        in failed/ since (a missing-sidecar failure) is recorded."""
         now = self._clock()
         job = self._move(
             job_id, JobState.FAILED, JobState.QUEUED, detail="requeued by chartdrop retry",

@@ -53,8 +53,11 @@ def _refused(job: Job, *problems: str) -> RetryResult:
     return RetryResult(job.id, False, list(problems), job.document_id, job.destination)
 
 
-def retry_job(settings: Settings, queue: Queue, job: Job) -> RetryResult:
-    """Requeue one failed job from failed/, or say why not."""
+def retry_job(
+    settings: Settings, queue: Queue, job: Job, *, allow_duplicate: bool = False
+) -> RetryResult:
+    """Requeue one failed job from failed/, or say why not. ``allow_duplicate``
+    lets a held duplicate through (audited; the same DocumentID)."""
     if job.state != JobState.FAILED:
         return _refused(job, f"the job is {job.state}, not failed")
     try:
@@ -86,6 +89,8 @@ def retry_job(settings: Settings, queue: Queue, job: Job) -> RetryResult:
         return _refused(job, f"the document is incomplete: {verdict.incomplete}")
     if verdict.rejection is not None:
         return _refused(job, *verdict.rejection[1].splitlines())
+    if allow_duplicate and job.error_kind == "duplicate" and not queue.allow_duplicate(job.id):
+        return _refused(job, "the job changed while it was being retried; look again")
     token = uuid.uuid4().hex
     spool = settings.spool_dir
     spool_doc = spool / f"{token}.document"
@@ -99,7 +104,7 @@ def retry_job(settings: Settings, queue: Queue, job: Job) -> RetryResult:
             raise
     fsync_dir(spool)
     fsync_dir(dest.failed)
-    if not queue.requeue_from_failed(
+    if not queue.requeue(
         job.id,
         spool_document=str(spool_doc),
         spool_sidecar=None if spool_side is None else str(spool_side),

@@ -5,7 +5,8 @@ destination says ``duplicates = "send"``, or the job is allowed through
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import Sandbox, running, wait_until, write_config
@@ -13,10 +14,19 @@ from conftest import Sandbox, running, wait_until, write_config
 from daemon.queue import JobState
 from daemon.samples import sample_pdf, sample_sidecar
 
+CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
+
+
+def retry(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHARTDROP, "retry", "-c", str(config), *args], capture_output=True, text=True, timeout=60
+    )
+
 
 def test_a_duplicate_is_held_then_sent_when_allowed(tmp_path: Path, sandbox: Sandbox) -> None:
     pdf = sample_pdf("duplicate")
-    with running(write_config(tmp_path, sandbox)) as r:
+    config = write_config(tmp_path, sandbox)
+    with running(config) as r:
         r.drop("first.pdf", pdf, sample_sidecar())
         (first,) = r.finished(1)
         assert first.state == JobState.DONE, first.last_error
@@ -35,16 +45,14 @@ def test_a_duplicate_is_held_then_sent_when_allowed(tmp_path: Path, sandbox: San
         assert rejected[0]["error_kind"] == "duplicate" and first.id in rejected[0]["detail"]
         assert len(sandbox.state.received()) == 3
 
-        # What `chartdrop retry --allow-duplicate` does: set the flag, requeue.
-        spool = r.settings.spool_dir
-        os.rename(r.failed / "again.pdf", spool / "again-retry.pdf")
-        os.rename(r.failed / "again.pdf.json", spool / "again-retry.pdf.json")
-        assert r.queue.allow_duplicate(held.id)
-        assert r.queue.requeue(
-            held.id,
-            spool_document=str(spool / "again-retry.pdf"),
-            spool_sidecar=str(spool / "again-retry.pdf.json"),
-        )
+        # Not without being asked: a plain retry is held again.
+        run = retry(config, held.id)
+        assert run.returncode == 0, run.stderr
+        wait_until(lambda: (j := r.queue.get(held.id)) and j.state == JobState.FAILED and j)
+        assert len(sandbox.state.received()) == 3
+        run = retry(config, "--allow-duplicate", held.id)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert f"requeued {held.id}" in run.stdout
         sent = wait_until(
             lambda: (j := r.queue.get(held.id)) and j.state == JobState.DONE and j,
         )

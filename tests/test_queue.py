@@ -307,12 +307,14 @@ def test_reject_failed_requeue_keeps_document_id(queue: Queue, clock: FakeClock)
     rejected = queue.get(job.id)
     assert rejected is not None and rejected.state is JobState.REJECTED and rejected.attempts == 2
     assert (
-        queue.requeue(job.id, spool_document="/s/x", spool_sidecar=None) is False
+        queue.requeue(job.id, spool_document="/s/x", spool_sidecar=None, sidecar_name=None) is False
     )  # not failed yet
     assert queue.mark_failed(job.id, "/failed/scan.pdf")
 
     clock.advance(100)
-    assert queue.requeue(job.id, spool_document="/spool/new.doc", spool_sidecar="/spool/new.json")
+    assert queue.requeue(
+        job.id, spool_document="/spool/new.doc", spool_sidecar="/spool/new.json", sidecar_name=None
+    )
     requeued = queue.get(job.id)
     assert requeued is not None and requeued.state is JobState.QUEUED
     assert requeued.document_id == "doc-fixed-1"
@@ -326,7 +328,9 @@ def test_reject_failed_requeue_keeps_document_id(queue: Queue, clock: FakeClock)
     assert cleared == (None, None, None, None)
     assert (requeued.final_path, requeued.finished_at) == (None, None)
     assert claim(queue).document_id == "doc-fixed-1"
-    assert queue.requeue(job.id, spool_document="/s/x", spool_sidecar=None) is False  # leased now
+    assert (
+        queue.requeue(job.id, spool_document="/s/x", spool_sidecar=None, sidecar_name=None) is False
+    )  # leased now
 
 
 def test_document_id_cannot_be_changed_even_by_hand(queue: Queue, db_path: Path) -> None:
@@ -379,7 +383,9 @@ def test_finishing_calls_need_the_right_state(queue: Queue) -> None:
     assert queue.mark_done(job.id, "/done/x") is False
     assert queue.mark_failed(job.id, "/failed/x") is False
     assert queue.set_final_path(job.id, "/done/x") is False
-    assert queue.requeue(job.id, spool_document="/s", spool_sidecar=None) is False
+    assert (
+        queue.requeue(job.id, spool_document="/s", spool_sidecar=None, sidecar_name=None) is False
+    )
     leased = claim(queue)
     assert queue.mark_done(job.id, "/done/x") is False
     assert queue.get(job.id) == leased
@@ -496,7 +502,7 @@ def test_every_change_writes_one_event(queue: Queue, clock: FakeClock) -> None:
     queue.mark_done(a.id, "/done/a")
     queue.reject(b.id, token(b), error_kind="http_400", error="bad", http_status=400)
     queue.mark_failed(b.id, "/failed/b")
-    queue.requeue(b.id, spool_document="/s/b", spool_sidecar=None)
+    queue.requeue(b.id, spool_document="/s/b", spool_sidecar=None, sidecar_name=None)
     queue.retry_later(c.id, token(c), delay=1, error_kind="k", error="e")
     clock.advance(10)
     queue.expire_leases()  # d
@@ -524,7 +530,12 @@ def test_events_never_hold_phi(queue: Queue, clock: FakeClock) -> None:
     ]
     queue.complete_intake(jobs[0].id, sha256="aa", size=1, rejection=("bad", "unreadable PDF"))
     queue.mark_failed(jobs[0].id, f"/srv/failed/{CANARY}.pdf")
-    queue.requeue(jobs[0].id, spool_document=f"/spool/{CANARY}", spool_sidecar=f"/spool/{CANARY}")
+    queue.requeue(
+        jobs[0].id,
+        spool_document=f"/spool/{CANARY}",
+        spool_sidecar=f"/spool/{CANARY}",
+        sidecar_name=None,
+    )
     queue.abandon_intake(jobs[1].id, "hand-over interrupted")
     for job in jobs[2:]:
         queue.complete_intake(job.id, sha256="bb", size=2)

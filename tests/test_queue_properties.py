@@ -183,7 +183,9 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def requeue(self, data: st.DataObject) -> None:
         job_id, exp = self._pick(data, JobState.FAILED)
-        assert self.queue.requeue(job_id, spool_document="/spool/y", spool_sidecar=None)
+        assert self.queue.requeue(
+            job_id, spool_document="/spool/y", spool_sidecar=None, sidecar_name=None
+        )
         exp.state, exp.attempts, exp.due = JobState.QUEUED, 0, self.clock.now
 
     def _stale(self, *, re_leased: bool) -> list[str]:
