@@ -260,10 +260,11 @@ class Intake:
         for name in inbox.index:
             if name not in seen:
                 self._forget(dest, name)
+        for name in seen:  # all of them first: a sidecar listed before its document
+            inbox.index.add(name)  # is known to have one
         now = self.clock()
         for name, st in seen.items():
             if st is None:
-                inbox.index.add(name)
                 inbox.schedule(name, now)
             else:
                 self._saw(dest, name, st)
@@ -299,10 +300,11 @@ class Intake:
             return
         at = inbox.tracker.settled_at(name)
         assert at is not None
-        inbox.schedule(name, at)
-        if is_sidecar(name):
-            for doc in inbox.index.documents_for(name):
-                inbox.schedule(doc, at)
+        documents = inbox.index.documents_for(name) if is_sidecar(name) else {name}
+        for doc in documents:
+            inbox.schedule(doc, at)
+        if not documents:  # a sidecar alone: its own checks (a Delete, or an orphan)
+            inbox.schedule(name, at)
 
     def _forget(self, dest: Destination, name: str) -> None:
         """A name that left the inbox (or was handed over)."""
