@@ -73,6 +73,22 @@ def storable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def unhold_moves() -> None:
+    """Take renames into an inbox at once (before the observer starts).
+
+    watchdog holds each IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO,
+    and its reader thread sleeps out that delay even when the pair arrives at
+    once: a document renamed into place (the hand-over the README recommends)
+    was seen up to 0.5 s late, its settle window starting late with it. Intake
+    needs the names, not the pairing (an unpaired move is reported as a delete
+    of the old name and a create of the new one), so nothing is held."""
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # no inotify here: polling only
+        return
+    InotifyMoveEventGrouper.delay = 0.0
+
+
 class InboxEvents(FileSystemEventHandler):
     """Runs on watchdog's thread: record the name, wake the loop, nothing else."""
 

@@ -121,12 +121,13 @@ def paired_sidecar_name(
     """The sidecar name for a renamed document, in the same pairing style as before.
 
     ``scan.pdf.json`` style (document name + ``.json``) stays that style;
-    otherwise stem style (``scan.json``). The old ``.json``'s case is kept.
+    otherwise stem style (``scan.json``). The old ``.json``'s case is kept; the
+    name part follows the document's Unicode form.
     """
     if not is_sidecar(old_sidecar_name):
         raise ValueError("not a sidecar name")
     suffix = old_sidecar_name[-len(SIDECAR_SUFFIX) :]
-    if old_sidecar_name[: -len(SIDECAR_SUFFIX)] == old_document_name:
+    if nfc(sidecar_base(old_sidecar_name)) == nfc(old_document_name):
         return new_document_name + suffix
     stem, _ = split_extension(new_document_name)
     return stem + suffix

@@ -41,7 +41,7 @@ from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
-from daemon.intake import InboxEvents, Intake
+from daemon.intake import InboxEvents, Intake, unhold_moves
 from daemon.logs import get_logger
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
@@ -366,6 +366,7 @@ class Service:
         One inotify observer for the local inboxes, one polling observer (links
         never followed) for those with ``polling = true``.
         """
+        unhold_moves()
         inotify: BaseObserver = Observer()
         polling = PollingObserverVFS(os.lstat, os.scandir, polling_interval=POLL_SECONDS)
         self._observers = [inotify, polling]

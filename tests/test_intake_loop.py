@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Sandbox, write_config
 from watchdog.events import (
     FileClosedEvent,
     FileClosedNoWriteEvent,
@@ -27,7 +28,6 @@ from daemon.content import BLANK
 from daemon.intake import TICK_BUDGET_SECONDS, InboxEvents, Intake
 from daemon.queue import Job, JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
-from tests.conftest import Sandbox, write_config
 
 
 class FakeClock:
