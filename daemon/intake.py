@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,7 @@ HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after th
 FOLDER_MISSING = "folder_missing"  # pause kind: intake only; queued jobs still go out
 UNREADABLE = "unreadable"  # error_kind: the inbox file could not be read, for too long
 TICK_BUDGET_SECONDS = 0.4  # hand-overs per tick stop after this (at least one is done)
+RESCAN_SLICE_SECONDS = 0.2  # listing per tick: a 20,000-name inbox takes a few ticks
 # Reading a file (judging it, hashing it) makes inotify report it opened and closed:
 # not a change, and waking on them turned every look at a held file into the next.
 IGNORED_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
@@ -176,6 +177,13 @@ class _Inbox:
         self.judged: dict[str, tuple[int, int, str]] = {}  # incomplete: (size, mtime_ns, reason)
         self.incomplete_since: dict[str, float] = {}  # wall clock, for the report
         self.dirty: set[str] = set()
+        self.listing: Iterator[os.DirEntry[str]] | None = None  # a rescan in progress
+        self.listed: set[str] = set()  # what it has listed so far
+
+    def close_listing(self) -> None:
+        listing, self.listing = self.listing, None
+        if listing is not None:
+            listing.close()  # type: ignore[attr-defined]
 
     def schedule(self, name: str, at: float) -> None:
         if at < self.due.get(name, math.inf):
@@ -237,6 +245,13 @@ class Intake:
     def _new_inbox(self, dest: Destination) -> _Inbox:
         return _Inbox(float(dest.timing("settle_seconds")), self.clock)
 
+    def _reset_inbox(self, dest: Destination) -> None:
+        """Start afresh (caller holds the lock): what was known may be gone."""
+        old = self._inboxes.get(dest.name)
+        if old is not None:
+            old.close_listing()
+        self._inboxes[dest.name] = self._new_inbox(dest)
+
     # -- detection --------------------------------------------------------
     def notify(self, dest_name: str, path: str) -> None:
         """From watchdog's thread: note the name, wake the loop, nothing else."""
@@ -255,36 +270,67 @@ class Intake:
         self.wake.set()
 
     def rescan(self, dest: Destination) -> int:
-        """List the inbox once (the source of truth): new and changed names are
-        noted, names no longer there are dropped. Returns the names present."""
+        """A whole rescan at once (the loop does it in slices); returns the names known."""
+        while not self._rescan_step(dest, math.inf):
+            pass
+        return len(self._inboxes[dest.name].index)
+
+    def _rescan_step(self, dest: Destination, until: float) -> bool:
+        """Go on listing the inbox (the source of truth) until ``until`` (on
+        ``time.monotonic``): ``os.scandir`` once, one ``lstat`` per name; new and
+        changed names are noted as they are listed. True once the listing is
+        complete: names it did not list are then dropped if they are gone."""
         inbox = self._inboxes[dest.name]
-        seen: dict[str, os.stat_result | None] = {}
-        with os.scandir(dest.inbox) as it:
-            for entry in it:
-                name = entry.name
-                if is_junk(name):
-                    continue
-                try:
-                    st: os.stat_result | None = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    st = None  # looked at by itself: its error is held and reported there
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    continue
-                seen[name] = st
+        if inbox.listing is None:
+            inbox.listing = os.scandir(dest.inbox)
+            inbox.listed = set()
+        listing = inbox.listing
+        try:
+            for n, entry in enumerate(listing, 1):
+                self._listed(dest, entry)
+                if n % 256 == 0 and time.monotonic() >= until:
+                    return False
+        except BaseException:
+            inbox.close_listing()
+            raise
+        inbox.close_listing()
+        listed, inbox.listed = inbox.listed, set()
         for name in inbox.index:
-            if name not in seen:
-                self._forget(dest, name)
-        for name in seen:  # all of them first: a sidecar listed before its document
-            inbox.index.add(name)  # is known to have one
-        now = self.clock()
-        for name, st in seen.items():
-            if st is None:
-                inbox.schedule(name, now)
-            else:
-                self._saw(dest, name, st)
-        return len(seen)
+            if name not in listed:  # gone, or came after its place in the listing
+                self._refresh(dest, name)
+        return True
+
+    def _listed(self, dest: Destination, entry: os.DirEntry[str]) -> None:
+        inbox = self._inboxes[dest.name]
+        name = entry.name
+        if is_junk(name):
+            return
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        except OSError:  # looked at by itself: its error is held and reported there
+            inbox.listed.add(name)
+            inbox.index.add(name)
+            inbox.schedule(name, self.clock())
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            inbox.listed.add(name)
+            self._saw(dest, name, st)
+
+    def _refresh(self, dest: Destination, name: str) -> None:
+        """``lstat`` one name (from an event, or missing from a listing)."""
+        inbox = self._inboxes[dest.name]
+        try:
+            st = self._lstat(dest.inbox / name)
+        except OSError:
+            inbox.index.add(name)
+            inbox.schedule(name, self.clock())
+            return
+        if st is None or stat.S_ISDIR(st.st_mode):
+            self._forget(dest, name)
+        else:
+            self._saw(dest, name, st)
 
     def _refresh_dirty(self, dest: Destination) -> None:
         """``lstat`` the names events reported since the last tick."""
@@ -292,16 +338,7 @@ class Intake:
         with self._lock:
             names, inbox.dirty = inbox.dirty, set()
         for name in names:
-            try:
-                st = self._lstat(dest.inbox / name)
-            except OSError:
-                inbox.index.add(name)
-                inbox.schedule(name, self.clock())
-                continue
-            if st is None or stat.S_ISDIR(st.st_mode):
-                self._forget(dest, name)
-            else:
-                self._saw(dest, name, st)
+            self._refresh(dest, name)
 
     def _saw(self, dest: Destination, name: str, st: os.stat_result) -> None:
         """Record an ``lstat`` of an inbox name. A new or changed name is due when
@@ -309,18 +346,24 @@ class Intake:
         (a pair's window ends when the later of the two stopped changing)."""
         inbox = self._inboxes[dest.name]
         before = inbox.stats.get(name)
-        inbox.stats[name] = st
-        inbox.index.add(name)
-        inbox.tracker.observe(name, st.st_size, st.st_mtime_ns)
         if before is not None and _same_file(before, st):
-            return
+            return  # known and unchanged: its window and its due time stand
+        inbox.stats[name] = st
+        new = inbox.index.add(name)
+        inbox.tracker.observe(name, st.st_size, st.st_mtime_ns)
         at = inbox.tracker.settled_at(name)
         assert at is not None
-        documents = inbox.index.documents_for(name) if is_sidecar(name) else {name}
-        for doc in documents:
-            inbox.schedule(doc, at)
-        if not documents:  # a sidecar alone: its own checks (a Delete, or an orphan)
+        if is_sidecar(name):
+            documents = inbox.index.documents_for(name)
+            for doc in documents:
+                inbox.schedule(doc, at)
+            if not documents:  # alone: its own checks (a Delete, or an orphan)
+                inbox.schedule(name, at)
+        else:
             inbox.schedule(name, at)
+            if new:  # its sidecars are not alone any more: the document takes them
+                for sidecar in inbox.index.sidecars_naming(name):
+                    inbox.due.pop(sidecar, None)
 
     def _forget(self, dest: Destination, name: str) -> None:
         """A name that left the inbox (or was handed over)."""
@@ -349,11 +392,13 @@ class Intake:
             self.settings = settings
             for dest in settings.destination:
                 if before.get(dest.name) != dest:
-                    self._inboxes[dest.name] = self._new_inbox(dest)
+                    self._reset_inbox(dest)
                     self._guards[dest.name] = InboxGuard(dest.inbox, self._spool_dev)
             names = {d.name for d in settings.destination}
             for gone in set(before) - names:
-                self._inboxes.pop(gone, None)
+                old = self._inboxes.pop(gone, None)
+                if old is not None:
+                    old.close_listing()
                 self._guards.pop(gone, None)
             self._next_rescan = dict.fromkeys(names, 0.0)
         for name in list(self._folder_problem):  # a changed or removed one: judged afresh
@@ -380,14 +425,15 @@ class Intake:
         for dest in self.settings.destination:
             if not self._inbox_usable(dest):
                 continue
-            if now >= self._next_rescan[dest.name]:
-                self._next_rescan[dest.name] = now + float(dest.timing("rescan_seconds"))
+            inbox = self._inboxes[dest.name]
+            if inbox.listing is not None or now >= self._next_rescan[dest.name]:
+                if inbox.listing is None:
+                    self._next_rescan[dest.name] = now + float(dest.timing("rescan_seconds"))
                 try:
-                    self.rescan(dest)
+                    self._rescan_step(dest, time.monotonic() + RESCAN_SLICE_SECONDS)
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # gone since the check: the next tick pauses it
             self._refresh_dirty(dest)
-            inbox = self._inboxes[dest.name]
             for name, at in inbox.due.items():
                 if at <= now:
                     st = inbox.stats.get(name)
@@ -408,6 +454,8 @@ class Intake:
         now = self.clock()
         nxt = min(self._next_rescan.values(), default=math.inf)
         for inbox in self._inboxes.values():
+            if inbox.listing is not None or inbox.dirty:
+                return 0.0  # a rescan to go on with, or events since the slice began
             if inbox.due:
                 nxt = min(nxt, min(inbox.due.values()))
         return max(0.0, nxt - now)
@@ -431,7 +479,7 @@ class Intake:
             return problem is None
         self._folder_problem[dest.name] = problem
         with self._lock:  # what was known may be gone or belong to another folder
-            self._inboxes[dest.name] = self._new_inbox(dest)
+            self._reset_inbox(dest)
         if problem is not None:
             self.log.error("intake.folder_missing", destination=dest.name, reason=problem)
             self.queue.set_pause(dest.name, FOLDER_MISSING, f"intake paused: {problem}")
