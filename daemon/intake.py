@@ -424,6 +424,8 @@ class Intake:
         ready: list[tuple[int, str, str]] = []
         for dest in self.settings.destination:
             if not self._inbox_usable(dest):
+                with self._lock:  # events from a folder that is not (or no longer) the inbox
+                    self._inboxes[dest.name].dirty.clear()
                 continue
             inbox = self._inboxes[dest.name]
             if inbox.listing is not None or now >= self._next_rescan[dest.name]:

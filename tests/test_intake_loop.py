@@ -250,3 +250,13 @@ def test_a_big_inbox_is_taken_in_bounded_slices_oldest_first(
     oldest = sorted((f"{i:05d}.pdf" for i in range(n)), reverse=True)[: len(taken)]
     assert taken == sorted(oldest)
     assert all(j.state == JobState.QUEUED for j in loop.jobs())
+
+
+def test_events_for_a_missing_inbox_do_not_spin_the_loop(make_loop: Callable[..., Loop]) -> None:
+    loop = make_loop()
+    loop.at(0)
+    loop.inbox.rename(loop.inbox.with_name("moved-away"))
+    for t in range(1, 4):
+        loop.intake.notify("consents", str(loop.inbox / "scan.pdf"))
+        assert loop.at(t) > 0.5  # paused: asleep until the next rescan, not at once
+    assert loop.jobs() == []
