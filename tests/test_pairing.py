@@ -8,6 +8,8 @@ import unicodedata
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.names import is_junk, is_sidecar, split_extension
 from daemon.pairing import PairIndex
@@ -160,3 +162,33 @@ def test_same_pairs_as_the_old_listing_on_thousands_of_names() -> None:
     assert {d: index.sidecar_for(d) for d in rest_docs} == {
         d: old.sidecar_for(d) for d in rest_docs
     }
+
+
+NAME_PARTS = st.sampled_from(
+    ["scan", "scan.pdf", "scan.tif", "scan.pdf.tif", D, C, f"{D}.pdf", f"{C}.pdf", "a.b"]
+)
+SUFFIXES = st.sampled_from(["", ".json", ".JSON", ".Json"])
+
+
+@given(st.lists(st.tuples(st.booleans(), NAME_PARTS, SUFFIXES), max_size=40))
+def test_updates_leave_the_index_as_a_fresh_one(ops: list[tuple[bool, str, str]]) -> None:
+    """Adding and removing names one by one (events) gives the same answers as an
+    index built from what is left (a rescan)."""
+    index = PairIndex()
+    present: set[str] = set()
+    for add, part, suffix in ops:
+        name = part + suffix
+        if add:
+            index.add(name)
+            present.add(name)
+        else:
+            index.discard(name)
+            present.discard(name)
+    fresh = index_of(*sorted(present))
+    assert set(index) == present
+    for name in present:
+        if is_sidecar(name):
+            assert index.documents_for(name) == fresh.documents_for(name)
+        else:
+            assert index.sidecar_for(name) == fresh.sidecar_for(name)
+            assert index.sidecars_naming(name) == fresh.sidecars_naming(name)
