@@ -307,6 +307,13 @@ class Intake:
         for name in inbox.index:
             if name not in listed:  # gone, or came after its place in the listing
                 self._refresh(dest, name)
+        # A held file is read again once per rescan even if its lstat is the same:
+        # a copy that fills a pre-allocated file and keeps resetting its mtime
+        # changes nothing lstat shows. Once a rescan interval is no busy loop.
+        now = self.clock()
+        for name in inbox.judged:
+            inbox.schedule(name, now)
+        inbox.judged.clear()
         return True
 
     def _listed(self, dest: Destination, entry: os.DirEntry[str]) -> None:
