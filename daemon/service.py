@@ -44,7 +44,7 @@ from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.inbox_lock import lock_inbox
-from daemon.intake import InboxEvents, Intake
+from daemon.intake import InboxEvents, Intake, unhold_moves
 from daemon.logs import get_logger, where
 from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
@@ -384,11 +384,14 @@ class Service:
         finally:
             self.health.forget(name)
 
-    def tick(self) -> None:
+    def tick(self) -> float:
+        """One slice of the main loop's work; returns the seconds until intake has
+        something due (0 if it left ready documents for the next slice)."""
         assert self.queue is not None and self.intake is not None
-        self.intake.tick()
+        due = self.intake.tick()
         if self.queue.expire_leases():
             self.work.set()
+        return due
 
     def run(self, *, until: Callable[[], bool] | None = None) -> int:
         """Main loop until SIGTERM/SIGINT (or ``until()`` is true). Returns the exit code."""
@@ -399,8 +402,9 @@ class Service:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+            due = TICK_SECONDS
             try:
-                self.tick()
+                due = self.tick()
                 self.retention.maybe_run()  # at start-up, then daily
                 if time.monotonic() - last_moves > MOVE_RETRY_SECONDS:
                     last_moves = time.monotonic()
@@ -415,7 +419,9 @@ class Service:
             if until is not None and until():
                 break
             assert self.intake is not None
-            self.intake.wake.wait(TICK_SECONDS)
+            # Intake's work comes in bounded slices: the watchdog is pinged between
+            # them, and a backlog's next slice starts at once.
+            self.intake.wake.wait(min(due, TICK_SECONDS))
             self.intake.wake.clear()
         return self.shutdown()
 
@@ -425,6 +431,7 @@ class Service:
         One inotify observer for the local inboxes, one polling observer (links
         never followed) for those with ``polling = true``.
         """
+        unhold_moves()
         inotify: BaseObserver = Observer()
         polling = PollingObserverVFS(os.lstat, os.scandir, polling_interval=POLL_SECONDS)
         self._observers = [inotify, polling]
