@@ -1,30 +1,20 @@
-"""Intake: from a file in an inbox to a committed job with its files in the spool.
+"""The intake loop: from names in the inboxes to ready pairs, one bounded slice
+per :meth:`Intake.tick` on the main loop.
 
-The watcher only detects: watchdog handlers record a name and return (an
-exception on watchdog's thread would silently kill it). A loop decides
-readiness; a periodic full rescan is the source of truth, events only make
-it fast. The loop's work is linear in what changed and comes in bounded
-slices (:meth:`Intake.tick`): names are kept in a pairing index
-(:mod:`daemon.pairing`), each name is looked at only when something is due
-for it, and ready documents are taken oldest first for at most
-``TICK_BUDGET_SECONDS`` per tick, so the main loop keeps pinging systemd's
-watchdog whatever the backlog.
+A periodic full rescan is the source of truth; watchdog events
+(:mod:`daemon.intake.events`) only make it fast. The loop's work is linear in
+what changed: names are kept in a pairing index (:mod:`daemon.pairing`), each
+name is looked at only when something is due for it, and ready documents are
+taken oldest first for at most ``TICK_BUDGET_SECONDS`` per tick, so the main
+loop keeps pinging systemd's watchdog whatever the backlog. Judging is
+:mod:`daemon.intake.judging`, the move into the spool
+:mod:`daemon.intake.handover`.
 
-This module is longer than the ~400 lines the style asks for: splitting it
-(watcher, judging, hand-over, recovery; issue 11) waits until the work other
-engineers do on judging has landed, to keep that merge small.
-
-Hand-over order, so that nothing is queued twice and nothing is lost:
-
-1. commit a job row in state ``intake`` naming the spool paths;
-2. rename the document, then the sidecar, into the spool (same filesystem),
-   fsync both directories;
-3. check the spool copies and commit ``queued`` (or ``rejected`` with the
-   reason, to be moved to failed/).
-
-A crash after 1 leaves an ``intake`` row: :meth:`Intake.recover` finishes it if
-the document reached the spool, and abandons it (the rescan finds the file
-again) if it did not.
+This module is longer than ~400 lines for a reason: :class:`Intake` is one
+state machine over each inbox's names (the index, their ``lstat``, settle
+windows, due times, holds), and its detection and decision halves read and
+write the same per-inbox state; split further, each half would reach into the
+other's fields.
 """
 
 from __future__ import annotations
@@ -36,142 +26,27 @@ import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    EVENT_TYPE_CLOSED_NO_WRITE,
-    EVENT_TYPE_OPENED,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-
 from daemon.config import Destination, Settings
-from daemon.content import EMPTY, detect, incomplete_reason
-from daemon.errors import (
-    ContentError,
-    InputError,
-    NotRegularFileError,
-    SidecarError,
-    TooLargeError,
-)
-from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
+from daemon.content import EMPTY
+from daemon.errors import ContentError, NotRegularFileError
 from daemon.inboxes import InboxGuard, IntakeReport
-from daemon.killpoints import killpoint
+from daemon.intake.handover import UNREADABLE, HandOver
+from daemon.intake.judging import Verdict, is_delete, judge, storable
+from daemon.intake.recovery import recover
 from daemon.logs import get_logger
 from daemon.names import is_junk, is_sidecar
-from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
 from daemon.pairing import PairIndex
 from daemon.payload import sidecar_from_filename
-from daemon.queue import Job, JobState, Queue
+from daemon.queue import Job, Queue
 from daemon.readiness import StabilityTracker
-from daemon.reuse import earlier_document_id
-from daemon.sidecar import read_sidecar
 
 HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after this
 FOLDER_MISSING = "folder_missing"  # pause kind: intake only; queued jobs still go out
-UNREADABLE = "unreadable"  # error_kind: the inbox file could not be read, for too long
 TICK_BUDGET_SECONDS = 0.4  # hand-overs per tick stop after this (at least one is done)
 RESCAN_SLICE_SECONDS = 0.2  # listing per tick: a 20,000-name inbox takes a few ticks
-# Reading a file (judging it, hashing it) makes inotify report it opened and closed:
-# not a change, and waking on them turned every look at a held file into the next.
-IGNORED_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
-
-
-def storable(name: str) -> str:
-    """The name as UTF-8 text for the database; undecodable bytes become \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def unhold_moves() -> None:
-    """Take renames into an inbox at once (before the observer starts).
-
-    watchdog holds each IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO,
-    and its reader thread sleeps out that delay even when the pair arrives at
-    once: a document renamed into place (the hand-over the README recommends)
-    was seen up to 0.5 s late, its settle window starting late with it. Intake
-    needs the names, not the pairing (an unpaired move is reported as a delete
-    of the old name and a create of the new one), so nothing is held."""
-    try:
-        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-    except ImportError:  # no inotify here: polling only
-        return
-    InotifyMoveEventGrouper.delay = 0.0
-
-
-class InboxEvents(FileSystemEventHandler):
-    """Runs on watchdog's thread: record the name, wake the loop, nothing else."""
-
-    def __init__(self, dest: str, notify: Callable[[str, str], None]) -> None:
-        self.dest = dest
-        self.notify = notify
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type in IGNORED_EVENTS:
-            return
-        for path in (event.src_path, getattr(event, "dest_path", "")):
-            if path:
-                self.notify(self.dest, os.fsdecode(path))
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the checks say about a ready pair: None rejection means send it."""
-
-    rejection: tuple[str, str] | None = None
-    incomplete: str | None = None
-
-
-def judge(
-    dest: Destination,
-    settings: Settings,
-    doc: Path,
-    sidecar: Path | None,
-    *,
-    name: str | None = None,
-    sidecar_only: bool = False,
-) -> Verdict:
-    """Check a document and its sidecar (in the inbox, or in the spool on recovery,
-    where ``name`` is the document's original name). ``sidecar_only``: ``doc`` is
-    a sidecar that came alone (an EventType Delete)."""
-    name = doc.name if name is None else name
-    try:
-        if sidecar_only:
-            data = read_sidecar(doc)
-            check_sidecar(
-                dest=dest, settings=settings, sidecar=data, file_name=name, redox_type=None
-            )
-            return Verdict()
-        with open_document(doc) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            # Over the limit is final (a file only grows), so it is refused before
-            # anything is read: a sparse multi-GB file must not be waited on or hashed.
-            if size > int(dest.timing("upload_max_bytes")):
-                raise TooLargeError(
-                    f"the file is {size:,} bytes; the limit is "
-                    f"{int(dest.timing('upload_max_bytes')):,} bytes"
-                )
-            kind = detect(fh)
-            reason = incomplete_reason(fh, size, kind)
-            if reason is not None:  # an empty file too: a writer may not have started yet
-                return Verdict(incomplete=reason)
-            kind = check_kind(dest, kind, name)
-        try:
-            fields = effective_sidecar(
-                dest, None if sidecar is None else read_sidecar(sidecar), name
-            )
-        except SidecarError as exc:
-            if sidecar is None:
-                return Verdict(rejection=("missing_sidecar", "\n".join(exc.problems)))
-            raise
-        check_sidecar(
-            dest=dest, settings=settings, sidecar=fields, file_name=name, redox_type=kind.redox_type
-        )
-    except InputError as exc:
-        return Verdict(rejection=(exc.reason, "\n".join(exc.problems)))
-    return Verdict()
 
 
 class _Inbox:
@@ -233,8 +108,9 @@ class Intake:
     ) -> None:
         self.settings = settings
         self.queue = queue
-        self.on_queued = on_queued
-        self.on_rejected = on_rejected
+        self.handover = HandOver(
+            queue, settings.spool_dir, on_queued=on_queued, on_rejected=on_rejected
+        )
         self.clock = clock
         self.log = get_logger()
         self.wake = threading.Event()
@@ -585,7 +461,7 @@ class Intake:
     def _take(self, dest: Destination, name: str, sidecar: str | None, verdict: Verdict) -> None:
         """Hand a name (and its sidecar) over and stop watching both."""
         self._reported.discard((dest.name, name))
-        self._hand_over(dest, name, sidecar, verdict)
+        self.handover.hand_over(dest, name, sidecar, verdict)
         if sidecar is not None:
             self._forget(dest, sidecar)
         self._forget(dest, name)
@@ -698,7 +574,7 @@ class Intake:
         settled = tracker.settled_at(name)
         assert settled is not None
         path = dest.inbox / name
-        if settled <= now and stat.S_ISREG(st.st_mode) and self._is_delete(path):
+        if settled <= now and stat.S_ISREG(st.st_mode) and is_delete(path):
             self._take(dest, name, None, judge(dest, self.settings, path, None, sidecar_only=True))
             return None
         timeout = float(dest.timing("sidecar_timeout_seconds"))
@@ -716,144 +592,6 @@ class Intake:
         )
         return None
 
-    @staticmethod
-    def _is_delete(path: Path) -> bool:
-        """A lone sidecar that asks for a Delete is a job by itself."""
-        try:
-            return read_sidecar(path).get("EventType") == "Delete"
-        except InputError:
-            return False  # not (yet) a valid sidecar: wait for its document
-
-    # -- hand-over --------------------------------------------------------
-    def _hand_over(
-        self,
-        dest: Destination,
-        doc_name: str,
-        sidecar_name: str | None,
-        verdict: Verdict,
-    ) -> Job | None:
-        token = uuid.uuid4().hex
-        spool = self.settings.spool_dir
-        spool_doc = spool / f"{token}.document"
-        spool_side = spool / f"{token}.sidecar" if sidecar_name else None
-        job = self.queue.begin_intake(
-            destination=dest.name,
-            original_name=storable(doc_name),
-            sidecar_name=storable(sidecar_name) if sidecar_name else None,
-            spool_document=str(spool_doc),
-            spool_sidecar=str(spool_side) if spool_side else None,
-            document_id=None
-            if is_sidecar(doc_name)
-            else earlier_document_id(self.queue, dest.name, dest.inbox / doc_name),
-        )
-        killpoint("intake_after_row")
-        try:
-            rename_noreplace(dest.inbox / doc_name, spool_doc)
-        except FileNotFoundError:
-            self.queue.abandon_intake(job.id, "document left the inbox before hand-over")
-            return None
-        except OSError as exc:
-            self.queue.abandon_intake(job.id, f"hand-over failed ({type(exc).__name__})")
-            raise
-        killpoint("intake_mid_rename")
-        if sidecar_name and spool_side is not None:
-            try:
-                rename_noreplace(dest.inbox / sidecar_name, spool_side)
-            except OSError:
-                verdict = Verdict(
-                    rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
-                )
-        for moved in (spool_doc, spool_side):
-            if moved is not None and moved.exists():
-                set_mode(moved, 0o600)  # best effort: only files the daemon owns can change
-        fsync_dir(spool)
-        fsync_dir(dest.inbox)
-        return self._complete(job, dest, verdict)
-
-    def _complete(self, job: Job, dest: Destination, verdict: Verdict) -> Job:
-        assert job.spool_document is not None
-        digest, size = "", 0
-        rejection = verdict.rejection
-        try:
-            with open_document(Path(job.spool_document)) as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size <= int(dest.timing("upload_max_bytes")):  # never hash what cannot go
-                    digest, size = sha256_file(fh)
-        except NotRegularFileError as exc:  # swapped for a link after the checks
-            rejection = rejection or (exc.reason, str(exc))
-        except OSError as exc:
-            rejection = rejection or (
-                UNREADABLE,
-                f"chartdrop could not read the document ({exc.strerror or type(exc).__name__})",
-            )
-        done = self.queue.complete_intake(job.id, sha256=digest, size=size, rejection=rejection)
-        if rejection is None:
-            self.log.info(
-                "job.queued", job_id=job.id, destination=dest.name, size=size, sha256=digest
-            )
-            self.on_queued()
-        else:
-            self.log.info(
-                "job.rejected",
-                job_id=job.id,
-                destination=dest.name,
-                error_kind=rejection[0],
-                size=size,
-                reason="intake",
-            )
-            self.on_rejected(done)
-        return done
-
     def recover(self) -> dict[str, int]:
-        """Finish or abandon hand-overs a crash interrupted."""
-        counts = {"finished": 0, "abandoned": 0}
-        for job in self.queue.jobs(states=(JobState.INTAKE,), limit=100_000):
-            try:
-                counts[self._recover_one(job)] += 1
-            except OSError as exc:
-                # One unreadable spool file must not stop the start (a crash-restart
-                # loop): the job stays in intake, its files in the spool, and the
-                # next start tries again.
-                self.log.error(
-                    "intake.recover_failed",
-                    job_id=job.id,
-                    exc_type=type(exc).__name__,
-                    error=exc.strerror,
-                )
-        return counts
-
-    def _recover_one(self, job: Job) -> str:
-        try:
-            dest = self.settings.get_destination(job.destination)
-        except KeyError:
-            self.queue.abandon_intake(job.id, "destination no longer configured")
-            return "abandoned"
-        spool_doc = Path(job.spool_document or "")
-        if not (spool_doc.exists() or spool_doc.is_symlink()):
-            self.queue.abandon_intake(job.id, "hand-over interrupted before the move")
-            return "abandoned"
-        side = Path(job.spool_sidecar) if job.spool_sidecar else None
-        if side is not None and job.sidecar_name and not side.exists():
-            inbox_side = dest.inbox / job.sidecar_name
-            if inbox_side.exists():
-                rename_noreplace(inbox_side, side)
-                fsync_dir(side.parent)
-                fsync_dir(inbox_side.parent)
-        if side is not None and not side.exists():
-            verdict = Verdict(
-                rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
-            )
-        elif is_sidecar(job.original_name) and side is None:
-            if self._is_delete(spool_doc):
-                verdict = judge(
-                    dest, self.settings, spool_doc, None, name=job.original_name,
-                    sidecar_only=True,
-                )  # fmt: skip
-            else:
-                verdict = Verdict(rejection=("orphan_sidecar", "a sidecar arrived but no document"))
-        else:
-            verdict = judge(dest, self.settings, spool_doc, side, name=job.original_name)
-            if verdict.incomplete is not None:
-                verdict = Verdict(rejection=(ContentError.reason, verdict.incomplete))
-        self._complete(job, dest, verdict)
-        return "finished"
+        """Finish or abandon hand-overs a crash interrupted (at start-up)."""
+        return recover(self.settings, self.handover)
