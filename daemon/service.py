@@ -177,6 +177,7 @@ class Service:
         self.notifier = notifier if notifier is not None else Notifier()
         self.health = Health(allowance_for(settings))
         self.stopping = threading.Event()
+        self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
         self.work = threading.Event()
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
@@ -542,8 +543,11 @@ class Service:
         if threading.current_thread() is not threading.main_thread():
             return
 
+        # Handlers only set flags: one that logged could interrupt this thread in the
+        # middle of writing a log line and wait forever for the lock it holds itself.
+        # The loop (or shutdown) logs ``daemon.stopping`` with the signal's name.
         def handler(signum: int, _frame: FrameType | None) -> None:
-            self.log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.stop_signal = self.stop_signal or signum
             self.stopping.set()
             if self.intake is not None:
                 self.intake.wake.set()
@@ -570,6 +574,8 @@ class Service:
             self.intake.wake.set()
 
     def shutdown(self) -> int:
+        if self.stop_signal:
+            self.log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
         self.stopping.set()
         self.work.set()
         self.notifier.stopping("stopping: finishing in-flight sends")
