@@ -95,6 +95,7 @@ def folder_problems(settings: Settings) -> list[str]:
                 or dest.inbox.resolve() in path.resolve().parents
             ):
                 problems.append(f"destination {dest.name!r} {label} must not be inside its inbox")
+    problems.extend(_shared_folder_problems(settings))
     spool = settings.spool_dir  # the database may live elsewhere: nothing is renamed there
     probe = spool
     while not probe.exists() and probe.parent != probe:
@@ -108,6 +109,32 @@ def folder_problems(settings: Settings) -> list[str]:
         )
     elif devices:
         problems.extend(_mount_problems([probe, *_folders(settings)]))
+    return problems
+
+
+def _shared_folder_problems(settings: Settings) -> list[str]:
+    """One destination's done/ or failed/ being (or inside) another's inbox would
+    ingest its documents again and send them elsewhere; two destinations sharing
+    an inbox would race for every document (issue 12, item 9)."""
+    problems: list[str] = []
+    dests = settings.destination
+    for dest in dests:
+        inbox = dest.inbox.resolve()
+        for other in dests:
+            if other is dest:
+                continue
+            if other.inbox.resolve() == inbox and dests.index(other) > dests.index(dest):
+                problems.append(
+                    f"destinations {dest.name!r} and {other.name!r} share the inbox ({inbox}); "
+                    "give each destination its own inbox"
+                )
+            for label, path in (("done", other.done), ("failed", other.failed)):
+                resolved = path.resolve()
+                if resolved == inbox or inbox in resolved.parents:
+                    problems.append(
+                        f"destination {other.name!r} {label} ({path}) must not be inside "
+                        f"destination {dest.name!r}'s inbox: its documents would be sent again"
+                    )
     return problems
 
 
