@@ -104,9 +104,23 @@ def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
     return out
 
 
+def _check_readable(path: Path) -> None:
+    """status reads only a few pages: damage elsewhere must not look like a normal
+    queue. ``PRAGMA quick_check`` on a read-only connection (safe beside the daemon);
+    sqlite3.DatabaseError, reported by :func:`main` as damaged or unreadable (exit 2)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    finally:
+        conn.close()
+    if rows != [("ok",)]:
+        raise sqlite3.DatabaseError(f"quick_check found {len(rows)} problem(s)")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     queue = _open_queue(settings)
+    _check_readable(settings.database_path)
     status = queue.status()
     pauses: dict[str, list[dict[str, Any]]] = {}
     for pause in queue.pauses():
