@@ -9,6 +9,7 @@ and reused, so a retry does not upload again.
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,13 @@ LOCAL_ERROR_ATTEMPTS = 8
 # job's events, each gap counted at most this long (or twice retry_cap_seconds):
 # a wall clock that jumps forward by days must not fail the queue at once.
 GAP_CAP_SECONDS = 3600.0
+
+# A local error committing ``sent`` after a successful send is retried promptly,
+# backing off from COMMIT_RETRY_FIRST_SECONDS to COMMIT_RETRY_MAX_SECONDS, until
+# COMMIT_MARGIN_SECONDS before the job's lease ends.
+COMMIT_RETRY_FIRST_SECONDS = 0.1
+COMMIT_RETRY_MAX_SECONDS = 2.0
+COMMIT_MARGIN_SECONDS = 5.0
 
 CHANGED = (
     "the file changed after chartdrop had taken it (something was still writing it), "
@@ -161,7 +169,9 @@ class Deliverer:
         *,
         breakers: Breakers | None = None,
         clock: Callable[[], float] = time.time,
+        beat: Callable[[], None] | None = None,
     ) -> None:
+        self.beat = beat  # the worker's heartbeat, while it retries a commit
         self.settings = settings
         self.queue = queue
         self.sender = sender
@@ -204,15 +214,44 @@ class Deliverer:
             return self._failed(job, dest, exc, log)
         self.breakers.success(dest.name)
         killpoint("after_send")
-        if not self.queue.mark_sent(
-            job.id, job.lease_token, remote_id=result.log_id, http_status=result.status
-        ):
+        if not self._commit_sent(job, result, log):
             log.error("job.lease_lost_after_send", remote_id=result.log_id)
             return "lease_lost"
         killpoint("after_commit")
         log.info("job.sent", remote_id=result.log_id, http_status=result.status)
         self._finish(job.id)
         return "sent"
+
+    # -- issue 12 item 4: a local error after a successful send ----------------
+    def _commit_sent(self, job: Job, result: SendResult, log: Any) -> bool:
+        """Record ``sent``; a local error here (a full disk: SQLite's "database or
+        disk is full") is retried at once as the commit it is, with a short backoff,
+        for as long as the job's lease lasts: the document was delivered, so it must
+        never be resent after a silent lease expiry. False if the lease is lost."""
+        assert job.lease_token is not None
+        deadline = job.lease_expires_at or (self.clock() + self.settings.lease_seconds)
+        delay = COMMIT_RETRY_FIRST_SECONDS
+        failures = 0
+        while True:
+            try:
+                return self.queue.mark_sent(
+                    job.id, job.lease_token, remote_id=result.log_id, http_status=result.status
+                )
+            except (sqlite3.Error, OSError) as exc:
+                failures += 1
+                if failures == 1:  # once per job: a full disk would flood the log
+                    log.error(
+                        "job.commit_retry",
+                        exc_type=type(exc).__name__,
+                        error=safe_text(exc),
+                        remote_id=result.log_id,
+                    )
+                if self.clock() + delay >= deadline - COMMIT_MARGIN_SECONDS:
+                    raise  # the lease ends: the resend keeps the DocumentID
+            if self.beat is not None:
+                self.beat()
+            time.sleep(delay)
+            delay = min(delay * 2, COMMIT_RETRY_MAX_SECONDS)
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None

@@ -263,7 +263,7 @@ class Service:
         self.retention = Retention(self.settings, self.queue)
         self.deliverer = Deliverer(
             self.settings, self.queue, self._new_sender(self.settings), self.filer,
-            breakers=self.breakers,
+            breakers=self.breakers, beat=self.health.beat_here,
         )  # fmt: skip
         self.intake = Intake(
             self.settings,
