@@ -8,6 +8,9 @@ and reused, so a retry does not upload again.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import random
 import sqlite3
 import time
@@ -28,7 +31,7 @@ from daemon.errors import (
     TransientDeliveryError,
 )
 from daemon.filing import Filer
-from daemon.fsutil import open_document, sha256_file
+from daemon.fsutil import fsync_dir, open_document, sha256_file
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.outgoing import Sender, is_sidecar_only
@@ -315,6 +318,8 @@ class Deliverer:
 
     def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
+        if job.sha256 and not is_sidecar_only(job):
+            snapshot(Path(job.spool_document), job.sha256)
         with open_document(Path(job.spool_document)) as fh:
             if job.sha256:  # what goes out must be what was checked and hashed at intake
                 self._unchanged(job, sha256_file(fh)[0])
@@ -345,3 +350,44 @@ class Deliverer:
             raise TransientDeliveryError("lease lost during upload")
         self.log.info("job.uploaded", job_id=job.id, destination=job.destination, size=job.size)
         return uri
+
+
+# -- issue 12 item 2: the spool copy is the snapshot ----------------------------
+SNAPSHOT_SUFFIX = ".snapshot"
+
+
+def snapshot(spool_document: Path, sha256: str) -> None:
+    """Make ``spool_document`` a private copy of the bytes hashed at intake, so
+    what is sent, and then filed in done/, is exactly those bytes.
+
+    Intake renames the scanner's file into the spool: the same inode, which a
+    writer that still holds it open can change at any moment (while the send
+    waits for a token, or after it). The bytes are copied (mode 0600, mtime
+    kept: it is the document's CreationDateTime) into a new file, checked
+    against ``sha256`` (ChangedError when they differ: failed/ with the reason),
+    made durable and renamed over the spool name. A late writer then writes to
+    the old, unlinked inode and can change neither the send nor done/.
+    """
+    tmp = spool_document.with_name(spool_document.name + SNAPSHOT_SUFFIX)
+    tmp.unlink(missing_ok=True)  # a crash's leftover
+    with open_document(spool_document) as src:
+        st = os.fstat(src.fileno())
+        digest = hashlib.sha256()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+                out.flush()
+                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+                with contextlib.suppress(OSError):  # the staff group the inbox gave it
+                    os.fchown(out.fileno(), -1, st.st_gid)
+                os.fsync(out.fileno())
+            if digest.hexdigest() != sha256:
+                raise ChangedError(CHANGED)
+            tmp.replace(spool_document)  # atomic, within the spool
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(spool_document.parent)
