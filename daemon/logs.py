@@ -75,6 +75,9 @@ SAFE_KEYS = frozenset(
         "files_kept",
         "rows_scrubbed",
         "files_unknown",
+        "requeued",
+        "moved_to_failed",
+        "unknown_files",
     }
 )
 

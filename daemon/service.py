@@ -47,6 +47,7 @@ from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
+from daemon.reconcile import reconcile_spool
 from daemon.redox import RedoxClient, make_http_client
 from daemon.retention import Retention
 
@@ -275,6 +276,14 @@ class Service:
         reset = self.queue.reset_all_leases()
         recovered = self.intake.recover()
         moved = self.filer.finish_pending()
+        orphans = reconcile_spool(self.settings, self.queue)  # issue 12 item 3: a lost -wal
+        if orphans.requeued or orphans.failed or orphans.problems:
+            self.log.warning(
+                "spool.reconciled",
+                requeued=orphans.requeued,
+                moved_to_failed=orphans.failed,
+                unknown_files=len(orphans.problems),
+            )
         self.log.info(
             "daemon.recovered",
             leases_reset=reset,
