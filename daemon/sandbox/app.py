@@ -250,7 +250,11 @@ def create_app(state: SandboxState) -> Starlette:
         if fault is not None and fault.kind != RESET:
             return _injected(fault)
         response = _process(request, raw, parsed, owner)
-        return CutResponse(response) if fault is not None else response
+        if fault is None:
+            return response
+        if response.status_code == 200:
+            state.mark_cut(json.loads(bytes(response.body))["Meta"]["Logs"][0]["ID"])
+        return CutResponse(response)
 
     def _process(request: Request, raw: bytes | None, parsed: object, owner: str) -> Response:
         if raw is None:

@@ -68,6 +68,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    cut: bool = False  # stored, then the answer was cut (the ``reset`` fault)
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,14 @@ class SandboxState:
         with self._lock:
             self._received.append(Received(log_id, body, dict(headers), time.time()))
         return log_id
+
+    def mark_cut(self, log_id: str) -> None:
+        """The answer to this accepted request was cut (the ``reset`` fault)."""
+        with self._lock:
+            self._received = [
+                dataclasses.replace(r, cut=True) if r.log_id == log_id else r
+                for r in self._received
+            ]
 
     def record_attempt(self, path: str, status: int, document_id: str | None) -> None:
         """Record one request to a sending route and the status it got."""
