@@ -9,6 +9,7 @@ and reused, so a retry does not upload again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -318,8 +319,15 @@ class Deliverer:
 
     def _deliver(self, job: Job, dest: Destination) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
-        if job.sha256 and not is_sidecar_only(job):
-            snapshot(Path(job.spool_document), job.sha256)
+        if (
+            job.sha256
+            and not is_sidecar_only(job)
+            and not snapshot(Path(job.spool_document), job.sha256)
+        ):
+            self.log.warning(
+                    "job.snapshot_skipped", job_id=job.id, destination=job.destination,
+                    reason="no room on the disk for the copy: sent from the spool file",
+                )  # fmt: skip
         with open_document(Path(job.spool_document)) as fh:
             if job.sha256:  # what goes out must be what was checked and hashed at intake
                 self._unchanged(job, sha256_file(fh)[0])
@@ -356,7 +364,7 @@ class Deliverer:
 SNAPSHOT_SUFFIX = ".snapshot"
 
 
-def snapshot(spool_document: Path, sha256: str) -> None:
+def snapshot(spool_document: Path, sha256: str) -> bool:
     """Make ``spool_document`` a private copy of the bytes hashed at intake, so
     what is sent, and then filed in done/, is exactly those bytes.
 
@@ -367,9 +375,25 @@ def snapshot(spool_document: Path, sha256: str) -> None:
     against ``sha256`` (ChangedError when they differ: failed/ with the reason),
     made durable and renamed over the spool name. A late writer then writes to
     the old, unlinked inode and can change neither the send nor done/.
+
+    A disk with no room for the copy (ENOSPC, EDQUOT) does not hold the send
+    back: it goes out from the spool file as before, still checked against
+    ``sha256`` just before it is read (returns False then).
     """
     tmp = spool_document.with_name(spool_document.name + SNAPSHOT_SUFFIX)
     tmp.unlink(missing_ok=True)  # a crash's leftover
+    try:
+        _copy_checked(spool_document, tmp, sha256)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        raise
+    fsync_dir(spool_document.parent)
+    return True
+
+
+def _copy_checked(spool_document: Path, tmp: Path, sha256: str) -> None:
     with open_document(spool_document) as src:
         st = os.fstat(src.fileno())
         digest = hashlib.sha256()
@@ -390,4 +414,3 @@ def snapshot(spool_document: Path, sha256: str) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    fsync_dir(spool_document.parent)
