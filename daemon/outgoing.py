@@ -41,6 +41,7 @@ from daemon.payload import (
 )
 from daemon.queue import Job
 from daemon.redox import Embedded, RedoxClient, SendResult
+from daemon.sidecar import date_problems
 
 PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"  # a job's DocumentIDs are UUIDs
 
@@ -186,9 +187,16 @@ def fhir_resource(
     created: datetime,
 ) -> dict[str, Any]:
     """The validated FHIR Media resource for ``data``, or SidecarError."""
+    dates = date_problems(sidecar)  # real dates, in the format Redox documents
+    try:
+        parsed = fhir.parse_sidecar(sidecar, settings.fhir)
+    except SidecarError as exc:
+        raise SidecarError(dates + exc.problems) from None
+    if dates:
+        raise SidecarError(dates)
     resource = fhir.build_media(
         settings=settings.fhir,
-        sidecar=fhir.parse_sidecar(sidecar, settings.fhir),
+        sidecar=parsed,
         document_id=document_id,
         file_name=file_name,
         mime=mime,

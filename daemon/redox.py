@@ -2,7 +2,11 @@
 
 Statuses are turned into the exception tree here, and only here:
 
-    2xx                                  success
+    2xx with the API's answer            success (Redox: a JSON object with Meta and
+                                         a log ID; see :func:`not_the_api`)
+    2xx with anything else               TransientDeliveryError, unknown outcome: a
+                                         proxy or captive portal answered, the resend
+                                         keeps the DocumentID
     3xx                                  TransientDeliveryError (redirects are never
                                          followed: the configured URL is wrong)
     401                                  renew the token once, then AuthError
@@ -188,6 +192,18 @@ def classify(response: httpx.Response, what: str) -> None:
         raise AuthError(f"{what} refused the access token (HTTP 401)", status=status)
     raise PermanentDeliveryError(
         f"{what} refused the request (HTTP {status})", status=status, remote_id=remote_id
+    )
+
+
+def not_the_api(what: str, response: httpx.Response) -> TransientDeliveryError:
+    """A 2xx whose body is not what the API answers (an HTML page from a proxy or a
+    captive portal, an empty or cut body): whether the request reached the API is
+    unknown, so it is retried with the same DocumentID and counts as a failure."""
+    return TransientDeliveryError(
+        f"{what} answered HTTP {response.status_code} without the API's answer "
+        "(a proxy or captive portal in the way?)",
+        status=response.status_code,
+        unknown_outcome=True,
     )
 
 
@@ -480,7 +496,10 @@ class RedoxClient(BearerClient):
             headers={"Content-Type": "application/json"},
         )
         classify(response, "Redox")
-        return SendResult(status=response.status_code, log_id=remote_log_id(response))
+        log_id = remote_log_id(response)
+        if not isinstance(_json(response).get("Meta"), dict) or log_id is None:
+            raise not_the_api("Redox", response)
+        return SendResult(status=response.status_code, log_id=log_id)
 
 
 __all__ = [
@@ -494,6 +513,7 @@ __all__ = [
     "encode_body",
     "http_client",
     "make_http_client",
+    "not_the_api",
     "read_capped",
     "remote_log_id",
     "retry_after_seconds",

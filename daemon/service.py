@@ -51,6 +51,7 @@ from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
+from daemon.reconcile import reconcile_spool
 from daemon.redox import RedoxClient, http_client, make_http_client
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
@@ -100,6 +101,7 @@ def folder_problems(settings: Settings) -> list[str]:
                 or dest.inbox.resolve() in path.resolve().parents
             ):
                 problems.append(f"destination {dest.name!r} {label} must not be inside its inbox")
+    problems.extend(_shared_folder_problems(settings))
     spool = settings.spool_dir  # the database may live elsewhere: nothing is renamed there
     probe = spool
     while not probe.exists() and probe.parent != probe:
@@ -113,6 +115,32 @@ def folder_problems(settings: Settings) -> list[str]:
         )
     elif devices:
         problems.extend(_mount_problems([probe, *_folders(settings)]))
+    return problems
+
+
+def _shared_folder_problems(settings: Settings) -> list[str]:
+    """One destination's done/ or failed/ being (or inside) another's inbox would
+    ingest its documents again and send them elsewhere; two destinations sharing
+    an inbox would race for every document (issue 12, item 9)."""
+    problems: list[str] = []
+    dests = settings.destination
+    for dest in dests:
+        inbox = dest.inbox.resolve()
+        for other in dests:
+            if other is dest:
+                continue
+            if other.inbox.resolve() == inbox and dests.index(other) > dests.index(dest):
+                problems.append(
+                    f"destinations {dest.name!r} and {other.name!r} share the inbox ({inbox}); "
+                    "give each destination its own inbox"
+                )
+            for label, path in (("done", other.done), ("failed", other.failed)):
+                resolved = path.resolve()
+                if resolved == inbox or inbox in resolved.parents:
+                    problems.append(
+                        f"destination {other.name!r} {label} ({path}) must not be inside "
+                        f"destination {dest.name!r}'s inbox: its documents would be sent again"
+                    )
     return problems
 
 
@@ -183,6 +211,7 @@ class Service:
         self.notifier = notifier if notifier is not None else Notifier()
         self.health = Health(allowance_for(settings))
         self.stopping = threading.Event()
+        self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
         self.work = threading.Event()
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
@@ -271,7 +300,7 @@ class Service:
         self.retention = Retention(self.settings, self.queue)
         self.deliverer = Deliverer(
             self.settings, self.queue, self._new_sender(self.settings), self.filer,
-            breakers=self.breakers,
+            breakers=self.breakers, beat=self.health.beat_here,
         )  # fmt: skip
         self.intake = Intake(
             self.settings,
@@ -283,6 +312,14 @@ class Service:
         reset = self.queue.reset_all_leases()
         recovered = self.intake.recover()
         moved = self.filer.finish_pending()
+        orphans = reconcile_spool(self.settings, self.queue)  # issue 12 item 3: a lost -wal
+        if orphans.requeued or orphans.failed or orphans.problems:
+            self.log.warning(
+                "spool.reconciled",
+                requeued=orphans.requeued,
+                moved_to_failed=orphans.failed,
+                unknown_files=len(orphans.problems),
+            )
         self.log.info(
             "daemon.recovered",
             leases_reset=reset,
@@ -629,8 +666,11 @@ class Service:
         if threading.current_thread() is not threading.main_thread():
             return
 
+        # Handlers only set flags: one that logged could interrupt this thread in the
+        # middle of writing a log line and wait forever for the lock it holds itself.
+        # The loop (or shutdown) logs ``daemon.stopping`` with the signal's name.
         def handler(signum: int, _frame: FrameType | None) -> None:
-            self.log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.stop_signal = self.stop_signal or signum
             self.stopping.set()
             if self.intake is not None:
                 self.intake.wake.set()
@@ -657,6 +697,8 @@ class Service:
             self.intake.wake.set()
 
     def shutdown(self) -> int:
+        if self.stop_signal:
+            self.log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
         self.stopping.set()
         self.work.set()
         self.notifier.stopping("stopping: finishing in-flight sends")
