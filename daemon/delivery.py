@@ -35,12 +35,12 @@ from daemon.errors import (
 )
 from daemon.filing import Filer
 from daemon.fsutil import fsync_dir, open_document, sha256_file
+from daemon.http import SendResult
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.outgoing import Sender, is_sidecar_only, patient_key
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
-from daemon.redox import SendResult
 from daemon.sidecar import read_sidecar
 
 # A local error (the spool copy cannot be read, or an unexpected exception) is

@@ -43,18 +43,18 @@ from redox.media.new import New as MediaNew
 
 from daemon.config import Destination, FhirSettings, key_path
 from daemon.errors import AuthError, SidecarError
-from daemon.payload import filled_field_problems
-from daemon.redox import (
+from daemon.http import (
     REMOTE_ID,
     BearerClient,
     SendResult,
-    _json,
     check_url,
     classify,
     expiry_from_seconds,
+    json_object,
     not_the_api,
     read_secret,
 )
+from daemon.payload import filled_field_problems
 
 FHIR_JSON = "application/fhir+json"
 _URI = re.compile(r"^(urn:[a-z0-9][a-z0-9-]*:|https?://)\S+$", re.IGNORECASE)
@@ -377,7 +377,7 @@ def created_media_id(response: httpx.Response) -> str | None:
     if any, is no ``OperationOutcome`` with an error. Anything else (an HTML page
     from a proxy, an error outcome) raises :func:`not_the_api`'s unknown outcome.
     """
-    data = _json(response)
+    data = json_object(response)
     kind = data.get("resourceType")
     issues = data.get("issue") if kind == "OperationOutcome" else None
     if isinstance(issues, list) and any(

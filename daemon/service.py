@@ -43,6 +43,7 @@ from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
+from daemon.http import http_client, make_http_client
 from daemon.inbox_lock import lock_inbox
 from daemon.intake import InboxEvents, Intake, unhold_moves
 from daemon.logs import get_logger, where
@@ -52,7 +53,7 @@ from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
 from daemon.reconcile import reconcile_spool
-from daemon.redox import RedoxClient, http_client, make_http_client
+from daemon.redox import RedoxClient
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
 

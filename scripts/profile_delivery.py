@@ -41,7 +41,7 @@ STAGES = [
     ("daemon.outgoing", "Sender", "send"),
     ("daemon.outgoing", None, "redox_body"),
     ("daemon.redox", "RedoxClient", "send"),
-    ("daemon.redox", None, "read_capped"),
+    ("daemon.http", None, "read_capped"),
     ("daemon.filing", "Filer", "_file"),
     ("daemon.queue", "Queue", "begin_intake"),
     ("daemon.queue", "Queue", "complete_intake"),

@@ -30,14 +30,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from daemon.config import RedoxSettings, Settings, load_settings
 from daemon.errors import AuthError, ConfigError, TransientDeliveryError
+from daemon.http import MAX_RESPONSE_BYTES, make_http_client, read_capped, tls_context
 from daemon.queue import JobState
-from daemon.redox import (
-    MAX_RESPONSE_BYTES,
-    RedoxClient,
-    make_http_client,
-    read_capped,
-    tls_context,
-)
+from daemon.redox import RedoxClient
 from daemon.samples import sample_pdf, sample_sidecar
 from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
 
