@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, ContentError, MissingSidecarError
 from daemon.queue import DestinationStatus, Job, JobState, Queue
 from daemon.queue_schema import file_intact
 
@@ -188,7 +188,7 @@ def test_intake_rejected_then_failed(queue: Queue) -> None:
         spool_sidecar=None,
     )
     rejected = queue.complete_intake(
-        job.id, sha256="ff", size=9, rejection=("missing_sidecar", "no sidecar was found")
+        job.id, sha256="ff", size=9, rejection=MissingSidecarError("no sidecar was found")
     )
     assert rejected.state is JobState.REJECTED
     assert (rejected.error_kind, rejected.last_error) == ("missing_sidecar", "no sidecar was found")
@@ -528,7 +528,7 @@ def test_events_never_hold_phi(queue: Queue, clock: FakeClock) -> None:
         )
         for name in names
     ]
-    queue.complete_intake(jobs[0].id, sha256="aa", size=1, rejection=("bad", "unreadable PDF"))
+    queue.complete_intake(jobs[0].id, sha256="aa", size=1, rejection=ContentError("unreadable PDF"))
     queue.mark_failed(jobs[0].id, f"/srv/failed/{CANARY}.pdf")
     queue.requeue(
         jobs[0].id,

@@ -31,9 +31,15 @@ from pathlib import Path
 
 from daemon.config import Destination, Settings
 from daemon.content import EMPTY
-from daemon.errors import ContentError, NotRegularFileError
+from daemon.errors import (
+    ContentError,
+    MissingSidecarError,
+    NotRegularFileError,
+    OrphanSidecarError,
+    UnreadableError,
+)
 from daemon.inboxes import InboxGuard, IntakeReport
-from daemon.intake.handover import UNREADABLE, HandOver
+from daemon.intake.handover import HandOver
 from daemon.intake.judging import Verdict, is_delete, judge, storable
 from daemon.intake.recovery import recover
 from daemon.logs import get_logger
@@ -409,7 +415,7 @@ class Intake:
             )
             try:
                 sidecar = None if is_sidecar(name) else self._sidecar_for(dest, name)
-                self._take(dest, name, sidecar, Verdict(rejection=(UNREADABLE, why)))
+                self._take(dest, name, sidecar, Verdict(rejection=UnreadableError(why)))
             except Exception as again:  # noqa: BLE001 - cannot even move it: keep holding
                 return self._hold_back(dest, name, again)
             return None
@@ -482,7 +488,7 @@ class Intake:
         self._saw(dest, name, st)
         if storable(name) != name:
             bad_name = "the file name is not valid text (UTF-8); rename the file and drop it again"
-            self._take(dest, name, None, Verdict(rejection=(ContentError.reason, bad_name)))
+            self._take(dest, name, None, Verdict(rejection=ContentError(bad_name)))
             return None
         if is_sidecar(name):
             return self._consider_sidecar(dest, name, st)
@@ -494,7 +500,7 @@ class Intake:
                 dest,
                 name,
                 self._sidecar_for(dest, name),
-                Verdict(rejection=(what.reason, str(what))),
+                Verdict(rejection=what),
             )
             return None
         settled = tracker.settled_at(name)
@@ -510,7 +516,7 @@ class Intake:
                 return now + timeout - deadline
             verdict = judge(dest, self.settings, path, None)  # says why, in the staff's words
             if verdict.rejection is None:  # incomplete, so the sidecar was not even looked at
-                verdict = Verdict(rejection=("missing_sidecar", "no sidecar (.json) file came"))
+                verdict = Verdict(rejection=MissingSidecarError("no sidecar (.json) file came"))
             self._take(dest, name, None, verdict)
             return None
         if sidecar is not None:
@@ -529,7 +535,7 @@ class Intake:
             timeout = float(dest.timing("sidecar_timeout_seconds"))
             if verdict.incomplete == EMPTY and waited >= timeout:
                 # still empty long after it appeared: report it in failed/
-                verdict = Verdict(rejection=(ContentError.reason, EMPTY))
+                verdict = Verdict(rejection=ContentError(EMPTY))
             else:
                 inbox.incomplete_since.setdefault(name, time.time() - waited)
                 if (dest.name, name) not in self._reported:
@@ -587,7 +593,7 @@ class Intake:
             name,
             None,
             Verdict(
-                rejection=("orphan_sidecar", "a sidecar arrived but no document with its name")
+                rejection=OrphanSidecarError("a sidecar arrived but no document with its name")
             ),
         )
         return None
