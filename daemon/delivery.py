@@ -95,7 +95,7 @@ class Decision:
 
 def gap_cap(dest: Destination) -> float:
     """The most one gap between a job's events counts towards give_up_after_hours."""
-    return max(GAP_CAP_SECONDS, 2 * float(dest.timing("retry_cap_seconds")))
+    return max(GAP_CAP_SECONDS, 2 * dest.timing.retry_cap_seconds)
 
 
 def decide(
@@ -133,7 +133,7 @@ def decide(
     status = exc.status if isinstance(exc, TransientDeliveryError) else None
     remote_id = exc.remote_id if isinstance(exc, TransientDeliveryError) else None
     started = job.queued_at or job.created_at
-    give_up = float(dest.timing("give_up_after_hours")) * 3600
+    give_up = dest.timing.give_up_after_hours * 3600
     if (now - started if waited is None else waited) >= give_up:
         return Decision(
             "reject",
@@ -147,8 +147,8 @@ def decide(
         )
     delay = backoff(
         job.attempts,
-        float(dest.timing("retry_base_seconds")),
-        float(dest.timing("retry_cap_seconds")),
+        dest.timing.retry_base_seconds,
+        dest.timing.retry_cap_seconds,
         rng,
     )
     if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
@@ -310,9 +310,7 @@ class Deliverer:
     def _too_many_requests(self, dest: Destination, retry_after: float | None) -> None:
         """A 429: the destination's whole quota (every Redox destination, for Redox)
         waits for its Retry-After, not only this job; not a sign of an outage."""
-        seconds = (
-            retry_after if retry_after is not None else float(dest.timing("retry_base_seconds"))
-        )
+        seconds = retry_after if retry_after is not None else dest.timing.retry_base_seconds
         self.limits.pause(dest, seconds)
         self.breakers.inconclusive(dest.name)  # a probe that got it: the next one probes
         self.breakers.hold(

@@ -99,7 +99,7 @@ class HandOver:
         try:
             with open_document(Path(job.spool_document)) as fh:
                 size = os.fstat(fh.fileno()).st_size
-                if size <= int(dest.timing("upload_max_bytes")):  # never hash what cannot go
+                if size <= dest.timing.upload_max_bytes:  # never hash what cannot go
                     digest, size = sha256_file(fh)
         except NotRegularFileError as exc:  # swapped for a link after the checks
             rejection = rejection or exc

@@ -54,10 +54,10 @@ def judge(
             size = os.fstat(fh.fileno()).st_size
             # Over the limit is final (a file only grows), so it is refused before
             # anything is read: a sparse multi-GB file must not be waited on or hashed.
-            if size > int(dest.timing("upload_max_bytes")):
+            if size > dest.timing.upload_max_bytes:
                 raise TooLargeError(
                     f"the file is {size:,} bytes; the limit is "
-                    f"{int(dest.timing('upload_max_bytes')):,} bytes"
+                    f"{dest.timing.upload_max_bytes:,} bytes"
                 )
             kind = detect(fh)
             reason = incomplete_reason(fh, size, kind)

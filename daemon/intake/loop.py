@@ -136,7 +136,7 @@ class Intake:
         self.looks = 0  # names looked at (lstat, maybe judged): for the scale tests
 
     def _new_inbox(self, dest: Destination) -> _Inbox:
-        return _Inbox(float(dest.timing("settle_seconds")), self.clock)
+        return _Inbox(dest.timing.settle_seconds, self.clock)
 
     def _reset_inbox(self, dest: Destination) -> None:
         """Start afresh (caller holds the lock): what was known may be gone."""
@@ -330,7 +330,7 @@ class Intake:
             inbox = self._inboxes[dest.name]
             if inbox.listing is not None or now >= self._next_rescan[dest.name]:
                 if inbox.listing is None:
-                    self._next_rescan[dest.name] = now + float(dest.timing("rescan_seconds"))
+                    self._next_rescan[dest.name] = now + dest.timing.rescan_seconds
                 try:
                     self._rescan_step(dest, time.monotonic() + RESCAN_SLICE_SECONDS)
                 except (FileNotFoundError, NotADirectoryError):
@@ -403,7 +403,7 @@ class Intake:
         Returns when to look at it again (None: handed over)."""
         key = (dest.name, name)
         since = self._failing_since.setdefault(key, self.clock())
-        timeout = float(dest.timing("sidecar_timeout_seconds"))
+        timeout = dest.timing.sidecar_timeout_seconds
         if (
             isinstance(exc, OSError)
             and not isinstance(exc, FileNotFoundError)
@@ -439,7 +439,7 @@ class Intake:
     def _hold_back(self, dest: Destination, name: str, exc: Exception) -> float:
         """Look at a name that failed again only after HOLD_SECONDS (or the rescan
         interval, if shorter); log it once. Returns when."""
-        hold = min(HOLD_SECONDS, float(dest.timing("rescan_seconds")))
+        hold = min(HOLD_SECONDS, dest.timing.rescan_seconds)
         until = self._held[(dest.name, name)] = self.clock() + hold
         if (dest.name, name) not in self._reported:
             self._reported.add((dest.name, name))
@@ -511,7 +511,7 @@ class Intake:
         named = sidecar is None and sidecar_from_filename(dest, name) is not None
         if sidecar is None and not named:
             deadline = tracker.waited(name)
-            timeout = float(dest.timing("sidecar_timeout_seconds"))
+            timeout = dest.timing.sidecar_timeout_seconds
             if deadline < timeout:
                 return now + timeout - deadline
             verdict = judge(dest, self.settings, path, None)  # says why, in the staff's words
@@ -532,7 +532,7 @@ class Intake:
         verdict = self._judged(dest, name, st, sidecar)
         if verdict.incomplete is not None:
             waited = tracker.waited(name)
-            timeout = float(dest.timing("sidecar_timeout_seconds"))
+            timeout = dest.timing.sidecar_timeout_seconds
             if verdict.incomplete == EMPTY and waited >= timeout:
                 # still empty long after it appeared: report it in failed/
                 verdict = Verdict(rejection=ContentError(EMPTY))
@@ -583,7 +583,7 @@ class Intake:
         if settled <= now and stat.S_ISREG(st.st_mode) and is_delete(path):
             self._take(dest, name, None, judge(dest, self.settings, path, None, sidecar_only=True))
             return None
-        timeout = float(dest.timing("sidecar_timeout_seconds"))
+        timeout = dest.timing.sidecar_timeout_seconds
         waited = tracker.waited(name)
         if waited < timeout:
             deadline = now + timeout - waited
