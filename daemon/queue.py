@@ -759,12 +759,6 @@ class Queue:
         times = [float(at) for at, _from, _to in rows[start:]] + [now]
         return sum(min(max(b - a, 0.0), gap_cap) for a, b in itertools.pairwise(times))
 
-    def counts_by_state(self) -> dict[str, int]:
-        """Every state (zeros included) with its number of jobs, for metrics."""
-        with self._lock:
-            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return dict.fromkeys(map(str, JobState), 0) | {state: n for state, n in rows}
-
     # -- monitoring and retry (status --check, metrics, chartdrop retry) ------
 
     def failed_since(self, since: float) -> dict[str, int]:

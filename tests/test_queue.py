@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import counts_by_state
 
 from daemon.errors import ConfigError, ContentError, MissingSidecarError
 from daemon.queue import DestinationStatus, Job, JobState, Queue
@@ -147,7 +148,7 @@ def test_readonly_never_creates_and_refuses_foreign_or_writes(queue: Queue, db_p
     job = enqueue(queue)
     with Queue.open_readonly(db_path) as ro:
         assert ro.get(job.id) == job
-        assert ro.counts_by_state()["queued"] == 1
+        assert counts_by_state(ro.path)["queued"] == 1
         with pytest.raises(sqlite3.OperationalError):
             ro.claim(lease_seconds=10)
     assert queue.get(job.id) == job
@@ -474,7 +475,7 @@ def test_reset_all_leases_at_start_up(queue: Queue, db_path: Path) -> None:
     queue.close()
     with Queue(db_path) as restarted:
         assert restarted.reset_all_leases() == 2
-        assert restarted.counts_by_state()["queued"] == 3
+        assert counts_by_state(restarted.path)["queued"] == 3
         for lease in leases:
             assert restarted.release(lease.id, token(lease)) is False
             assert restarted.events(lease.id)[-1]["detail"] == "lease reset at start-up"
@@ -653,7 +654,7 @@ def test_status_per_destination(queue: Queue, clock: FakeClock) -> None:
     )
     tomorrow = (midnight + timedelta(days=1, hours=1)).timestamp()
     assert queue.status(now=tomorrow)["consents"].done_today == 0
-    assert queue.counts_by_state() == {
+    assert counts_by_state(queue.path) == {
         "intake": 0,
         "queued": 3,
         "leased": 1,
@@ -688,7 +689,7 @@ def test_two_queues_on_one_file_never_claim_the_same_job(queue: Queue, db_path: 
     other.close()
     assert len(claimed) == total
     assert len(set(claimed)) == total
-    assert queue.counts_by_state()["leased"] == total
+    assert counts_by_state(queue.path)["leased"] == total
     assert sum(e["to_state"] == "leased" for e in queue.events()) == total
 
 
@@ -724,5 +725,5 @@ def test_four_processes_claim_every_job_exactly_once(
     claimed = [job_id for ids in per_process for job_id in ids]
     assert len(claimed) == total
     assert set(claimed) == made
-    assert queue.counts_by_state()["leased"] == total
+    assert counts_by_state(queue.path)["leased"] == total
     assert file_intact(db_path)
