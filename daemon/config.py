@@ -79,8 +79,13 @@ def _resolve(path: Path) -> Path:
 def resolve_secret(value: Path) -> Path:
     """A systemd credential of that name if one exists, else a path (relative to the config)."""
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and len(value.parts) == 1 and (Path(cred_dir) / value).is_file():
-        return Path(cred_dir) / value
+    if cred_dir and len(value.parts) == 1:
+        credential = Path(cred_dir) / value
+        try:
+            if credential.is_file():
+                return credential
+        except PermissionError:  # there, but not for this process (systemd runs
+            return credential  # `chartdrop reload` as ExecReload= without access)
     return _resolve(value)
 
 

@@ -131,9 +131,14 @@ DEST = Destination(
     done=Path("/d"),
     failed=Path("/f"),
     redox_destination_id="x",
+    settle_seconds=3,
+    rescan_seconds=60,
+    sidecar_timeout_seconds=600,
     retry_base_seconds=10,
     retry_cap_seconds=900,
     give_up_after_hours=72,
+    embed_max_bytes=200_000,
+    upload_max_bytes=30_000_000,
 )
 
 
