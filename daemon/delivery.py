@@ -216,18 +216,29 @@ class Deliverer:
             return self._failed(job, dest, exc, log)
         self.breakers.success(dest.name)
         killpoint("after_send")
-        if not self.queue.mark_sent(
-            job.id,
-            job.lease_token,
-            remote_id=result.log_id,
-            http_status=result.status,
-            patient_key=key,
-        ):
-            log.error("job.lease_lost_after_send", remote_id=result.log_id)
-            return "lease_lost"
-        killpoint("after_commit")
-        log.info("job.sent", remote_id=result.log_id, http_status=result.status)
-        self._finish(job)
+        # The move to done/ is claimed before the send is recorded, so the job this
+        # commit returns is current (no other path can file it meanwhile) and is
+        # filed without reading it again; its target in done/ is committed with the
+        # send (one transaction, one fsync), durable before the rename as before.
+        with self.filer.claimed(job.id) as mine:
+            target = self.filer.done_target(job) if mine else None
+            sent = self.queue.record_sent(
+                job.id,
+                job.lease_token,
+                remote_id=result.log_id,
+                http_status=result.status,
+                patient_key=key,
+                final_path=None if target is None else str(target),
+            )
+            if sent is None:
+                log.error("job.lease_lost_after_send", remote_id=result.log_id)
+                return "lease_lost"
+            killpoint("after_commit")
+            log.info("job.sent", remote_id=result.log_id, http_status=result.status)
+            if mine:
+                self.filer.finish_claimed(sent)
+        if not mine:  # (never expected) another thread has its move: files it or retries
+            self._finish(job)
         return "sent"
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:

@@ -54,6 +54,7 @@ from daemon.queue_schema import file_intact
 from daemon.redox import RedoxClient, http_client, make_http_client
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
+from daemon.wakeup import Wakeup
 
 TICK_SECONDS = 0.25
 MOVE_RETRY_SECONDS = 30.0
@@ -183,7 +184,7 @@ class Service:
         self.notifier = notifier if notifier is not None else Notifier()
         self.health = Health(allowance_for(settings))
         self.stopping = threading.Event()
-        self.work = threading.Event()
+        self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
@@ -366,8 +367,8 @@ class Service:
                     continue
                 if job is None:
                     self.work.wait(0.5)
-                    self.work.clear()
                     continue
+                self.work.take()  # this job's announcement, so no other worker wakes for it
                 self.health.beat(name)
                 started = time.monotonic()
                 try:
@@ -556,7 +557,7 @@ class Service:
                 self.breakers.forget(pause.destination)
                 self.queue.make_due(pause.destination)
         self._answer_reload(ok=True, problems=[])
-        self.work.set()
+        self.work.wake_all()
         self.notifier.ready(self.status_text())
         return True
 
@@ -651,7 +652,7 @@ class Service:
 
     def shutdown(self) -> int:
         self.stopping.set()
-        self.work.set()
+        self.work.wake_all()
         self.notifier.stopping("stopping: finishing in-flight sends")
         self._stop_observers()
         if self.metrics is not None:
