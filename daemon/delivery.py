@@ -195,8 +195,9 @@ class Deliverer:
             self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
             return "queued"
         try:
-            key = self._hold_duplicates(job, dest)
-            result = self._deliver(job, dest)
+            sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
+            key = self._hold_duplicates(job, dest, sidecar)
+            result = self._deliver(job, dest, sidecar)
         except Throttled as exc:
             # Nothing was sent: the job waits unburnt, its quota's destinations are held.
             self.queue.release(job.id, job.lease_token)
@@ -313,7 +314,20 @@ class Deliverer:
     def _finish(self, job: Job) -> None:
         self.filer.finish_safely(job)  # it reads the job again: ``job`` is the claimed copy
 
-    def _hold_duplicates(self, job: Job, dest: Destination) -> str | None:
+    @staticmethod
+    def _sidecar(job: Job) -> dict[str, Any] | None:
+        """The job's sidecar from the spool (a Delete's is its document); None when
+        its fields come from the file name (filename_pattern)."""
+        if is_sidecar_only(job):
+            assert job.spool_document is not None
+            return read_sidecar(Path(job.spool_document))
+        if job.spool_sidecar:
+            return read_sidecar(Path(job.spool_sidecar))
+        return None
+
+    def _hold_duplicates(
+        self, job: Job, dest: Destination, sidecar: dict[str, Any] | None
+    ) -> str | None:
         """The job's patient key; DuplicateError when ``duplicates = "hold"`` and the
         same bytes were sent for the same patient within the window, unless the job
         is allowed through (``allow_duplicate``, set by ``chartdrop retry
@@ -321,7 +335,6 @@ class Deliverer:
         assert job.lease_token is not None
         if is_sidecar_only(job) or not job.sha256:
             return None
-        sidecar = read_sidecar(Path(job.spool_sidecar)) if job.spool_sidecar else None
         key = patient_key(dest, sidecar, job.original_name)
         if key is None or dest.duplicates == "send":
             return key
@@ -345,7 +358,7 @@ class Deliverer:
             f"on {when} (job {earlier_id}), so it was not sent again"
         )
 
-    def _deliver(self, job: Job, dest: Destination) -> SendResult:
+    def _deliver(self, job: Job, dest: Destination, sidecar: dict[str, Any] | None) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
         if self.limits.settings is not self.settings:  # a reload: new rates, same buckets
             self.limits.configure(self.settings)
@@ -355,12 +368,6 @@ class Deliverer:
             if job.sha256:  # what goes out must be what was checked and hashed at intake
                 self._unchanged(job, sha256_file(fh)[0])
                 fh.seek(0)
-            if is_sidecar_only(job):
-                sidecar: dict[str, Any] | None = read_sidecar(Path(job.spool_document))
-            elif job.spool_sidecar:
-                sidecar = read_sidecar(Path(job.spool_sidecar))
-            else:
-                sidecar = None  # fields from the file name (filename_pattern)
             return self.sender.send(
                 job, dest, fh, sidecar, lambda f, kind: self._upload(job, f, kind)
             )
