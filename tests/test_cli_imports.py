@@ -69,7 +69,13 @@ def imported_by(*argv: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize(
     "argv",
-    [("status",), ("status", "--json"), ("status", "--check"), ("jobs",)],
+    [
+        ("status",),
+        ("status", "--json"),
+        ("status", "--check"),
+        ("jobs",),
+        ("audit", "--since", "2020-01-01"),
+    ],
     ids=lambda argv: " ".join(argv),
 )
 def test_read_only_commands_skip_the_heavy_modules(config: Path, argv: tuple[str, ...]) -> None:
