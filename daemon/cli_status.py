@@ -8,7 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
-from daemon.cli_common import open_queue, settings_from, ts
+from daemon.cli_common import check_readable, open_queue, settings_from, ts
 from daemon.errors import ConfigError
 from daemon.inboxes import read_report
 
@@ -20,6 +20,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     queue = open_queue(settings)
+    check_readable(settings.database_path)
     snap = take_snapshot(settings, queue)
     pauses: dict[str, list[dict[str, Any]]] = {}
     for pause in snap.pauses if snap.running else []:  # a dead daemon's pauses are stale
@@ -138,9 +139,10 @@ def _status_check(args: argparse.Namespace) -> int:
                 "run the check as the chartdrop user"
             )
             return UNKNOWN
-        queue = (
-            Queue.open_readonly(settings.database_path) if settings.database_path.exists() else None
-        )
+        queue = None
+        if settings.database_path.exists():
+            queue = Queue.open_readonly(settings.database_path)
+            check_readable(settings.database_path)
         result = evaluate(settings, take_snapshot(settings, queue))
     except ConfigError as exc:
         print(f"CHARTDROP UNKNOWN - {exc.problems[0]}")

@@ -59,6 +59,10 @@ ZERO_TAIL = (
     "the file ends in blank (zero) bytes, so it was not completely written "
     "(the scanner or copy may have been interrupted)"
 )
+BLANK = (
+    "the file holds only blank (zero) bytes so far: it was made at its full size "
+    "and not yet written (a copy may still be running)"
+)
 PDF_NO_EOF = "the PDF is incomplete: it does not end with the %%EOF end marker"
 JPEG_NO_EOI = "the JPEG image is incomplete: it does not end with the end-of-image marker"
 PNG_NO_IEND = "the PNG image is incomplete: it does not end with the IEND end marker"
@@ -146,18 +150,28 @@ def incomplete_reason(f: BinaryIO, size: int, kind: FileKind | None) -> str | No
     """None if the document looks completely written, else a short reason (no PHI).
 
     ``size`` is the file's size (from ``fstat``). Unknown kinds only need to be
-    non-empty. Never raises on malformed content (only on I/O errors), and
-    the work is bounded whatever the content. The file position is restored.
+    non-empty and not blank (zeros at both ends: a pre-allocated file that no
+    data reached yet is held, not refused as a type). Never raises on malformed
+    content (only on I/O errors), and the work is bounded whatever the content.
+    The file position is restored.
     """
     if size <= 0:
         return EMPTY
-    if kind is None:
-        return None
     pos = f.tell()
     try:
+        if kind is None:  # no magic bytes yet: a pre-allocated file not yet filled in?
+            return BLANK if _blank(f, size) else None
         return _reason(f, size, kind)
     finally:
         f.seek(pos)
+
+
+def _blank(f: BinaryIO, size: int) -> bool:
+    """Zeros at both ends (the whole file if small): made at its full size, not yet
+    written. Content a writer put at the start is never blank."""
+    head = _read_at(f, 0, _HEAD_BYTES)
+    tail = _read_at(f, max(0, size - _HEAD_BYTES), _HEAD_BYTES) if size > _HEAD_BYTES else b""
+    return not head.strip(b"\x00") and not tail.strip(b"\x00")
 
 
 def _reason(f: BinaryIO, size: int, kind: FileKind) -> str | None:

@@ -8,7 +8,12 @@ and reused, so a retry does not upload again.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +34,13 @@ from daemon.errors import (
     TransientDeliveryError,
 )
 from daemon.filing import Filer
-from daemon.fsutil import open_document, sha256_file
+from daemon.fsutil import fsync_dir, open_document, sha256_file
+from daemon.http import SendResult
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.outgoing import Sender, is_sidecar_only, patient_key
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
-from daemon.redox import SendResult
 from daemon.sidecar import read_sidecar
 
 # A local error (the spool copy cannot be read, or an unexpected exception) is
@@ -46,6 +51,13 @@ LOCAL_ERROR_ATTEMPTS = 8
 # job's events, each gap counted at most this long (or twice retry_cap_seconds):
 # a wall clock that jumps forward by days must not fail the queue at once.
 GAP_CAP_SECONDS = 3600.0
+
+# A local error committing ``sent`` after a successful send is retried promptly,
+# backing off from COMMIT_RETRY_FIRST_SECONDS to COMMIT_RETRY_MAX_SECONDS, until
+# COMMIT_MARGIN_SECONDS before the job's lease ends.
+COMMIT_RETRY_FIRST_SECONDS = 0.1
+COMMIT_RETRY_MAX_SECONDS = 2.0
+COMMIT_MARGIN_SECONDS = 5.0
 
 CHANGED = (
     "the file changed after chartdrop had taken it (something was still writing it), "
@@ -165,7 +177,9 @@ class Deliverer:
         breakers: Breakers | None = None,
         limits: RateLimits | None = None,
         clock: Callable[[], float] = time.time,
+        beat: Callable[[], None] | None = None,
     ) -> None:
+        self.beat = beat  # the worker's heartbeat, while it retries a commit
         self.settings = settings
         self.queue = queue
         self.sender = sender
@@ -223,14 +237,7 @@ class Deliverer:
         # send (one transaction, one fsync), durable before the rename as before.
         with self.filer.claimed(job.id) as mine:
             target = self.filer.done_target(job) if mine else None
-            sent = self.queue.record_sent(
-                job.id,
-                job.lease_token,
-                remote_id=result.log_id,
-                http_status=result.status,
-                patient_key=key,
-                final_path=None if target is None else str(target),
-            )
+            sent = self._commit_sent(job, result, log, key, target)
             if sent is None:
                 log.error("job.lease_lost_after_send", remote_id=result.log_id)
                 return "lease_lost"
@@ -241,6 +248,46 @@ class Deliverer:
         if not mine:  # (never expected) another thread has its move: files it or retries
             self._finish(job)
         return "sent"
+
+    # -- issue 12 item 4: a local error after a successful send ----------------
+    def _commit_sent(
+        self, job: Job, result: SendResult, log: Any, key: str | None, target: Path | None
+    ) -> Job | None:
+        """Record ``sent`` (with ``target``, the document's place in done/, in the same
+        transaction); a local error here (a full disk: SQLite's "database or
+        disk is full") is retried at once as the commit it is, with a short backoff,
+        for as long as the job's lease lasts: the document was delivered, so it must
+        never be resent after a silent lease expiry. The job as committed, or None
+        if the lease is lost."""
+        assert job.lease_token is not None
+        deadline = job.lease_expires_at or (self.clock() + self.settings.lease_seconds)
+        delay = COMMIT_RETRY_FIRST_SECONDS
+        failures = 0
+        while True:
+            try:
+                return self.queue.record_sent(
+                    job.id,
+                    job.lease_token,
+                    remote_id=result.log_id,
+                    http_status=result.status,
+                    patient_key=key,
+                    final_path=None if target is None else str(target),
+                )
+            except (sqlite3.Error, OSError) as exc:
+                failures += 1
+                if failures == 1:  # once per job: a full disk would flood the log
+                    log.error(
+                        "job.commit_retry",
+                        exc_type=type(exc).__name__,
+                        error=safe_text(exc),
+                        remote_id=result.log_id,
+                    )
+                if self.clock() + delay >= deadline - COMMIT_MARGIN_SECONDS:
+                    raise  # the lease ends: the resend keeps the DocumentID
+            if self.beat is not None:
+                self.beat()
+            time.sleep(delay)
+            delay = min(delay * 2, COMMIT_RETRY_MAX_SECONDS)
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
         assert job.lease_token is not None
@@ -364,9 +411,17 @@ class Deliverer:
             self.limits.configure(self.settings)
         for client in {id(c): c for c in self.sender.http_clients()}.values():
             self.limits.watch(client)  # the sender's clients are new after a reload
+        snapped = False
+        if job.sha256 and not is_sidecar_only(job):
+            snapped = snapshot(Path(job.spool_document), job.sha256)
+            if not snapped:
+                self.log.warning(
+                    "job.snapshot_skipped", job_id=job.id, destination=job.destination,
+                    reason="no room on the disk for the copy: sent from the spool file",
+                )  # fmt: skip
         with self.limits.sending(dest), open_document(Path(job.spool_document)) as fh:
-            if job.sha256:  # what goes out must be what was checked and hashed at intake
-                self._unchanged(job, sha256_file(fh)[0])
+            if job.sha256 and not snapped:  # what goes out must be what intake hashed
+                self._unchanged(job, sha256_file(fh)[0])  # (a snapshot was checked as copied)
                 fh.seek(0)
             return self.sender.send(
                 job, dest, fh, sidecar, lambda f, kind: self._upload(job, f, kind)
@@ -388,3 +443,59 @@ class Deliverer:
             raise TransientDeliveryError("lease lost during upload")
         self.log.info("job.uploaded", job_id=job.id, destination=job.destination, size=job.size)
         return uri
+
+
+# -- issue 12 item 2: the spool copy is the snapshot ----------------------------
+SNAPSHOT_SUFFIX = ".snapshot"
+
+
+def snapshot(spool_document: Path, sha256: str) -> bool:
+    """Make ``spool_document`` a private copy of the bytes hashed at intake, so
+    what is sent, and then filed in done/, is exactly those bytes.
+
+    Intake renames the scanner's file into the spool: the same inode, which a
+    writer that still holds it open can change at any moment (while the send
+    waits for a token, or after it). The bytes are copied (mode 0600, mtime
+    kept: it is the document's CreationDateTime) into a new file, checked
+    against ``sha256`` (ChangedError when they differ: failed/ with the reason),
+    made durable and renamed over the spool name. A late writer then writes to
+    the old, unlinked inode and can change neither the send nor done/.
+
+    A disk with no room for the copy (ENOSPC, EDQUOT) does not hold the send
+    back: it goes out from the spool file as before, still checked against
+    ``sha256`` just before it is read (returns False then).
+    """
+    tmp = spool_document.with_name(spool_document.name + SNAPSHOT_SUFFIX)
+    tmp.unlink(missing_ok=True)  # a crash's leftover
+    try:
+        _copy_checked(spool_document, tmp, sha256)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        raise
+    fsync_dir(spool_document.parent)
+    return True
+
+
+def _copy_checked(spool_document: Path, tmp: Path, sha256: str) -> None:
+    with open_document(spool_document) as src:
+        st = os.fstat(src.fileno())
+        digest = hashlib.sha256()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+                out.flush()
+                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+                with contextlib.suppress(OSError):  # the staff group the inbox gave it
+                    os.fchown(out.fileno(), -1, st.st_gid)
+                os.fsync(out.fileno())
+            if digest.hexdigest() != sha256:
+                raise ChangedError(CHANGED)
+            tmp.replace(spool_document)  # atomic, within the spool
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

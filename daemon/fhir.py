@@ -43,17 +43,18 @@ from redox.media.new import New as MediaNew
 
 from daemon.config import Destination, FhirSettings, key_path
 from daemon.errors import AuthError, SidecarError
-from daemon.payload import filled_field_problems
-from daemon.redox import (
+from daemon.http import (
     REMOTE_ID,
     BearerClient,
     SendResult,
-    _json,
     check_url,
     classify,
     expiry_from_seconds,
+    json_object,
+    not_the_api,
     read_secret,
 )
+from daemon.payload import filled_field_problems
 
 FHIR_JSON = "application/fhir+json"
 _URI = re.compile(r"^(urn:[a-z0-9][a-z0-9-]*:|https?://)\S+$", re.IGNORECASE)
@@ -362,9 +363,35 @@ class FhirClient(BearerClient):
             "FHIR server", url, json=resource, headers=headers, client=self.dest_http.get(dest.name)
         )
         classify(response, "FHIR server")
-        resource_id = _json(response).get("id")
-        if not (isinstance(resource_id, str) and REMOTE_ID.match(resource_id)):
-            location = response.headers.get("Location", "")
-            match = re.search(r"Media/([A-Za-z0-9\-.]{1,64})", location)
-            resource_id = match.group(1) if match else None
-        return SendResult(status=response.status_code, log_id=resource_id)
+        return SendResult(status=response.status_code, log_id=created_media_id(response))
+
+
+_ERROR_SEVERITIES = frozenset({"error", "fatal"})
+
+
+def created_media_id(response: httpx.Response) -> str | None:
+    """The id of the Media a 2xx answer created (or found), or None when there is none.
+
+    A 2xx is success only when the body is the resource (``resourceType`` Media),
+    or the answer is a 201 whose ``Location`` names the new Media and whose body,
+    if any, is no ``OperationOutcome`` with an error. Anything else (an HTML page
+    from a proxy, an error outcome) raises :func:`not_the_api`'s unknown outcome.
+    """
+    data = json_object(response)
+    kind = data.get("resourceType")
+    issues = data.get("issue") if kind == "OperationOutcome" else None
+    if isinstance(issues, list) and any(
+        isinstance(i, dict) and i.get("severity") in _ERROR_SEVERITIES for i in issues
+    ):
+        raise not_the_api("FHIR server", response)
+    match = re.search(r"Media/([A-Za-z0-9\-.]{1,64})", response.headers.get("Location", ""))
+    resource_id = data.get("id") if kind == "Media" else None
+    if isinstance(resource_id, str) and REMOTE_ID.match(resource_id):
+        return resource_id
+    if response.status_code == 201 and match and (kind in (None, "OperationOutcome")):
+        if kind is None and response.content.strip():  # a body, but not JSON: not FHIR
+            raise not_the_api("FHIR server", response)
+        return match.group(1)
+    if kind == "Media":  # the resource, without a usable id
+        return match.group(1) if match else None
+    raise not_the_api("FHIR server", response)

@@ -23,9 +23,12 @@ path or URL).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
+import syslog
 import threading
 import traceback
 from collections.abc import Callable, MutableMapping
@@ -93,6 +96,9 @@ SAFE_KEYS = frozenset(
         "frames",
         "thread",
         "alert",
+        "requeued",
+        "moved_to_failed",
+        "unknown_files",
     }
 )
 
@@ -206,6 +212,46 @@ class _QuietWatchdogStop(logging.Filter):
         return "called when the thread is inactive" not in record.getMessage()
 
 
+class _TolerantPrintLogger(structlog.PrintLogger):
+    """A PrintLogger whose sink may fail (``/dev/full``, a pipe whose reader is gone,
+    a closed file) without the error reaching the code that logged: logging must
+    never stop the pipeline. The first failure is reported once to syslog (the
+    journal, where there is one); lines are dropped and counted meanwhile, and the
+    count is logged as ``log.lines_dropped`` once the sink works again."""
+
+    dropped = 0  # shared by every logger of the process: there is one sink
+    _report_lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError) as exc:  # ValueError: the sink was closed
+            self._failed(exc)
+            return
+        if _TolerantPrintLogger.dropped:
+            with _TolerantPrintLogger._report_lock:
+                count, _TolerantPrintLogger.dropped = _TolerantPrintLogger.dropped, 0
+            if count:
+                self.msg(json.dumps({"event": "log.lines_dropped", "count": count}))
+
+    @staticmethod
+    def _failed(exc: BaseException) -> None:
+        with _TolerantPrintLogger._report_lock:
+            first = _TolerantPrintLogger.dropped == 0
+            _TolerantPrintLogger.dropped += 1
+        if first:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "closed"
+            with contextlib.suppress(OSError):
+                syslog.syslog(
+                    syslog.LOG_ERR,
+                    f"chartdrop: writing the log failed ({reason}); lines are dropped "
+                    "until it works again",
+                )
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. ``fmt`` is auto, json or console."""
     out = stream if stream is not None else sys.stderr
@@ -237,7 +283,7 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_args: _TolerantPrintLogger(file=out),
         cache_logger_on_first_use=False,
     )
 

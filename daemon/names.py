@@ -3,9 +3,16 @@
 Pure string functions on bare file names (no folders). An "extension" is
 what follows the last dot, provided something other than dots precedes it,
 so ``.pdf`` and ``..pdf`` have none (as with :func:`os.path.splitext`).
+
+The pairing rules live here and only here; :mod:`daemon.pairing` applies them
+to a whole inbox. A sidecar is any name ending in ``.json`` in any case; names
+are compared in Unicode NFC, so a name macOS wrote decomposed (``u`` plus a
+combining mark) pairs with the same name written composed.
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 NAME_MAX = 255  # bytes in one file name (Linux filesystems)
 SIDECAR_SUFFIX = ".json"
@@ -50,16 +57,37 @@ def is_sidecar(name: str) -> bool:
     return name.lower().endswith(SIDECAR_SUFFIX)
 
 
+def nfc(name: str) -> str:
+    """The name in Unicode normal form C, the form names are paired in."""
+    return unicodedata.normalize("NFC", name)
+
+
+def sidecar_base(sidecar_name: str) -> str:
+    """A sidecar's name without its ``.json`` (any case): ``scan.pdf.JSON`` -> ``scan.pdf``."""
+    if not is_sidecar(sidecar_name):
+        raise ValueError("not a sidecar name")
+    return sidecar_name[: -len(SIDECAR_SUFFIX)]
+
+
+def pairing_bases(document_name: str) -> list[str]:
+    """The sidecar bases (names minus ``.json``) a document pairs with, most
+    specific first: its full name, then its stem if it has an extension.
+
+    ``scan.pdf`` -> ``["scan.pdf", "scan"]``; ``scan`` -> ``["scan"]``. The
+    first is an exact pair; the stem pairs only when no other document in the
+    inbox answers to the same base (two documents ``scan.pdf`` and ``scan.tif``
+    cannot share ``scan.json``).
+    """
+    stem, ext = split_extension(document_name)
+    return [document_name, stem] if ext else [document_name]
+
+
 def sidecar_candidates(document_name: str) -> list[str]:
     """Sidecar names for a document, most specific first.
 
     ``scan.pdf`` -> ``["scan.pdf.json", "scan.json"]``; ``scan`` -> ``["scan.json"]``.
     """
-    stem, ext = split_extension(document_name)
-    candidates = [document_name + SIDECAR_SUFFIX]
-    if ext:
-        candidates.append(stem + SIDECAR_SUFFIX)
-    return candidates
+    return [base + SIDECAR_SUFFIX for base in pairing_bases(document_name)]
 
 
 def documents_for_sidecar(sidecar_name: str) -> tuple[str | None, str]:
@@ -72,9 +100,7 @@ def documents_for_sidecar(sidecar_name: str) -> tuple[str | None, str]:
     matching :func:`sidecar_candidates` exactly. ``scan.json`` ->
     ``(None, "scan")``: any document whose stem is ``scan`` (or named ``scan``).
     """
-    if not is_sidecar(sidecar_name):
-        raise ValueError("not a sidecar name")
-    base = sidecar_name[: -len(SIDECAR_SUFFIX)]
+    base = sidecar_base(sidecar_name)
     _, ext = split_extension(base)
     return (base if ext else None), base
 
@@ -95,12 +121,13 @@ def paired_sidecar_name(
     """The sidecar name for a renamed document, in the same pairing style as before.
 
     ``scan.pdf.json`` style (document name + ``.json``) stays that style;
-    otherwise stem style (``scan.json``). The old ``.json``'s case is kept.
+    otherwise stem style (``scan.json``). The old ``.json``'s case is kept; the
+    name part follows the document's Unicode form.
     """
     if not is_sidecar(old_sidecar_name):
         raise ValueError("not a sidecar name")
     suffix = old_sidecar_name[-len(SIDECAR_SUFFIX) :]
-    if old_sidecar_name[: -len(SIDECAR_SUFFIX)] == old_document_name:
+    if nfc(sidecar_base(old_sidecar_name)) == nfc(old_document_name):
         return new_document_name + suffix
     stem, _ = split_extension(new_document_name)
     return stem + suffix

@@ -29,6 +29,7 @@ from daemon.config import Destination, RedoxSettings, Settings
 from daemon.content import FileKind, check_kind_matches_extension, detect
 from daemon.errors import ContentError, SidecarError, TooLargeError
 from daemon.fhir import FhirClient
+from daemon.http import SendResult
 from daemon.names import is_sidecar
 from daemon.payload import (
     FileFacts,
@@ -40,7 +41,8 @@ from daemon.payload import (
     validate_redox,
 )
 from daemon.queue import Job
-from daemon.redox import Embedded, RedoxClient, SendResult
+from daemon.redox import Embedded, RedoxClient
+from daemon.sidecar import date_problems
 
 PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"  # a job's DocumentIDs are UUIDs
 
@@ -186,9 +188,16 @@ def fhir_resource(
     created: datetime,
 ) -> dict[str, Any]:
     """The validated FHIR Media resource for ``data``, or SidecarError."""
+    dates = date_problems(sidecar)  # real dates, in the format Redox documents
+    try:
+        parsed = fhir.parse_sidecar(sidecar, settings.fhir)
+    except SidecarError as exc:
+        raise SidecarError(dates + exc.problems) from None
+    if dates:
+        raise SidecarError(dates)
     resource = fhir.build_media(
         settings=settings.fhir,
-        sidecar=fhir.parse_sidecar(sidecar, settings.fhir),
+        sidecar=parsed,
         document_id=document_id,
         file_name=file_name,
         mime=mime,

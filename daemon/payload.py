@@ -37,6 +37,7 @@ from redox.results.new import New as ResultsNew
 
 from daemon.config import Destination, RedoxSettings, key_path, parse_field_path
 from daemon.errors import SidecarError
+from daemon.sidecar import date_problems
 
 PLACEHOLDER_CONTENTS = "cGxhY2Vob2xkZXI="  # validates the shape before the real file is read
 EVENT_TYPES = ("New", "Replace", "Delete")
@@ -374,6 +375,7 @@ def validate_redox(
         raise SidecarError(problems) from None
     problems = _event_problems(model, event, sidecar, has_file)
     problems += filled_field_problems(model, sidecar, has_file=has_file)
+    problems += date_problems(sidecar)  # real dates, in the format Redox documents
     if (model, event) in REDOX_MODELS:
         try:
             # strict: a number is not text, so an MRN keeps its zeros

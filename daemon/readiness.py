@@ -53,6 +53,11 @@ class StabilityTracker:
             seen.size, seen.mtime_ns, seen.changed_at = size, mtime_ns, now
         return now - seen.changed_at >= self._settle
 
+    def settled_at(self, key: str) -> float | None:
+        """Clock time ``key`` is (or was) stable if nothing changes meanwhile."""
+        seen = self._seen.get(key)
+        return None if seen is None else seen.changed_at + self._settle
+
     def first_seen(self, key: str) -> float | None:
         """Clock time ``key`` was first observed (kept across changes; reset by forget)."""
         seen = self._seen.get(key)

@@ -50,7 +50,7 @@ from daemon.names import paired_sidecar_name
 from daemon.queue import Job, Queue
 
 DAY_SECONDS = 86_400.0
-BATCH = 500  # jobs per pass; a full batch runs again on the next tick, not a day later
+BATCH = 100  # jobs per pass (one main-loop tick); a full batch runs again at the next tick
 _DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

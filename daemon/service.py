@@ -43,15 +43,17 @@ from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
+from daemon.http import http_client, make_http_client
 from daemon.inbox_lock import lock_inbox
-from daemon.intake import InboxEvents, Intake
+from daemon.intake import InboxEvents, Intake, unhold_moves
 from daemon.logs import get_logger, where
 from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
-from daemon.redox import RedoxClient, http_client, make_http_client
+from daemon.reconcile import reconcile_spool
+from daemon.redox import RedoxClient
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
 from daemon.wakeup import Wakeup
@@ -101,6 +103,7 @@ def folder_problems(settings: Settings) -> list[str]:
                 or dest.inbox.resolve() in path.resolve().parents
             ):
                 problems.append(f"destination {dest.name!r} {label} must not be inside its inbox")
+    problems.extend(_shared_folder_problems(settings))
     spool = settings.spool_dir  # the database may live elsewhere: nothing is renamed there
     probe = spool
     while not probe.exists() and probe.parent != probe:
@@ -114,6 +117,32 @@ def folder_problems(settings: Settings) -> list[str]:
         )
     elif devices:
         problems.extend(_mount_problems([probe, *_folders(settings)]))
+    return problems
+
+
+def _shared_folder_problems(settings: Settings) -> list[str]:
+    """One destination's done/ or failed/ being (or inside) another's inbox would
+    ingest its documents again and send them elsewhere; two destinations sharing
+    an inbox would race for every document (issue 12, item 9)."""
+    problems: list[str] = []
+    dests = settings.destination
+    for dest in dests:
+        inbox = dest.inbox.resolve()
+        for other in dests:
+            if other is dest:
+                continue
+            if other.inbox.resolve() == inbox and dests.index(other) > dests.index(dest):
+                problems.append(
+                    f"destinations {dest.name!r} and {other.name!r} share the inbox ({inbox}); "
+                    "give each destination its own inbox"
+                )
+            for label, path in (("done", other.done), ("failed", other.failed)):
+                resolved = path.resolve()
+                if resolved == inbox or inbox in resolved.parents:
+                    problems.append(
+                        f"destination {other.name!r} {label} ({path}) must not be inside "
+                        f"destination {dest.name!r}'s inbox: its documents would be sent again"
+                    )
     return problems
 
 
@@ -184,6 +213,7 @@ class Service:
         self.notifier = notifier if notifier is not None else Notifier()
         self.health = Health(allowance_for(settings))
         self.stopping = threading.Event()
+        self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
         self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
@@ -272,7 +302,7 @@ class Service:
         self.retention = Retention(self.settings, self.queue)
         self.deliverer = Deliverer(
             self.settings, self.queue, self._new_sender(self.settings), self.filer,
-            breakers=self.breakers,
+            breakers=self.breakers, beat=self.health.beat_here,
         )  # fmt: skip
         self.intake = Intake(
             self.settings,
@@ -284,6 +314,14 @@ class Service:
         reset = self.queue.reset_all_leases()
         recovered = self.intake.recover()
         moved = self.filer.finish_pending()
+        orphans = reconcile_spool(self.settings, self.queue)  # issue 12 item 3: a lost -wal
+        if orphans.requeued or orphans.failed or orphans.problems:
+            self.log.warning(
+                "spool.reconciled",
+                requeued=orphans.requeued,
+                moved_to_failed=orphans.failed,
+                unknown_files=len(orphans.problems),
+            )
         self.log.info(
             "daemon.recovered",
             leases_reset=reset,
@@ -385,11 +423,14 @@ class Service:
         finally:
             self.health.forget(name)
 
-    def tick(self) -> None:
+    def tick(self) -> float:
+        """One slice of the main loop's work; returns the seconds until intake has
+        something due (0 if it left ready documents for the next slice)."""
         assert self.queue is not None and self.intake is not None
-        self.intake.tick()
+        due = self.intake.tick()
         if self.queue.expire_leases():
             self.work.set()
+        return due
 
     def run(self, *, until: Callable[[], bool] | None = None) -> int:
         """Main loop until SIGTERM/SIGINT (or ``until()`` is true). Returns the exit code."""
@@ -400,8 +441,9 @@ class Service:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+            due = TICK_SECONDS
             try:
-                self.tick()
+                due = self.tick()
                 self.retention.maybe_run()  # at start-up, then daily
                 if time.monotonic() - last_moves > MOVE_RETRY_SECONDS:
                     last_moves = time.monotonic()
@@ -416,7 +458,9 @@ class Service:
             if until is not None and until():
                 break
             assert self.intake is not None
-            self.intake.wake.wait(TICK_SECONDS)
+            # Intake's work comes in bounded slices: the watchdog is pinged between
+            # them, and a backlog's next slice starts at once.
+            self.intake.wake.wait(min(due, TICK_SECONDS))
             self.intake.wake.clear()
         return self.shutdown()
 
@@ -426,6 +470,7 @@ class Service:
         One inotify observer for the local inboxes, one polling observer (links
         never followed) for those with ``polling = true``.
         """
+        unhold_moves()
         inotify: BaseObserver = Observer()
         polling = PollingObserverVFS(os.lstat, os.scandir, polling_interval=POLL_SECONDS)
         self._observers = [inotify, polling]
@@ -623,8 +668,11 @@ class Service:
         if threading.current_thread() is not threading.main_thread():
             return
 
+        # Handlers only set flags: one that logged could interrupt this thread in the
+        # middle of writing a log line and wait forever for the lock it holds itself.
+        # The loop (or shutdown) logs ``daemon.stopping`` with the signal's name.
         def handler(signum: int, _frame: FrameType | None) -> None:
-            self.log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.stop_signal = self.stop_signal or signum
             self.stopping.set()
             if self.intake is not None:
                 self.intake.wake.set()
@@ -651,6 +699,8 @@ class Service:
             self.intake.wake.set()
 
     def shutdown(self) -> int:
+        if self.stop_signal:
+            self.log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
         self.stopping.set()
         self.work.wake_all()
         self.notifier.stopping("stopping: finishing in-flight sends")

@@ -9,9 +9,12 @@ enormous numbers are all refused with a reason. Messages never quote values.
 from __future__ import annotations
 
 import json
+import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.config import key_path
 from daemon.errors import NotRegularFileError, SidecarError
 from daemon.fsutil import open_document
 
@@ -94,3 +97,69 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     except NotRegularFileError as exc:
         raise SidecarError(f"the sidecar cannot be read: {exc}") from None
     return parse_sidecar(raw)
+
+
+# Dates in a sidecar, in the format Redox documents (ISO 8601): DOB is a date,
+# "2008-01-06"; every *DateTime field a date-time, "2017-06-22T19:30:04.387Z"
+# (a date alone, or no seconds or offset, is ISO 8601 too and accepted).
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2}(?::\d{2})?)(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?)?$"
+)
+DATE_FIELDS = frozenset({"DOB"})
+
+
+def _real_datetime(text: str) -> bool:
+    match = _DATETIME.match(text)
+    if match is None:
+        return False
+    day, clock, _fraction, offset = match.groups()
+    try:
+        date.fromisoformat(day)
+        if clock is not None:
+            stamp = f"{day}T{clock}" + ("+00:00" if offset in (None, "Z") else offset)
+            datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return True
+
+
+def _real_date(text: str) -> bool:
+    try:
+        return bool(_DATE.match(text)) and date.fromisoformat(text) is not None
+    except ValueError:
+        return False
+
+
+def date_problems(sidecar: dict[str, Any]) -> list[str]:
+    """Every date field (DOB, *DateTime) that is not a real date in Redox's format,
+    one line each naming the field, never its value. Nulls are left to the model."""
+    problems: list[str] = []
+
+    def walk(node: object, loc: tuple[str | int, ...]) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = (*loc, key)
+                if isinstance(value, dict | list):
+                    walk(value, where)
+                elif value is None or not isinstance(key, str):
+                    continue
+                elif key in DATE_FIELDS:
+                    if not (isinstance(value, str) and _real_date(value)):
+                        problems.append(
+                            f"{key_path(where)} must be a real date written YYYY-MM-DD "
+                            "(e.g. 2008-01-06)"
+                        )
+                elif key.endswith("DateTime") and not (
+                    isinstance(value, str) and _real_datetime(value)
+                ):
+                    problems.append(
+                        f"{key_path(where)} must be a real date and time in ISO 8601 "
+                        "(e.g. 2017-06-22T19:30:04.387Z)"
+                    )
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, (*loc, i))
+
+    walk(sidecar, ())
+    return problems

@@ -412,7 +412,8 @@ def bodies_like_chartdrop(d: Daemon, count: int, data: bytes) -> list[bytes]:
 
 def bearer_token(d: Daemon) -> str:
     from daemon.config import load_settings
-    from daemon.redox import RedoxClient, make_http_client
+    from daemon.http import make_http_client
+    from daemon.redox import RedoxClient
 
     settings = load_settings(d.config)
     with make_http_client(settings) as http:

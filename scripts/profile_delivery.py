@@ -31,18 +31,17 @@ from bench import CLK_TCK, Daemon, Peer, drop, pdf_of, stage
 
 # (module, class or None, function): CPU time spent inside each, summed over threads.
 STAGES = [
-    ("daemon.intake", "InboxEvents", "on_any_event"),
-    ("daemon.intake", "Intake", "tick"),
-    ("daemon.intake", "Intake", "_documents_with_stem"),
-    ("daemon.intake", None, "judge"),
-    ("daemon.intake", "Intake", "_hand_over"),
-    ("daemon.intake", "Intake", "_complete"),
+    ("daemon.intake.events", "InboxEvents", "on_any_event"),
+    ("daemon.intake.loop", "Intake", "tick"),
+    ("daemon.intake.loop", None, "judge"),
+    ("daemon.intake.handover", "HandOver", "hand_over"),
+    ("daemon.intake.handover", "HandOver", "complete"),
     ("daemon.delivery", "Deliverer", "process"),
     ("daemon.delivery", "Deliverer", "_deliver"),
     ("daemon.outgoing", "Sender", "send"),
     ("daemon.outgoing", None, "redox_body"),
     ("daemon.redox", "RedoxClient", "send"),
-    ("daemon.redox", None, "read_capped"),
+    ("daemon.http", None, "read_capped"),
     ("daemon.filing", "Filer", "_file"),
     ("daemon.queue", "Queue", "begin_intake"),
     ("daemon.queue", "Queue", "complete_intake"),
@@ -54,9 +53,9 @@ STAGES = [
     ("daemon.queue", "Queue", "mark_done"),
     ("daemon.queue", "Queue", "get"),
     ("daemon.filing", None, "fsync_dir"),
-    ("daemon.intake", None, "fsync_dir"),
+    ("daemon.intake.handover", None, "fsync_dir"),
     ("daemon.delivery", None, "sha256_file"),
-    ("daemon.intake", None, "sha256_file"),
+    ("daemon.intake.handover", None, "sha256_file"),
     ("structlog._base", "BoundLoggerBase", "_proxy_to_logger"),
 ]
 SPENT: dict[str, list[float]] = {}  # name -> [seconds, calls]

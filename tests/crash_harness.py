@@ -18,7 +18,13 @@ last restart has drained the queue:
   of the base64 body or of the uploaded blob), each document was delivered under
   exactly one DocumentID, and resends (deliveries beyond the first per
   DocumentID) are at most one per kill;
-* no daemon log line contains a file name, and none holds a traceback.
+* no daemon log line contains a file name, and none holds a traceback;
+* nothing is in done/ that the sandbox did not receive (``wrongly_in_done``).
+
+The sandbox's injected errors are a mix (``error_mix``): 503s, 200s with an HTML
+page (a proxy or captive portal: never success) and resets after storing (the
+document arrived but the answer was cut: resent with the same DocumentID, a
+resend the check attributes to the cut, not to a kill).
 """
 
 from __future__ import annotations
@@ -295,6 +301,9 @@ class Figures:
     uploads: int = 0
     attempts: int = 0
     injected_errors: int = 0
+    html_200s: int = 0  # 200 with a web page, as a proxy or captive portal answers
+    resets: int = 0  # stored, then the connection cut before the answer
+    wrongly_in_done: int = 0  # in done/ but never delivered (or a bad document)
     most_resends_per_kill: int = 0
     elapsed_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -350,6 +359,7 @@ def run_soak(
     seed: int = 1,
     workers: int = 2,
     error_rate: float = 0.1,
+    error_mix: tuple[int | str, ...] = (503, "html", "reset"),
     latency_seconds: float = 0.02,
     max_up: float = 2.0,
     startup_kill_fraction: float = 0.15,
@@ -365,7 +375,12 @@ def run_soak(
     inbox, done, failed = (root / "consents" / sub for sub in ("inbox", "done", "failed"))
     spool, db = root / "state" / "spool", root / "state" / "chartdrop.sqlite3"
     docs = make_documents(rng, documents, big_fraction=big_fraction, bad_fraction=bad_fraction)
-    sandbox.state.set_faults(error_rate=error_rate, latency_seconds=latency_seconds, seed=seed)
+    sandbox.state.set_faults(
+        error_rate=error_rate,
+        error_mix=list(error_mix),
+        latency_seconds=latency_seconds,
+        seed=seed,
+    )
     figures = Figures(documents=documents)
     started = time.monotonic()
 
@@ -550,20 +565,30 @@ def _check(
     done_ids = {job.document_id for job in by_state.get("done", [])}
     if done_ids != set(shas_per_id):
         p.append("the DocumentIDs of the done jobs differ from those delivered")
+    delivered = set(ids_per_doc)
+    for digest, paths in in_done.items():
+        if digest not in delivered or digest not in {d.sha for d in docs if not d.bad}:
+            figures.wrongly_in_done += len(paths)
+            p.append(f"document {digest[:12]} in done/ but never delivered")
     figures.duplicates = len(deliveries) - len(shas_per_id)
     kills = len(kill_times)
-    if figures.duplicates > kills:
-        p.append(f"{figures.duplicates} resends for {kills} kills")
+    cut = sum(1 for rec in sandbox.state.received() if rec.cut)
+    if figures.duplicates > kills + cut:
+        p.append(f"{figures.duplicates} resends for {kills} kills and {cut} cut answers")
     # Every resend has a kill between it and the delivery before it, and a kill
     # causes at most one resend per send it interrupted (at most one per worker).
     # The sandbox may record a request whose sender was killed a moment before
     # (it was already being answered): ``slack`` allows for that.
+    # A delivery whose answer the sandbox cut (the reset fault) is resent without a
+    # kill: that resend is explained by the cut, not counted against a kill.
     per_kill = [0] * (kills + 1)
-    times_per_id: dict[str, list[float]] = {}
+    times_per_id: dict[str, list[tuple[float, bool]]] = {}
     for rec in sandbox.state.received():
-        times_per_id.setdefault(rec.body["Media"]["DocumentID"], []).append(rec.at)
+        times_per_id.setdefault(rec.body["Media"]["DocumentID"], []).append((rec.at, rec.cut))
     for times in times_per_id.values():
-        for earlier, later in itertools.pairwise(sorted(times)):
+        for (earlier, was_cut), (later, _) in itertools.pairwise(sorted(times)):
+            if was_cut:
+                continue
             k = bisect.bisect_left(kill_times, earlier - slack)
             if k >= kills or kill_times[k] > later:
                 p.append("a resend without a kill before it")
@@ -574,7 +599,10 @@ def _check(
     attempts = sandbox.state.attempts
     figures.attempts = len(attempts)
     figures.uploads = sum(1 for a in attempts if a.path == "/upload" and a.status == 201)
-    figures.injected_errors = sum(1 for a in attempts if a.status == 503)
+    injected = sandbox.state.injected()
+    figures.injected_errors = sum(injected.values())
+    figures.html_200s = injected.get("html", 0)
+    figures.resets = injected.get("reset", 0)
 
     # the logs: no file names, no tracebacks
     if CANARY in log_text:

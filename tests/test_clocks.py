@@ -17,9 +17,10 @@ from daemon.delivery import Deliverer, decide, gap_cap
 from daemon.errors import TransientDeliveryError
 from daemon.fhir import FhirClient
 from daemon.filing import Filer
+from daemon.http import make_http_client
 from daemon.outgoing import Sender
 from daemon.queue import CLOCK_SLACK_SECONDS, Job, JobState, Queue
-from daemon.redox import RedoxClient, make_http_client
+from daemon.redox import RedoxClient
 from daemon.samples import sample_pdf, sample_sidecar
 
 DAY = 86_400.0

@@ -1,5 +1,6 @@
 """Crash safety under random SIGKILLs: the real daemon as a subprocess, killed and
-restarted while documents arrive, against the sandbox with ~10% transient errors.
+restarted while documents arrive, against the sandbox with ~10% errors: 503s,
+200s with an HTML page (a proxy) and answers cut after the document was stored.
 
 The harness and its checks live in tests/crash_harness.py. The short run is in
 the default suite; the full run (1,000 documents, 100 kills) is
@@ -26,7 +27,9 @@ def test_short_crash_soak(
     assert figures.lost == 0
     assert figures.kills == 10
     assert figures.duplicates <= figures.kills
+    assert figures.wrongly_in_done == 0
     assert figures.injected_errors > 0  # the sandbox really did fail requests
+    assert figures.html_200s > 0 and figures.resets > 0  # with 200 pages and cut answers
     assert figures.uploads > 0  # and large documents really went through the blob upload
     assert "crash soak: documents=100" in capsys.readouterr().out
 
@@ -39,5 +42,7 @@ def test_full_crash_soak(tmp_path: Path, sandbox: Sandbox) -> None:
     )
     assert figures.problems == []
     assert figures.lost == 0
+    assert figures.wrongly_in_done == 0
+    assert figures.html_200s > 0 and figures.resets > 0
     assert figures.kills == 100
     assert figures.duplicates <= figures.kills

@@ -21,8 +21,8 @@ from daemon.errors import (
     SidecarError,
     TransientDeliveryError,
 )
+from daemon.http import check_url, classify, retry_after_seconds
 from daemon.queue import Job, JobState
-from daemon.redox import check_url, classify, retry_after_seconds
 
 
 def _response(status: int, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -292,7 +292,7 @@ def test_symlink_swapped_in_after_the_checks_is_never_read(
         assert verdict == Verdict()  # the real file passes
         (dest.inbox / "scan.pdf").unlink()
         (dest.inbox / "scan.pdf").symlink_to(secret)  # swapped in
-        job = intake._hand_over(dest, "scan.pdf", "scan.pdf.json", verdict)
+        job = intake.handover.hand_over(dest, "scan.pdf", "scan.pdf.json", verdict)
         assert job is not None
         assert job.state == JobState.REJECTED
         assert job.error_kind == "not_a_regular_file"

@@ -403,7 +403,7 @@ def test_fhir_resend_after_unknown_outcome_creates_no_second_resource(
     assert len(stored()) == 1
     from daemon.config import load_settings
     from daemon.fhir import FhirClient
-    from daemon.redox import make_http_client
+    from daemon.http import make_http_client
 
     settings = load_settings(config)
     client = FhirClient(settings.fhir, make_http_client(settings))
@@ -450,7 +450,8 @@ def test_legacy_token_is_renewed_with_the_refresh_token_then_by_authenticating(
     tmp_path: Path, sandbox: Sandbox, pdf: bytes
 ) -> None:
     from daemon.config import load_settings
-    from daemon.redox import RedoxClient, make_http_client
+    from daemon.http import make_http_client
+    from daemon.redox import RedoxClient
 
     secret = tmp_path / "redox-secret"
     secret.write_text(LEGACY_SECRET)

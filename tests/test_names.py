@@ -140,6 +140,13 @@ def test_suffixed_keeps_extension_and_differs(name: str, n: int) -> None:
         ("scan (1).pdf", "scan.pdf", "scan.pdf.JSON", "scan (1).pdf.JSON"),
         ("scan (1)", "scan", "scan.json", "scan (1).json"),
         ("x.tif", "scan.pdf", "scan.json", "x.json"),
+        # a decomposed document (macOS) with a composed sidecar is still exact style
+        (
+            "Mu\u0308ller (1).pdf",
+            "Mu\u0308ller.pdf",
+            "M\u00fcller.pdf.json",
+            "Mu\u0308ller (1).pdf.json",
+        ),
     ],
 )
 def test_paired_sidecar_name(new_doc: str, old_doc: str, old_sidecar: str, expected: str) -> None:

@@ -18,8 +18,9 @@ from watchdog.observers import Observer
 
 from daemon.config import load_settings
 from daemon.health import Health, ObserverCheck, allowance_for
+from daemon.http import make_http_client
 from daemon.notify import Notifier, socket_address, watchdog_seconds
-from daemon.redox import RedoxClient, make_http_client
+from daemon.redox import RedoxClient
 from daemon.service import Service
 
 

@@ -42,9 +42,12 @@ from daemon.sandbox.auth import (
     bearer_owner,
     verify_client_assertion,
 )
+from daemon.sandbox.faults import HTML, RESET
 from daemon.sandbox.fhir import fhir_routes
 from daemon.sandbox.http import (
+    CutResponse,
     Handler,
+    captive_portal,
     declared_length,
     guarded,
     inject_fault,
@@ -241,9 +244,19 @@ def create_app(state: SandboxState) -> Starlette:
         owner = bearer_owner(state, request)
         if owner is None:
             return _unauthorized()
-        fault = await _fault_injection()
-        if fault is not None:
-            return fault
+        fault = await inject_fault(state)
+        if fault is not None and fault.kind == HTML:
+            return captive_portal()
+        if fault is not None and fault.kind != RESET:
+            return _injected(fault)
+        response = _process(request, raw, parsed, owner)
+        if fault is None:
+            return response
+        if response.status_code == 200:
+            state.mark_cut(json.loads(bytes(response.body))["Meta"]["Logs"][0]["ID"])
+        return CutResponse(response)
+
+    def _process(request: Request, raw: bytes | None, parsed: object, owner: str) -> Response:
         if raw is None:
             return JSONResponse(_errors(["Request body too large"]), 413)
         if not isinstance(parsed, dict):
@@ -264,10 +277,6 @@ def create_app(state: SandboxState) -> Starlette:
         logs = [{"ID": log_id, "AttemptID": str(uuid.uuid4())}]
         return JSONResponse({"Meta": {**meta, "Logs": logs}})
 
-    async def _fault_injection() -> Response | None:
-        fault = await inject_fault(state)
-        return None if fault is None else _injected(fault)
-
     # ---- blobs --------------------------------------------------------------
 
     async def upload(request: Request) -> Response:
@@ -279,9 +288,15 @@ def create_app(state: SandboxState) -> Starlette:
         owner = bearer_owner(state, request, ANY_TOKEN)
         if owner is None:
             return _unauthorized()
-        fault = await _fault_injection()
-        if fault is not None:
-            return fault
+        fault = await inject_fault(state)
+        if fault is not None and fault.kind == HTML:
+            return captive_portal()
+        if fault is not None and fault.kind != RESET:
+            return _injected(fault)
+        response = await _receive_upload(request, owner)
+        return CutResponse(response) if fault is not None else response
+
+    async def _receive_upload(request: Request, owner: str) -> Response:
         too_large = JSONResponse(_errors(["File too large"], module="Upload"), 413)
         body_limit = state.upload_max_bytes + MULTIPART_OVERHEAD
         declared = declared_length(request)

@@ -11,7 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Faults", "InjectedFault", "check_fault_value"]
+__all__ = ["HTML", "KINDS", "RESET", "Faults", "InjectedFault", "check_fault_value"]
+
+HTML = "html"
+"""A ``200 OK`` with an HTML page instead of the API's answer, the way a proxy or a
+captive portal answers: the request never reached the API (nothing is stored)."""
+RESET = "reset"
+"""The request is processed and stored, then the connection is cut before the
+answer is complete: the client cannot know it arrived."""
+KINDS = (HTML, RESET)
 
 
 @dataclass
@@ -28,7 +36,10 @@ class Faults:
     * ``retry_after`` - sent as the ``Retry-After`` header on injected errors.
     * ``latency_seconds`` - added before every sending route's answer.
     * ``fail_next`` - deterministic: the next requests to the sending routes
-      answer these statuses in order, consuming one each.
+      answer these in order, consuming one each: an HTTP error status, or one of
+      the :data:`KINDS` below.
+    * ``error_mix`` - what an ``error_rate`` hit answers, chosen at random from the
+      list (statuses and :data:`KINDS`); empty means ``error_status``.
     * ``outage`` - every sending and token request answers ``error_status``.
     * ``seed`` - seeds the random generator behind ``error_rate``.
     * ``echo_body`` - test-only: every ``/endpoint`` error answer quotes the request
@@ -45,6 +56,7 @@ class Faults:
     outage: bool = False
     seed: int | None = None
     echo_body: bool = False
+    error_mix: list[int | str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
@@ -57,6 +69,7 @@ class InjectedFault:
 
     status: int
     retry_after: str | None
+    kind: str = "status"  # "status" (an error answer), or one of KINDS
 
 
 def _check_status(value: object, name: str) -> int:
@@ -83,10 +96,10 @@ def check_fault_value(name: str, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError("latency_seconds must be a non-negative number")
         return float(value)
-    if name == "fail_next":
+    if name in ("fail_next", "error_mix"):
         if not isinstance(value, list | tuple):
-            raise ValueError("fail_next must be a list of HTTP error statuses")
-        return [_check_status(item, "fail_next item") for item in value]
+            raise ValueError(f"{name} must be a list of HTTP error statuses or {KINDS}")
+        return [item if item in KINDS else _check_status(item, f"{name} item") for item in value]
     if name in ("outage", "echo_body"):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.sandbox.auth import bearer_owner
+from daemon.sandbox.faults import HTML, RESET
 from daemon.sandbox.fhir_store import carries_identifier
 from daemon.sandbox.fhir_validation import (
     Issue,
@@ -45,7 +46,9 @@ from daemon.sandbox.fhir_validation import (
     validate_media,
 )
 from daemon.sandbox.http import (
+    CutResponse,
     Handler,
+    captive_portal,
     guarded,
     inject_fault,
     outage_response,
@@ -179,8 +182,16 @@ def fhir_routes(state: SandboxState) -> list[Route]:
         if owner is None:
             return _unauthorized()
         fault = await inject_fault(state)
-        if fault is not None:
+        if fault is not None and fault.kind == HTML:
+            return captive_portal()
+        if fault is not None and fault.kind != RESET:
             return _injected(fault)
+        response = await _store_media(request, raw, parsed, owner)
+        return CutResponse(response) if fault is not None else response
+
+    async def _store_media(
+        request: Request, raw: bytes | None, parsed: object, owner: str
+    ) -> Response:
         if raw is None:
             return _problem(413, "too-long", "Request body too large")
         mime = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -13,11 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from daemon.sandbox.state import InjectedFault, SandboxState
 
 __all__ = [
+    "CAPTIVE_PORTAL",
+    "CutResponse",
     "Handler",
     "declared_length",
     "guarded",
@@ -101,3 +104,36 @@ def outage_response(state: SandboxState, body: dict[str, Any]) -> Response | Non
         return None
     headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
     return JSONResponse(body, fault.status, headers=headers)
+
+
+CAPTIVE_PORTAL = (
+    "<!DOCTYPE html><html><head><title>Sign in to the network</title></head>"
+    "<body><h1>Welcome</h1><p>Please accept the terms to continue.</p></body></html>"
+)
+
+
+def captive_portal() -> Response:
+    """The ``html`` fault: 200 with a web page, as a proxy or captive portal answers."""
+    return HTMLResponse(CAPTIVE_PORTAL, 200)
+
+
+class CutResponse(Response):
+    """The ``reset`` fault: the headers and half of ``real``'s body are sent, then
+    the answer stops and the connection is closed (the request was processed)."""
+
+    def __init__(self, real: Response) -> None:
+        super().__init__(status_code=real.status_code)
+        self.real = real
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = bytes(self.real.body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.real.status_code,
+                "headers": self.real.raw_headers,
+            }
+        )
+        half = body[: len(body) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
+        # Returning with more_body still set: the server closes the connection.

@@ -68,6 +68,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    cut: bool = False  # stored, then the answer was cut (the ``reset`` fault)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class SandboxState:
         self.request_max_bytes = request_max_bytes
         self._lock = threading.Lock()
         self._faults = Faults()
+        self._injected: dict[str, int] = {}  # fault ("503", "html", "reset") -> times injected
         self._rng = random.Random()  # noqa: S311 - fault injection, not security
         self._clients: dict[str, _Client] = {}  # by kid
         self._legacy_keys: dict[str, str] = {}  # api key -> secret
@@ -287,7 +289,8 @@ class SandboxState:
     def faults(self) -> Faults:
         """A copy of the current fault settings (change them with :meth:`set_faults`)."""
         with self._lock:
-            return dataclasses.replace(self._faults, fail_next=list(self._faults.fail_next))
+            f = self._faults
+            return dataclasses.replace(f, fail_next=list(f.fail_next), error_mix=list(f.error_mix))
 
     def set_faults(self, **kwargs: object) -> Faults:
         """Update fault settings by field name; returns the new settings.
@@ -325,14 +328,24 @@ class SandboxState:
         """
         with self._lock:
             f = self._faults
-            status: int | None = None
+            chosen: int | str | None = None
             if f.outage:
-                status = f.error_status
+                chosen = f.error_status
             elif f.fail_next:
-                status = f.fail_next.pop(0)
+                chosen = f.fail_next.pop(0)
             elif f.error_rate > 0 and self._rng.random() < f.error_rate:
-                status = f.error_status
-            return None if status is None else InjectedFault(status, f.retry_after)
+                chosen = self._rng.choice(f.error_mix) if f.error_mix else f.error_status
+            if chosen is None:
+                return None
+            self._injected[str(chosen)] = self._injected.get(str(chosen), 0) + 1
+            if isinstance(chosen, str):  # HTML or RESET: the answer's status is 200
+                return InjectedFault(200, None, chosen)
+            return InjectedFault(chosen, f.retry_after)
+
+    def injected(self) -> dict[str, int]:
+        """How many times each fault was injected on a sending route ("503", "html", "reset")."""
+        with self._lock:
+            return dict(self._injected)
 
     def outage_fault(self) -> InjectedFault | None:
         """The fault token requests answer during an outage, else None."""
@@ -349,6 +362,14 @@ class SandboxState:
         with self._lock:
             self._received.append(Received(log_id, body, dict(headers), time.time()))
         return log_id
+
+    def mark_cut(self, log_id: str) -> None:
+        """The answer to this accepted request was cut (the ``reset`` fault)."""
+        with self._lock:
+            self._received = [
+                dataclasses.replace(r, cut=True) if r.log_id == log_id else r
+                for r in self._received
+            ]
 
     def record_attempt(self, path: str, status: int, document_id: str | None) -> None:
         """Record one request to a sending route and the status it got."""
