@@ -127,8 +127,8 @@ class Breakers:
                 return  # a send that was already under way when the circuit opened
             s.step = s.step + 1 if s.kind is not None else 0
             s.kind, s.probing = kind, False
-            base = float(dest.timing("retry_base_seconds"))
-            wait = min(float(dest.timing("retry_cap_seconds")), base * 2 ** min(s.step, 32))
+            base = dest.timing.retry_base_seconds
+            wait = min(dest.timing.retry_cap_seconds, base * 2 ** min(s.step, 32))
             wait = max(wait, retry_after or 0.0)
             s.open_until = self.clock() + wait
             step = s.step

@@ -191,7 +191,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
     verdict = judge(dest, settings, doc, side)  # the daemon's own checks, before any copy
     problems = (
         [f"the document is incomplete: {verdict.incomplete}"] if verdict.incomplete else []
-    ) + (verdict.rejection[1].splitlines() if verdict.rejection else [])
+    ) + (verdict.rejection.problems if verdict.rejection else [])
     if problems:
         print(f"not dropped: the pair would fail in destination {dest.name}:")
         for problem in problems:

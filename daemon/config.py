@@ -18,6 +18,7 @@ import re
 import ssl
 import tomllib
 from contextvars import ContextVar
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,17 +46,24 @@ LOCK_NAME = "chartdrop.lock"
 # The file being loaded: settings sources and path validators read it.
 _loading: ContextVar[Path | None] = ContextVar("_loading", default=None)
 
-# Keys that may be set at the top level and overridden per destination.
-TIMING_KEYS = (
-    "settle_seconds",
-    "rescan_seconds",
-    "sidecar_timeout_seconds",
-    "retry_base_seconds",
-    "retry_cap_seconds",
-    "give_up_after_hours",
-    "embed_max_bytes",
-    "upload_max_bytes",
-)
+
+@dataclass(frozen=True)
+class Timing:
+    """A destination's timing, resolved with its types: the destination's own
+    value, else the top level's (``Destination.timing``). The keys may be set at
+    the top level and overridden in any ``[[destination]]``."""
+
+    settle_seconds: float
+    rescan_seconds: float
+    sidecar_timeout_seconds: float
+    retry_base_seconds: float
+    retry_cap_seconds: float
+    give_up_after_hours: float
+    embed_max_bytes: int
+    upload_max_bytes: int
+
+
+TIMING_KEYS = tuple(f.name for f in fields(Timing))
 
 
 def _base_dir() -> Path:
@@ -225,10 +233,13 @@ class Destination(TimingOverrides):
     def _relative_to_config(cls, value: Path) -> Path:
         return _resolve(value)
 
-    def timing(self, key: str) -> Any:
-        value = getattr(self, key)
-        assert value is not None, f"{key} is filled from the top level when loading"
-        return value
+    @property
+    def timing(self) -> Timing:
+        """This destination's timing; every key is filled from the top level when
+        the settings are loaded (:meth:`Settings._fill_destinations`)."""
+        values = {key: getattr(self, key) for key in TIMING_KEYS}
+        assert None not in values.values(), "timing is filled from the top level when loading"
+        return Timing(**values)
 
 
 def _ca_bundle(value: Path | None) -> Path | None:

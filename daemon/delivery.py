@@ -29,6 +29,7 @@ from daemon.errors import (
     ChangedError,
     ChartdropError,
     DuplicateError,
+    ErrorKind,
     InputError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -84,7 +85,7 @@ def safe_text(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "retry" | "reject"
+    action: str  # "retry" | "reject" | "wait" (back to the queue unburnt, destination paused)
     delay: float = 0.0
     error_kind: str = ""
     error: str = ""
@@ -94,7 +95,7 @@ class Decision:
 
 def gap_cap(dest: Destination) -> float:
     """The most one gap between a job's events counts towards give_up_after_hours."""
-    return max(GAP_CAP_SECONDS, 2 * float(dest.timing("retry_cap_seconds")))
+    return max(GAP_CAP_SECONDS, 2 * dest.timing.retry_cap_seconds)
 
 
 def decide(
@@ -109,12 +110,22 @@ def decide(
     """The one place that decides between retrying and failing. ``waited`` is how
     long the job has been waiting (see :meth:`Queue.waited_seconds`); without it,
     the wall-clock time since it was queued."""
+    if isinstance(exc, AuthError):
+        # The credentials or the token endpoint, not the document: it waits, unburnt,
+        # and the destination pauses (see Deliverer._wait).
+        return Decision(
+            "wait",
+            delay=exc.retry_after or 0.0,
+            error_kind=ErrorKind.AUTH,
+            error=safe_text(exc),
+            http_status=exc.status,
+        )
     if isinstance(exc, InputError):
-        return Decision("reject", error_kind=exc.reason, error="\n".join(exc.problems))
+        return Decision("reject", error_kind=exc.kind, error=exc.text)
     if isinstance(exc, PermanentDeliveryError):
         return Decision(
             "reject",
-            error_kind="remote_rejected",
+            error_kind=ErrorKind.REMOTE_REJECTED,
             error=f"the destination refused the document (HTTP {exc.status})",
             http_status=exc.status,
             remote_id=exc.remote_id,
@@ -122,11 +133,11 @@ def decide(
     status = exc.status if isinstance(exc, TransientDeliveryError) else None
     remote_id = exc.remote_id if isinstance(exc, TransientDeliveryError) else None
     started = job.queued_at or job.created_at
-    give_up = float(dest.timing("give_up_after_hours")) * 3600
+    give_up = dest.timing.give_up_after_hours * 3600
     if (now - started if waited is None else waited) >= give_up:
         return Decision(
             "reject",
-            error_kind="gave_up",
+            error_kind=ErrorKind.GAVE_UP,
             error=(
                 f"the destination could not be reached for {give_up / 3600:g} hours "
                 f"(last problem: {safe_text(exc)})"
@@ -136,17 +147,17 @@ def decide(
         )
     delay = backoff(
         job.attempts,
-        float(dest.timing("retry_base_seconds")),
-        float(dest.timing("retry_cap_seconds")),
+        dest.timing.retry_base_seconds,
+        dest.timing.retry_cap_seconds,
         rng,
     )
     if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
         delay = max(delay, exc.retry_after)
-    kind = "transient"  # (refused credentials never get here: they pause the destination)
+    kind = ErrorKind.TRANSIENT
     if isinstance(exc, TransientDeliveryError) and exc.unknown_outcome:
-        kind = "unknown_outcome"  # it may have arrived: resent with the same DocumentID
+        kind = ErrorKind.UNKNOWN_OUTCOME  # it may have arrived: resent with the same DocumentID
     if not isinstance(exc, TransientDeliveryError):
-        kind = "local_error"  # e.g. an unreadable spool file: retried, then reported
+        kind = ErrorKind.LOCAL_ERROR  # e.g. an unreadable spool file: retried, then reported
         if job.error_kind == kind and job.attempts + 1 >= LOCAL_ERROR_ATTEMPTS:
             return Decision(
                 "reject",
@@ -200,10 +211,10 @@ class Deliverer:
                 job.id,
                 job.lease_token,
                 delay=self.settings.retry_cap_seconds,
-                error_kind="destination_removed",
+                error_kind=ErrorKind.DESTINATION_REMOVED,
                 error="destination no longer configured",
             )
-            log.warning("job.retry", error_kind="destination_removed")
+            log.warning("job.retry", error_kind=ErrorKind.DESTINATION_REMOVED)
             return "queued"
         if not self.breakers.admit(dest.name):
             self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
@@ -216,16 +227,7 @@ class Deliverer:
             # Nothing was sent: the job waits unburnt, its quota's destinations are held.
             self.queue.release(job.id, job.lease_token)
             self.breakers.hold(self.limits.sharing(dest), exc.wait, "rate limit reached")
-            log.info("job.waiting", error_kind="rate_limited", retry_in=round(exc.wait, 1))
-            return "queued"
-        except AuthError as exc:
-            # The credentials or the token endpoint, not the document: it waits, unburnt.
-            self.queue.release(job.id, job.lease_token)
-            refused = exc.status in (400, 401, 403)  # else the token endpoint is down
-            self.breakers.failure(
-                dest, AUTH if refused else OUTAGE, safe_text(exc), exc.retry_after
-            )
-            log.warning("job.waiting", error_kind="auth", http_status=exc.status)
+            log.info("job.waiting", error_kind=ErrorKind.RATE_LIMITED, retry_in=round(exc.wait, 1))
             return "queued"
         except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
             return self._failed(job, dest, exc, log)
@@ -294,6 +296,8 @@ class Deliverer:
         now = self.clock()
         waited = self.queue.waited_seconds(job.id, now=now, gap_cap=gap_cap(dest))
         decision = decide(exc, job, dest, now=now, waited=waited)
+        if decision.action == "wait":
+            return self._wait(job, dest, decision, log)
         try:
             return self._apply(job, decision, exc, log)
         finally:  # after the job's own record, so an opening circuit can re-pace it
@@ -306,12 +310,23 @@ class Deliverer:
             else:
                 self.breakers.inconclusive(dest.name)  # never reached it (input, local)
 
+    def _wait(self, job: Job, dest: Destination, decision: Decision, log: Any) -> str:
+        """The job goes back to the queue with no attempt counted, and its destination
+        pauses: refused credentials (AUTH) until fixed, a token endpoint that is down
+        (OUTAGE) as an outage."""
+        assert job.lease_token is not None
+        self.queue.release(job.id, job.lease_token)
+        refused = decision.http_status in (400, 401, 403)  # else the token endpoint is down
+        self.breakers.failure(
+            dest, AUTH if refused else OUTAGE, decision.error, decision.delay or None
+        )
+        log.warning("job.waiting", error_kind=decision.error_kind, http_status=decision.http_status)
+        return "queued"
+
     def _too_many_requests(self, dest: Destination, retry_after: float | None) -> None:
         """A 429: the destination's whole quota (every Redox destination, for Redox)
         waits for its Retry-After, not only this job; not a sign of an outage."""
-        seconds = (
-            retry_after if retry_after is not None else float(dest.timing("retry_base_seconds"))
-        )
+        seconds = retry_after if retry_after is not None else dest.timing.retry_base_seconds
         self.limits.pause(dest, seconds)
         self.breakers.inconclusive(dest.name)  # a probe that got it: the next one probes
         self.breakers.hold(

@@ -30,15 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from daemon.config import Destination, Settings
-from daemon.errors import (
-    ChangedError,
-    ContentError,
-    DuplicateError,
-    InputError,
-    NotRegularFileError,
-    SidecarError,
-    TooLargeError,
-)
+from daemon.errors import ErrorKind
 from daemon.fsutil import (
     fsync_dir,
     lstat_kind,
@@ -52,57 +44,10 @@ from daemon.names import NAME_MAX, error_note_name, paired_sidecar_name, shorten
 from daemon.queue import Job, JobState, Queue
 from daemon.reuse import remove_earlier_note
 
-FIX_BY_KIND: dict[str, str] = {
-    cls.reason: cls.fix
-    for cls in (
-        InputError,
-        SidecarError,
-        ContentError,
-        TooLargeError,
-        NotRegularFileError,
-        DuplicateError,
-        ChangedError,
-    )
-}
-FIX_BY_KIND.update(
-    {
-        "missing_sidecar": (
-            "Put the sidecar JSON file (same name as the document, ending in .json) next to "
-            "the document, then move both back into the inbox."
-        ),
-        "orphan_sidecar": (
-            "Move the sidecar back into the inbox together with the document it describes."
-        ),
-        "remote_rejected": (
-            "Ask your administrator to look up this job with `chartdrop show <job>`; the "
-            "Redox dashboard has the details. Then correct the sidecar and move both files "
-            "back into the inbox."
-        ),
-        "gave_up": (
-            "The document itself may be fine: the destination could not be reached for too "
-            "long. Move both files back into the inbox to try again, or ask your administrator."
-        ),
-        "unreadable": (
-            "chartdrop was not allowed to read this file (or the disk could not). Ask your "
-            "administrator to check its permissions: the scanner must write files chartdrop "
-            "can read. Then move the document and its sidecar back into the inbox."
-        ),
-        "local_error": (
-            "chartdrop could not read or prepare this file on the server for a while (a disk "
-            "or permission problem). Ask your administrator to look up this job with "
-            "`chartdrop show <job>`, then move both files back into the inbox."
-        ),
-        "destination_removed": (
-            "This destination is no longer configured. Ask your administrator where such "
-            "documents should go now."
-        ),
-    }
-)
-
 
 def note_text(job: Job, dest: Destination, now: datetime) -> str:
     problems = (job.last_error or "unknown problem").splitlines()
-    fix = FIX_BY_KIND.get(job.error_kind or "", InputError.fix)
+    fix = (ErrorKind.of(job.error_kind) or ErrorKind.INVALID_INPUT).fix
     lines = [
         "chartdrop could not file this document into the patient's chart.",
         "",
@@ -342,7 +287,7 @@ class Filer:
                 "job.move_waiting",
                 job_id=job.id,
                 destination=job.destination,
-                error_kind="destination_removed",
+                error_kind=ErrorKind.DESTINATION_REMOVED,
             )
             return False
         with self.claimed(job.id) as mine:

@@ -267,7 +267,7 @@ class Sender:
         st = os.fstat(fh.fileno())
         if is_sidecar_only(job):
             return self._send_sidecar_only(job, dest, sidecar or {})
-        limit = int(dest.timing("upload_max_bytes"))
+        limit = dest.timing.upload_max_bytes
         if st.st_size > limit:
             raise TooLargeError(f"the file is {st.st_size:,} bytes; the limit is {limit:,} bytes")
         kind = check_kind(dest, detect(fh), job.original_name)
@@ -280,7 +280,7 @@ class Sender:
             dest=dest, settings=self.settings, sidecar=fields, document_id=job.document_id,
             facts=facts,
         )  # fmt: skip
-        if st.st_size <= int(dest.timing("embed_max_bytes")):
+        if st.st_size <= dest.timing.embed_max_bytes:
             # the base64 bytes go into the encoded JSON as they are (no str round trip)
             embedded = Embedded(f"chartdrop-file-{uuid.uuid4().hex}", base64.b64encode(fh.read()))
             attach(body, dest.model, embedded.marker)

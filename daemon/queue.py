@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from daemon.errors import InputError
 from daemon.names import paired_sidecar_name
 from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, Pause, connect
 
@@ -217,10 +218,10 @@ class Queue:
         return job
 
     def complete_intake(
-        self, job_id: str, *, sha256: str, size: int, rejection: tuple[str, str] | None = None
+        self, job_id: str, *, sha256: str, size: int, rejection: InputError | None = None
     ) -> Job:
-        """intake -> queued (claimable now), or -> rejected if ``rejection`` is
-        ``(error_kind, last_error)``. ``ValueError`` if the job is not in intake."""
+        """intake -> queued (claimable now), or -> rejected with ``rejection``'s kind
+        and problems. ``ValueError`` if the job is not in intake."""
         if rejection is None:
             now = self._clock()
             job = self._move(
@@ -228,7 +229,7 @@ class Queue:
                 sha256=sha256, size=size, next_attempt_at=now, queued_at=now,
             )  # fmt: skip
         else:
-            kind, error = rejection
+            kind, error = rejection.kind, rejection.text
             job = self._move(
                 job_id, JobState.INTAKE, JobState.REJECTED, detail=error, outcome=True,
                 sha256=sha256, size=size, error_kind=kind, last_error=error,
@@ -777,12 +778,6 @@ class Queue:
                 start = i
         times = [float(at) for at, _from, _to in rows[start:]] + [now]
         return sum(min(max(b - a, 0.0), gap_cap) for a, b in itertools.pairwise(times))
-
-    def counts_by_state(self) -> dict[str, int]:
-        """Every state (zeros included) with its number of jobs, for metrics."""
-        with self._lock:
-            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return dict.fromkeys(map(str, JobState), 0) | {state: n for state, n in rows}
 
     # -- monitoring and retry (status --check, metrics, chartdrop retry) ------
 

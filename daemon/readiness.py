@@ -35,10 +35,6 @@ class StabilityTracker:
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
 
-    @property
-    def settle_seconds(self) -> float:
-        return self._settle
-
     def observe(self, key: str, size: int, mtime_ns: int) -> bool:
         """Record an observation; True iff unchanged for >= ``settle_seconds``.
 
@@ -58,11 +54,6 @@ class StabilityTracker:
         seen = self._seen.get(key)
         return None if seen is None else seen.changed_at + self._settle
 
-    def first_seen(self, key: str) -> float | None:
-        """Clock time ``key`` was first observed (kept across changes; reset by forget)."""
-        seen = self._seen.get(key)
-        return None if seen is None else seen.first_seen
-
     def waited(self, key: str) -> float:
         """Seconds since ``key`` was first observed; 0 if unknown."""
         seen = self._seen.get(key)
@@ -71,7 +62,3 @@ class StabilityTracker:
     def forget(self, key: str) -> None:
         """Drop ``key`` (moved, deleted, or to be started afresh). Unknown keys are fine."""
         self._seen.pop(key, None)
-
-    def keys(self) -> set[str]:
-        """The keys being tracked (a copy)."""
-        return set(self._seen)

@@ -88,7 +88,7 @@ def retry_job(
     if verdict.incomplete is not None:
         return _refused(job, f"the document is incomplete: {verdict.incomplete}")
     if verdict.rejection is not None:
-        return _refused(job, *verdict.rejection[1].splitlines())
+        return _refused(job, *verdict.rejection.problems)
     if allow_duplicate and job.error_kind == "duplicate" and not queue.allow_duplicate(job.id):
         return _refused(job, "the job changed while it was being retried; look again")
     token = uuid.uuid4().hex

@@ -58,6 +58,19 @@ def in_inbox(inbox: Path) -> list[str]:
     return sorted(n for n in os.listdir(inbox) if n != INBOX_LOCK_NAME)
 
 
+def counts_by_state(db_path: Path) -> dict[str, int]:
+    """Every job state (zeros included) with its number of jobs: what the tests
+    check the queue by, read straight from the database file (read-only)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+    finally:
+        conn.close()
+    return dict.fromkeys(map(str, JobState), 0) | {state: n for state, n in rows}
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

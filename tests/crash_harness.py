@@ -50,7 +50,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, when run as a script
 
-from conftest import CLIENT_ID, KEY_ID, Sandbox, in_inbox, wait_until, write_config
+from conftest import CLIENT_ID, KEY_ID, Sandbox, counts_by_state, in_inbox, wait_until, write_config
 
 from daemon.killpoints import ENV as KILLPOINT_ENV
 from daemon.queue import JobState, Queue
@@ -269,7 +269,7 @@ def unfinished(db: Path) -> int:
     if not db.exists():
         return 1
     with Queue.open_readonly(db) as queue:
-        counts = queue.counts_by_state()
+        counts = counts_by_state(queue.path)
     return sum(counts[str(s)] for s in UNFINISHED)
 
 

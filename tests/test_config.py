@@ -18,10 +18,10 @@ def test_example_config_loads_with_documented_defaults() -> None:
     assert settings.workers == 4
     assert settings.redox.token_url == "https://api.redoxengine.com/v2/auth/token"
     assert dest.model == "Media"
-    assert dest.timing("settle_seconds") == 3
-    assert dest.timing("embed_max_bytes") == 200_000
-    assert dest.timing("upload_max_bytes") == 30_000_000
-    assert dest.timing("give_up_after_hours") == 72
+    assert dest.timing.settle_seconds == 3
+    assert dest.timing.embed_max_bytes == 200_000
+    assert dest.timing.upload_max_bytes == 30_000_000
+    assert dest.timing.give_up_after_hours == 72
     assert dest.defaults["Media"]["DocumentType"] == "Consent Form"
 
 
@@ -93,8 +93,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 def test_destination_overrides_timing_keys(tmp_path: Path) -> None:
     text = "settle_seconds = 5\nretry_cap_seconds = 60\n" + MINIMAL + "settle_seconds = 30\n"
     dest = load_settings(_write(tmp_path, text)).destination[0]
-    assert dest.timing("settle_seconds") == 30
-    assert dest.timing("retry_cap_seconds") == 60
+    assert dest.timing.settle_seconds == 30
+    assert dest.timing.retry_cap_seconds == 60
     assert all(getattr(dest, key) is not None for key in TIMING_KEYS)
 
 
@@ -256,3 +256,22 @@ def test_spool_dir_defaults_to_state_dir_and_can_be_set(tmp_path: Path) -> None:
     settings = load_settings(_write(tmp_path, 'spool_dir = "/srv/x/spool"\n' + MINIMAL))
     assert settings.spool_dir == Path("/srv/x/spool")
     assert settings.state_dir == Path("/var/lib/chartdrop")
+
+
+def test_timing_keys_are_one_list_with_one_type_each() -> None:
+    """Timing is the one definition of the keys: each is a top-level setting with a
+    default and a per-destination override of the same type, resolved typed."""
+    import dataclasses
+    import typing
+
+    from daemon.config import Destination, Settings, Timing, TimingOverrides
+
+    hints = typing.get_type_hints(Timing)
+    assert set(TimingOverrides.model_fields) == set(hints)
+    for key, kind in hints.items():
+        assert Settings.model_fields[key].annotation is kind, key
+        assert Destination.model_fields[key].annotation == kind | None, key
+    settings = load_settings(ROOT / "config.example.toml")
+    timing = settings.get_destination("consents").timing
+    assert isinstance(timing, Timing) and dataclasses.is_dataclass(timing)
+    assert isinstance(timing.embed_max_bytes, int) and isinstance(timing.settle_seconds, float)

@@ -17,6 +17,9 @@ from daemon.delivery import backoff, decide
 from daemon.errors import (
     AuthError,
     ConfigError,
+    DeliveryError,
+    ErrorKind,
+    InputError,
     PermanentDeliveryError,
     SidecarError,
     TransientDeliveryError,
@@ -30,8 +33,11 @@ def _response(status: int, headers: dict[str, str] | None = None) -> httpx.Respo
 
 
 @pytest.mark.parametrize("status", [200, 201, 204])
-def test_2xx_is_success(status: int) -> None:
-    classify(_response(status), "Redox")
+def test_2xx_raises_nothing_while_every_other_status_raises(status: int) -> None:
+    assert classify(_response(status), "Redox") is None
+    for other in (199, 300, 302, 400, 401, 429, 500):
+        with pytest.raises(DeliveryError):
+            classify(_response(other), "Redox")
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 409, 413, 422])
@@ -65,9 +71,20 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 
 @given(st.integers(min_value=0, max_value=200), st.floats(0.01, 100), st.floats(0.01, 10_000))
-def test_backoff_full_jitter_stays_within_bounds(attempts: int, base: float, cap: float) -> None:
+def test_backoff_never_exceeds_the_cap_nor_goes_negative(
+    attempts: int, base: float, cap: float
+) -> None:
     delay = backoff(attempts, base, cap, random.Random(attempts))
-    assert 0 <= delay <= min(cap, base * 2 ** min(attempts, 32))
+    assert 0 <= delay <= cap
+
+
+def test_backoff_is_jittered_over_the_whole_window() -> None:
+    """Full jitter: the 10th attempt (base 10 s, cap 900 s) spreads over 0..900 s,
+    not a fixed delay (herds of retries after an outage would arrive together)."""
+    rng = random.Random(3)
+    delays = [backoff(10, 10, 900, rng) for _ in range(2000)]
+    assert min(delays) < 90 and max(delays) > 810
+    assert len({round(d) for d in delays}) > 500
 
 
 def test_backoff_grows_then_caps() -> None:
@@ -171,3 +188,28 @@ def test_error_text_never_carries_a_file_name() -> None:
     assert safe_text(exc) == "PermissionError: Permission denied"
     assert "CANARY" not in decide(exc, _job(0), DEST, now=10**9).error  # give-up text too
     assert safe_text(ValueError("CANARY value")) == "ValueError"
+
+
+def test_refused_credentials_wait_unburnt_and_are_decided_in_decide() -> None:
+    exc = AuthError("refused", status=401)
+    d = decide(exc, _job(queued_at=0, attempts=3), DEST, now=72 * 3600 + 1)
+    assert (d.action, d.error_kind, d.http_status) == ("wait", "auth", 401)  # never gives up
+    down = decide(AuthError("token endpoint 503", status=503, retry_after=30), _job(0), DEST, now=1)
+    assert (down.action, down.delay) == ("wait", 30)
+
+
+def test_every_error_kind_has_fix_text_and_every_input_error_a_kind() -> None:
+    from daemon import errors
+
+    assert all(len(kind.fix) > 20 for kind in ErrorKind)
+    assert ErrorKind.of("duplicate") is ErrorKind.DUPLICATE and ErrorKind.of("nope") is None
+    inputs = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, InputError)]
+    assert len(inputs) >= 10
+    kinds = {c.kind for c in inputs}
+    assert len(kinds) == len(inputs)  # one kind each: the note tells them apart
+    err = errors.MissingSidecarError(["no sidecar", "second line"])
+    assert (err.reason, err.fix, err.text) == (
+        ErrorKind.MISSING_SIDECAR,
+        ErrorKind.MISSING_SIDECAR.fix,
+        "no sidecar\nsecond line",
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Sandbox, wait_until
+from conftest import Sandbox, in_inbox, wait_until
 from crash_harness import count_filed, daemon, soak_config
 
 from daemon.samples import sample_pdf, sample_sidecar
@@ -36,7 +36,7 @@ def test_spool_files_without_a_job_after_the_wal_is_deleted_are_reconciled(
                 side["Media"]["DocumentID"] = KNOWN_ID
             (inbox / f"CANARY wal {i}.pdf.json").write_text(json.dumps(side))
             (inbox / f"CANARY wal {i}.pdf").write_bytes(sample_pdf(f"wal {i}"))
-        wait_until(lambda: len(list(spool.glob("*.document"))) == 3 and not any(inbox.iterdir()))
+        wait_until(lambda: len(list(spool.glob("*.document"))) == 3 and not in_inbox(inbox))
         d.kill()
         for suffix in ("-wal", "-shm"):
             db.with_name(db.name + suffix).unlink(missing_ok=True)

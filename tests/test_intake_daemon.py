@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Running, Sandbox, wait_until, write_config
+from conftest import Running, Sandbox, in_inbox, wait_until, write_config
 from daemonproc import daemon_process
 
 from daemon.queue import JobState
@@ -54,7 +54,7 @@ def test_naming_case_pairs_and_is_sent(
     assert job.state == JobState.DONE, job.last_error
     assert (job.original_name, job.sidecar_name) == (document, sidecar)
     assert len(sandbox.state.received()) == 1
-    assert os.listdir(r.inbox) == []
+    assert in_inbox(r.inbox) == []
     assert os.listdir(r.failed) == []
     (day,) = os.listdir(r.done)
     # filed as the same pair (the sidecar's name takes the document's Unicode form)
@@ -101,7 +101,7 @@ def test_an_incomplete_file_held_in_the_inbox_costs_no_cpu(
         used = cpu_seconds(daemon.proc.pid) - before
         assert daemon.proc.poll() is None
         assert used < 0.5, f"{used:.2f} CPU-seconds in 3 s while holding one file"
-        assert sorted(os.listdir(inbox)) == ["scan.pdf", "scan.pdf.json"]
+        assert in_inbox(inbox) == ["scan.pdf", "scan.pdf.json"]
         with (inbox / "scan.pdf").open("ab") as fh:  # the writer finishes: taken
             fh.write(pdf[pdf.rindex(b"%%EOF") :])
         wait_until(lambda: daemon.logs("job.sent"))

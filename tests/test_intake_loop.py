@@ -106,6 +106,30 @@ def test_pair_dropped_together_is_taken_after_one_settle_window(
     assert os.listdir(loop.inbox) == []
 
 
+def test_a_pdf_growing_for_20_seconds_is_taken_once_its_last_page_settled(
+    make_loop: Callable[..., Loop],
+) -> None:
+    """A scanner adds a page every half second for 20 s (fake time); every prefix
+    ends in %%EOF, so only the settle window holds it. tests/test_writers.py has
+    the real-time smoke test of the same writer (5 s)."""
+    from test_writers import incremental_pdf
+
+    loop = make_loop(settle_seconds=1.5)
+    loop.write("scan.pdf.json", SIDECAR)
+    data = b""
+    for i, part in enumerate(incremental_pdf(40)):
+        data += part
+        loop.write("scan.pdf", data)
+        loop.at(i * 0.5)
+        assert loop.jobs() == []  # complete-looking at every step, but still growing
+    last = 40 * 0.5
+    loop.at(last + 1.4)
+    assert loop.jobs() == []
+    loop.at(last + 1.5)
+    (job,) = loop.jobs()
+    assert (job.state, job.size) == (JobState.QUEUED, len(data))
+
+
 def test_sidecar_that_comes_later_is_taken_a_window_after_it(
     make_loop: Callable[..., Loop],
 ) -> None:

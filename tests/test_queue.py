@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import counts_by_state
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, ContentError, MissingSidecarError
 from daemon.queue import DestinationStatus, Job, JobState, Queue
 from daemon.queue_schema import file_intact
 
@@ -147,7 +148,7 @@ def test_readonly_never_creates_and_refuses_foreign_or_writes(queue: Queue, db_p
     job = enqueue(queue)
     with Queue.open_readonly(db_path) as ro:
         assert ro.get(job.id) == job
-        assert ro.counts_by_state()["queued"] == 1
+        assert counts_by_state(ro.path)["queued"] == 1
         with pytest.raises(sqlite3.OperationalError):
             ro.claim(lease_seconds=10)
     assert queue.get(job.id) == job
@@ -188,7 +189,7 @@ def test_intake_rejected_then_failed(queue: Queue) -> None:
         spool_sidecar=None,
     )
     rejected = queue.complete_intake(
-        job.id, sha256="ff", size=9, rejection=("missing_sidecar", "no sidecar was found")
+        job.id, sha256="ff", size=9, rejection=MissingSidecarError("no sidecar was found")
     )
     assert rejected.state is JobState.REJECTED
     assert (rejected.error_kind, rejected.last_error) == ("missing_sidecar", "no sidecar was found")
@@ -474,7 +475,7 @@ def test_reset_all_leases_at_start_up(queue: Queue, db_path: Path) -> None:
     queue.close()
     with Queue(db_path) as restarted:
         assert restarted.reset_all_leases() == 2
-        assert restarted.counts_by_state()["queued"] == 3
+        assert counts_by_state(restarted.path)["queued"] == 3
         for lease in leases:
             assert restarted.release(lease.id, token(lease)) is False
             assert restarted.events(lease.id)[-1]["detail"] == "lease reset at start-up"
@@ -528,7 +529,7 @@ def test_events_never_hold_phi(queue: Queue, clock: FakeClock) -> None:
         )
         for name in names
     ]
-    queue.complete_intake(jobs[0].id, sha256="aa", size=1, rejection=("bad", "unreadable PDF"))
+    queue.complete_intake(jobs[0].id, sha256="aa", size=1, rejection=ContentError("unreadable PDF"))
     queue.mark_failed(jobs[0].id, f"/srv/failed/{CANARY}.pdf")
     queue.requeue(
         jobs[0].id,
@@ -653,7 +654,7 @@ def test_status_per_destination(queue: Queue, clock: FakeClock) -> None:
     )
     tomorrow = (midnight + timedelta(days=1, hours=1)).timestamp()
     assert queue.status(now=tomorrow)["consents"].done_today == 0
-    assert queue.counts_by_state() == {
+    assert counts_by_state(queue.path) == {
         "intake": 0,
         "queued": 3,
         "leased": 1,
@@ -688,7 +689,7 @@ def test_two_queues_on_one_file_never_claim_the_same_job(queue: Queue, db_path: 
     other.close()
     assert len(claimed) == total
     assert len(set(claimed)) == total
-    assert queue.counts_by_state()["leased"] == total
+    assert counts_by_state(queue.path)["leased"] == total
     assert sum(e["to_state"] == "leased" for e in queue.events()) == total
 
 
@@ -724,5 +725,5 @@ def test_four_processes_claim_every_job_exactly_once(
     claimed = [job_id for ids in per_process for job_id in ids]
     assert len(claimed) == total
     assert set(claimed) == made
-    assert queue.counts_by_state()["leased"] == total
+    assert counts_by_state(queue.path)["leased"] == total
     assert file_intact(db_path)

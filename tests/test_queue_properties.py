@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import counts_by_state
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -243,7 +244,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def counts_add_up(self) -> None:
-        counts = self.queue.counts_by_state()
+        counts = counts_by_state(self.queue.path)
         assert sum(counts.values()) == len(self.model)
         for state in JobState:
             assert counts[state] == len(self._in(state))

@@ -76,12 +76,13 @@ def test_not_observing_does_not_restart(tracker: StabilityTracker, clock: FakeCl
     assert tracker.observe("a", 10, 111) is True
 
 
-def test_first_seen_survives_changes(tracker: StabilityTracker, clock: FakeClock) -> None:
-    assert tracker.first_seen("a") is None
+def test_waiting_counts_from_first_seen_across_changes(
+    tracker: StabilityTracker, clock: FakeClock
+) -> None:
     tracker.observe("a", 1, 1)
     clock.advance(3)
-    tracker.observe("a", 2, 2)
-    assert tracker.first_seen("a") == 1000.0
+    tracker.observe("a", 2, 2)  # a change restarts the settle window, not the wait
+    assert tracker.settled_at("a") == 1003.0 + 5.0
     clock.advance(2)
     assert tracker.waited("a") == pytest.approx(5.0)
 
@@ -96,10 +97,9 @@ def test_forget_resets(tracker: StabilityTracker, clock: FakeClock) -> None:
     assert tracker.observe("a", 1, 1) is True
     tracker.forget("a")
     tracker.forget("never-seen")  # harmless
-    assert tracker.first_seen("a") is None
-    assert tracker.keys() == set()
+    assert tracker.settled_at("a") is None and tracker.waited("a") == 0.0
     assert tracker.observe("a", 1, 1) is False  # starts over
-    assert tracker.first_seen("a") == 1010.0
+    assert tracker.waited("a") == 0.0
 
 
 def test_keys_are_independent(tracker: StabilityTracker, clock: FakeClock) -> None:
@@ -109,15 +109,14 @@ def test_keys_are_independent(tracker: StabilityTracker, clock: FakeClock) -> No
     clock.advance(2)
     assert tracker.observe("a", 1, 1) is True
     assert tracker.observe("b", 1, 1) is False
-    keys = tracker.keys()
-    assert keys == {"a", "b"}
-    keys.add("c")  # a copy
-    assert tracker.keys() == {"a", "b"}
+    tracker.forget("a")
+    clock.advance(3)
+    assert tracker.observe("b", 1, 1) is True  # forgetting one leaves the other
+    assert tracker.observe("a", 1, 1) is False
 
 
 def test_zero_settle_is_ready_at_once(clock: FakeClock) -> None:
     t = StabilityTracker(0, clock=clock)
-    assert t.settle_seconds == 0
     assert t.observe("a", 1, 1) is True
     assert t.observe("a", 2, 1) is True
 
@@ -154,4 +153,4 @@ def test_ready_iff_unchanged_for_settle(steps: list[tuple[float, int, int]]) -> 
         if (size, mtime) != last:
             last, changed_at = (size, mtime), clock.now
         assert t.observe("k", size, mtime) is (clock.now - changed_at >= 5.0)
-        assert t.first_seen("k") == 0.0 + steps[0][0]
+        assert t.waited("k") == pytest.approx(clock.now - steps[0][0])

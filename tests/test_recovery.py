@@ -13,6 +13,7 @@ from typing import Any
 from conftest import Sandbox, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
+from daemon.errors import SidecarError
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
 
@@ -136,7 +137,7 @@ def test_rejected_but_not_moved_goes_to_failed_with_its_note(
     (settings.spool_dir / "t.document").write_bytes(sample_pdf("f"))
     (settings.spool_dir / "t.sidecar").write_text("{}")
     queue.complete_intake(
-        job.id, sha256="x", size=1, rejection=("invalid_sidecar", "Patient is required but missing")
+        job.id, sha256="x", size=1, rejection=SidecarError("Patient is required but missing")
     )
     queue.close()
     with running(config) as r:

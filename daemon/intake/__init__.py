@@ -13,7 +13,7 @@ What `chartdrop status` shows of the inboxes is :mod:`daemon.inboxes`.
 """
 
 from daemon.intake.events import InboxEvents, unhold_moves
-from daemon.intake.handover import UNREADABLE, HandOver
+from daemon.intake.handover import HandOver
 from daemon.intake.judging import Verdict, is_delete, judge, storable
 from daemon.intake.loop import (
     FOLDER_MISSING,
@@ -28,7 +28,6 @@ __all__ = [
     "HOLD_SECONDS",
     "RESCAN_SLICE_SECONDS",
     "TICK_BUDGET_SECONDS",
-    "UNREADABLE",
     "HandOver",
     "InboxEvents",
     "Intake",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.config import Destination
-from daemon.errors import NotRegularFileError
+from daemon.errors import MissingSidecarError, NotRegularFileError, UnreadableError
 from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
 from daemon.intake.judging import Verdict, storable
 from daemon.killpoints import killpoint
@@ -28,8 +28,6 @@ from daemon.logs import get_logger
 from daemon.names import is_sidecar
 from daemon.queue import Job, Queue
 from daemon.reuse import earlier_document_id
-
-UNREADABLE = "unreadable"  # error_kind: the inbox file could not be read, for too long
 
 
 class HandOver:
@@ -85,7 +83,7 @@ class HandOver:
                 rename_noreplace(dest.inbox / sidecar_name, spool_side)
             except OSError:
                 verdict = Verdict(
-                    rejection=("missing_sidecar", "the sidecar disappeared during hand-over")
+                    rejection=MissingSidecarError("the sidecar disappeared during hand-over")
                 )
         for moved in (spool_doc, spool_side):
             if moved is not None and moved.exists():
@@ -101,14 +99,13 @@ class HandOver:
         try:
             with open_document(Path(job.spool_document)) as fh:
                 size = os.fstat(fh.fileno()).st_size
-                if size <= int(dest.timing("upload_max_bytes")):  # never hash what cannot go
+                if size <= dest.timing.upload_max_bytes:  # never hash what cannot go
                     digest, size = sha256_file(fh)
         except NotRegularFileError as exc:  # swapped for a link after the checks
-            rejection = rejection or (exc.reason, str(exc))
+            rejection = rejection or exc
         except OSError as exc:
-            rejection = rejection or (
-                UNREADABLE,
-                f"chartdrop could not read the document ({exc.strerror or type(exc).__name__})",
+            rejection = rejection or UnreadableError(
+                f"chartdrop could not read the document ({exc.strerror or type(exc).__name__})"
             )
         done = self.queue.complete_intake(job.id, sha256=digest, size=size, rejection=rejection)
         if rejection is None:
@@ -121,7 +118,7 @@ class HandOver:
                 "job.rejected",
                 job_id=job.id,
                 destination=dest.name,
-                error_kind=rejection[0],
+                error_kind=rejection.kind,
                 size=size,
                 reason="intake",
             )

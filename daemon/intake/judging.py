@@ -10,7 +10,7 @@ from pathlib import Path
 
 from daemon.config import Destination, Settings
 from daemon.content import detect, incomplete_reason
-from daemon.errors import InputError, SidecarError, TooLargeError
+from daemon.errors import InputError, MissingSidecarError, SidecarError, TooLargeError
 from daemon.fsutil import open_document
 from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
 from daemon.sidecar import read_sidecar
@@ -23,9 +23,10 @@ def storable(name: str) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the checks say about a ready pair: None rejection means send it."""
+    """What the checks say about a ready pair: no rejection and not incomplete
+    means send it."""
 
-    rejection: tuple[str, str] | None = None
+    rejection: InputError | None = None
     incomplete: str | None = None
 
 
@@ -53,10 +54,10 @@ def judge(
             size = os.fstat(fh.fileno()).st_size
             # Over the limit is final (a file only grows), so it is refused before
             # anything is read: a sparse multi-GB file must not be waited on or hashed.
-            if size > int(dest.timing("upload_max_bytes")):
+            if size > dest.timing.upload_max_bytes:
                 raise TooLargeError(
                     f"the file is {size:,} bytes; the limit is "
-                    f"{int(dest.timing('upload_max_bytes')):,} bytes"
+                    f"{dest.timing.upload_max_bytes:,} bytes"
                 )
             kind = detect(fh)
             reason = incomplete_reason(fh, size, kind)
@@ -69,13 +70,13 @@ def judge(
             )
         except SidecarError as exc:
             if sidecar is None:
-                return Verdict(rejection=("missing_sidecar", "\n".join(exc.problems)))
+                return Verdict(rejection=MissingSidecarError(exc.problems))
             raise
         check_sidecar(
             dest=dest, settings=settings, sidecar=fields, file_name=name, redox_type=kind.redox_type
         )
     except InputError as exc:
-        return Verdict(rejection=(exc.reason, "\n".join(exc.problems)))
+        return Verdict(rejection=exc)
     return Verdict()
 
 

@@ -31,9 +31,15 @@ from pathlib import Path
 
 from daemon.config import Destination, Settings
 from daemon.content import EMPTY
-from daemon.errors import ContentError, NotRegularFileError
+from daemon.errors import (
+    ContentError,
+    MissingSidecarError,
+    NotRegularFileError,
+    OrphanSidecarError,
+    UnreadableError,
+)
 from daemon.inboxes import InboxGuard, IntakeReport
-from daemon.intake.handover import UNREADABLE, HandOver
+from daemon.intake.handover import HandOver
 from daemon.intake.judging import Verdict, is_delete, judge, storable
 from daemon.intake.recovery import recover
 from daemon.logs import get_logger
@@ -130,7 +136,7 @@ class Intake:
         self.looks = 0  # names looked at (lstat, maybe judged): for the scale tests
 
     def _new_inbox(self, dest: Destination) -> _Inbox:
-        return _Inbox(float(dest.timing("settle_seconds")), self.clock)
+        return _Inbox(dest.timing.settle_seconds, self.clock)
 
     def _reset_inbox(self, dest: Destination) -> None:
         """Start afresh (caller holds the lock): what was known may be gone."""
@@ -324,7 +330,7 @@ class Intake:
             inbox = self._inboxes[dest.name]
             if inbox.listing is not None or now >= self._next_rescan[dest.name]:
                 if inbox.listing is None:
-                    self._next_rescan[dest.name] = now + float(dest.timing("rescan_seconds"))
+                    self._next_rescan[dest.name] = now + dest.timing.rescan_seconds
                 try:
                     self._rescan_step(dest, time.monotonic() + RESCAN_SLICE_SECONDS)
                 except (FileNotFoundError, NotADirectoryError):
@@ -397,7 +403,7 @@ class Intake:
         Returns when to look at it again (None: handed over)."""
         key = (dest.name, name)
         since = self._failing_since.setdefault(key, self.clock())
-        timeout = float(dest.timing("sidecar_timeout_seconds"))
+        timeout = dest.timing.sidecar_timeout_seconds
         if (
             isinstance(exc, OSError)
             and not isinstance(exc, FileNotFoundError)
@@ -409,7 +415,7 @@ class Intake:
             )
             try:
                 sidecar = None if is_sidecar(name) else self._sidecar_for(dest, name)
-                self._take(dest, name, sidecar, Verdict(rejection=(UNREADABLE, why)))
+                self._take(dest, name, sidecar, Verdict(rejection=UnreadableError(why)))
             except Exception as again:  # noqa: BLE001 - cannot even move it: keep holding
                 return self._hold_back(dest, name, again)
             return None
@@ -433,7 +439,7 @@ class Intake:
     def _hold_back(self, dest: Destination, name: str, exc: Exception) -> float:
         """Look at a name that failed again only after HOLD_SECONDS (or the rescan
         interval, if shorter); log it once. Returns when."""
-        hold = min(HOLD_SECONDS, float(dest.timing("rescan_seconds")))
+        hold = min(HOLD_SECONDS, dest.timing.rescan_seconds)
         until = self._held[(dest.name, name)] = self.clock() + hold
         if (dest.name, name) not in self._reported:
             self._reported.add((dest.name, name))
@@ -482,7 +488,7 @@ class Intake:
         self._saw(dest, name, st)
         if storable(name) != name:
             bad_name = "the file name is not valid text (UTF-8); rename the file and drop it again"
-            self._take(dest, name, None, Verdict(rejection=(ContentError.reason, bad_name)))
+            self._take(dest, name, None, Verdict(rejection=ContentError(bad_name)))
             return None
         if is_sidecar(name):
             return self._consider_sidecar(dest, name, st)
@@ -494,7 +500,7 @@ class Intake:
                 dest,
                 name,
                 self._sidecar_for(dest, name),
-                Verdict(rejection=(what.reason, str(what))),
+                Verdict(rejection=what),
             )
             return None
         settled = tracker.settled_at(name)
@@ -505,12 +511,12 @@ class Intake:
         named = sidecar is None and sidecar_from_filename(dest, name) is not None
         if sidecar is None and not named:
             deadline = tracker.waited(name)
-            timeout = float(dest.timing("sidecar_timeout_seconds"))
+            timeout = dest.timing.sidecar_timeout_seconds
             if deadline < timeout:
                 return now + timeout - deadline
             verdict = judge(dest, self.settings, path, None)  # says why, in the staff's words
             if verdict.rejection is None:  # incomplete, so the sidecar was not even looked at
-                verdict = Verdict(rejection=("missing_sidecar", "no sidecar (.json) file came"))
+                verdict = Verdict(rejection=MissingSidecarError("no sidecar (.json) file came"))
             self._take(dest, name, None, verdict)
             return None
         if sidecar is not None:
@@ -526,10 +532,10 @@ class Intake:
         verdict = self._judged(dest, name, st, sidecar)
         if verdict.incomplete is not None:
             waited = tracker.waited(name)
-            timeout = float(dest.timing("sidecar_timeout_seconds"))
+            timeout = dest.timing.sidecar_timeout_seconds
             if verdict.incomplete == EMPTY and waited >= timeout:
                 # still empty long after it appeared: report it in failed/
-                verdict = Verdict(rejection=(ContentError.reason, EMPTY))
+                verdict = Verdict(rejection=ContentError(EMPTY))
             else:
                 inbox.incomplete_since.setdefault(name, time.time() - waited)
                 if (dest.name, name) not in self._reported:
@@ -577,7 +583,7 @@ class Intake:
         if settled <= now and stat.S_ISREG(st.st_mode) and is_delete(path):
             self._take(dest, name, None, judge(dest, self.settings, path, None, sidecar_only=True))
             return None
-        timeout = float(dest.timing("sidecar_timeout_seconds"))
+        timeout = dest.timing.sidecar_timeout_seconds
         waited = tracker.waited(name)
         if waited < timeout:
             deadline = now + timeout - waited
@@ -587,7 +593,7 @@ class Intake:
             name,
             None,
             Verdict(
-                rejection=("orphan_sidecar", "a sidecar arrived but no document with its name")
+                rejection=OrphanSidecarError("a sidecar arrived but no document with its name")
             ),
         )
         return None

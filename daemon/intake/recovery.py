@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.config import Settings
-from daemon.errors import ContentError
+from daemon.errors import ContentError, MissingSidecarError, OrphanSidecarError
 from daemon.fsutil import fsync_dir, rename_noreplace
 from daemon.intake.handover import HandOver
 from daemon.intake.judging import Verdict, is_delete, judge
@@ -51,7 +51,7 @@ def _recover_one(settings: Settings, handover: HandOver, job: Job) -> str:
             fsync_dir(side.parent)
             fsync_dir(inbox_side.parent)
     if side is not None and not side.exists():
-        verdict = Verdict(rejection=("missing_sidecar", "the sidecar disappeared during hand-over"))
+        verdict = Verdict(rejection=MissingSidecarError("the sidecar disappeared during hand-over"))
     elif is_sidecar(job.original_name) and side is None:
         if is_delete(spool_doc):
             verdict = judge(
@@ -59,10 +59,10 @@ def _recover_one(settings: Settings, handover: HandOver, job: Job) -> str:
                 sidecar_only=True,
             )  # fmt: skip
         else:
-            verdict = Verdict(rejection=("orphan_sidecar", "a sidecar arrived but no document"))
+            verdict = Verdict(rejection=OrphanSidecarError("a sidecar arrived but no document"))
     else:
         verdict = judge(dest, settings, spool_doc, side, name=job.original_name)
         if verdict.incomplete is not None:
-            verdict = Verdict(rejection=(ContentError.reason, verdict.incomplete))
+            verdict = Verdict(rejection=ContentError(verdict.incomplete))
     handover.complete(job, dest, verdict)
     return "finished"
