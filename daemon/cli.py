@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from daemon import logs
 from daemon.cli_common import EXIT_ERROR, EXIT_INVALID, settings_from, version_text
 from daemon.cli_jobs import JOB_STATES, cmd_audit, cmd_jobs, cmd_retry, cmd_show
 from daemon.cli_status import cmd_status
@@ -25,6 +24,7 @@ from daemon.names import suffixed
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from daemon import logs
     from daemon.service import Service
 
     path = config_path(args.config)

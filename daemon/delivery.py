@@ -220,8 +220,9 @@ class Deliverer:
             self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
             return "queued"
         try:
-            key = self._hold_duplicates(job, dest)
-            result = self._deliver(job, dest)
+            sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
+            key = self._hold_duplicates(job, dest, sidecar)
+            result = self._deliver(job, dest, sidecar)
         except Throttled as exc:
             # Nothing was sent: the job waits unburnt, its quota's destinations are held.
             self.queue.release(job.id, job.lease_token)
@@ -232,32 +233,47 @@ class Deliverer:
             return self._failed(job, dest, exc, log)
         self.breakers.success(dest.name)
         killpoint("after_send")
-        if not self._commit_sent(job, result, log, key):
-            log.error("job.lease_lost_after_send", remote_id=result.log_id)
-            return "lease_lost"
-        killpoint("after_commit")
-        log.info("job.sent", remote_id=result.log_id, http_status=result.status)
-        self._finish(job)
+        # The move to done/ is claimed before the send is recorded, so the job this
+        # commit returns is current (no other path can file it meanwhile) and is
+        # filed without reading it again; its target in done/ is committed with the
+        # send (one transaction, one fsync), durable before the rename as before.
+        with self.filer.claimed(job.id) as mine:
+            target = self.filer.done_target(job) if mine else None
+            sent = self._commit_sent(job, result, log, key, target)
+            if sent is None:
+                log.error("job.lease_lost_after_send", remote_id=result.log_id)
+                return "lease_lost"
+            killpoint("after_commit")
+            log.info("job.sent", remote_id=result.log_id, http_status=result.status)
+            if mine:
+                self.filer.finish_claimed(sent)
+        if not mine:  # (never expected) another thread has its move: files it or retries
+            self._finish(job)
         return "sent"
 
     # -- issue 12 item 4: a local error after a successful send ----------------
-    def _commit_sent(self, job: Job, result: SendResult, log: Any, key: str | None) -> bool:
-        """Record ``sent``; a local error here (a full disk: SQLite's "database or
+    def _commit_sent(
+        self, job: Job, result: SendResult, log: Any, key: str | None, target: Path | None
+    ) -> Job | None:
+        """Record ``sent`` (with ``target``, the document's place in done/, in the same
+        transaction); a local error here (a full disk: SQLite's "database or
         disk is full") is retried at once as the commit it is, with a short backoff,
         for as long as the job's lease lasts: the document was delivered, so it must
-        never be resent after a silent lease expiry. False if the lease is lost."""
+        never be resent after a silent lease expiry. The job as committed, or None
+        if the lease is lost."""
         assert job.lease_token is not None
         deadline = job.lease_expires_at or (self.clock() + self.settings.lease_seconds)
         delay = COMMIT_RETRY_FIRST_SECONDS
         failures = 0
         while True:
             try:
-                return self.queue.mark_sent(
+                return self.queue.record_sent(
                     job.id,
                     job.lease_token,
                     remote_id=result.log_id,
                     http_status=result.status,
                     patient_key=key,
+                    final_path=None if target is None else str(target),
                 )
             except (sqlite3.Error, OSError) as exc:
                 failures += 1
@@ -360,7 +376,20 @@ class Deliverer:
     def _finish(self, job: Job) -> None:
         self.filer.finish_safely(job)  # it reads the job again: ``job`` is the claimed copy
 
-    def _hold_duplicates(self, job: Job, dest: Destination) -> str | None:
+    @staticmethod
+    def _sidecar(job: Job) -> dict[str, Any] | None:
+        """The job's sidecar from the spool (a Delete's is its document); None when
+        its fields come from the file name (filename_pattern)."""
+        if is_sidecar_only(job):
+            assert job.spool_document is not None
+            return read_sidecar(Path(job.spool_document))
+        if job.spool_sidecar:
+            return read_sidecar(Path(job.spool_sidecar))
+        return None
+
+    def _hold_duplicates(
+        self, job: Job, dest: Destination, sidecar: dict[str, Any] | None
+    ) -> str | None:
         """The job's patient key; DuplicateError when ``duplicates = "hold"`` and the
         same bytes were sent for the same patient within the window, unless the job
         is allowed through (``allow_duplicate``, set by ``chartdrop retry
@@ -368,7 +397,6 @@ class Deliverer:
         assert job.lease_token is not None
         if is_sidecar_only(job) or not job.sha256:
             return None
-        sidecar = read_sidecar(Path(job.spool_sidecar)) if job.spool_sidecar else None
         key = patient_key(dest, sidecar, job.original_name)
         if key is None or dest.duplicates == "send":
             return key
@@ -392,7 +420,7 @@ class Deliverer:
             f"on {when} (job {earlier_id}), so it was not sent again"
         )
 
-    def _deliver(self, job: Job, dest: Destination) -> SendResult:
+    def _deliver(self, job: Job, dest: Destination, sidecar: dict[str, Any] | None) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
         if self.limits.settings is not self.settings:  # a reload: new rates, same buckets
             self.limits.configure(self.settings)
@@ -410,12 +438,6 @@ class Deliverer:
             if job.sha256 and not snapped:  # what goes out must be what intake hashed
                 self._unchanged(job, sha256_file(fh)[0])  # (a snapshot was checked as copied)
                 fh.seek(0)
-            if is_sidecar_only(job):
-                sidecar: dict[str, Any] | None = read_sidecar(Path(job.spool_document))
-            elif job.spool_sidecar:
-                sidecar = read_sidecar(Path(job.spool_sidecar))
-            else:
-                sidecar = None  # fields from the file name (filename_pattern)
             return self.sender.send(
                 job, dest, fh, sidecar, lambda f, kind: self._upload(job, f, kind)
             )

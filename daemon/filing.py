@@ -22,6 +22,7 @@ another account dropped keeps its owner, and a refusal is logged, not fatal.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,9 +72,12 @@ class Filer:
         self.log = get_logger()
         self._lock = threading.Lock()
         self._moving: set[str] = set()  # ids of the jobs whose move a thread has claimed
+        # today's done/ folders made (and given dirs_mode) by this process, with the
+        # mode and group they were given: made and shared once a day, not per job
+        self._day_folders: set[tuple[Path, int, int | None]] = set()
 
     @contextmanager
-    def _claimed(self, job_id: str) -> Iterator[bool]:
+    def claimed(self, job_id: str) -> Iterator[bool]:
         """Claim the move of ``job_id`` for this thread: False if another has it."""
         with self._lock:
             mine = job_id not in self._moving
@@ -115,6 +119,10 @@ class Filer:
         if failed:
             return base
         folder = base / datetime.now().astimezone().strftime("%Y-%m-%d")
+        if (folder, self.settings.dirs_mode, self.settings.files_gid) in self._day_folders:
+            if lstat_kind(folder) == "directory":
+                return folder  # made, made durable and shared earlier today
+            self._day_folders.clear()  # removed since: made again below
         try:
             folder.mkdir(mode=self.settings.dirs_mode)
             fsync_dir(base)  # the new folder's name is durable before a file moves in
@@ -124,6 +132,16 @@ class Filer:
             raise OSError(exc.errno, exc.strerror) from None
         if lstat_kind(folder) != "directory":
             raise NotADirectoryError(errno.ENOTDIR, "today's folder in done/ is not a folder")
+        return folder
+
+    def _day_folder(self, dest: Destination, job: Job) -> Path:
+        """Today's folder in done/, made and given dirs_mode (once a day per folder:
+        the same folder again needs only an lstat)."""
+        folder = self._target_dir(dest, failed=False)
+        key = (folder, self.settings.dirs_mode, self.settings.files_gid)
+        if key not in self._day_folders:
+            self._share(folder, job, directory=True)
+            self._day_folders.add(key)
         return folder
 
     def _names(self, job: Job, doc_name: str, failed: bool) -> list[str]:
@@ -143,8 +161,7 @@ class Filer:
         while True:
             doc_name = suffixed(base, n)
             if not any(
-                (folder / name).exists() or (folder / name).is_symlink()
-                for name in self._names(job, doc_name, failed)
+                os.path.lexists(folder / name) for name in self._names(job, doc_name, failed)
             ):
                 return folder / doc_name
             n += 1
@@ -153,15 +170,14 @@ class Filer:
         dest = self.settings.get_destination(job.destination)
         target = Path(job.final_path) if job.final_path else None
         spool_doc = Path(job.spool_document) if job.spool_document else None
-        doc_in_spool = spool_doc is not None and (spool_doc.exists() or spool_doc.is_symlink())
+        doc_in_spool = spool_doc is not None and os.path.lexists(spool_doc)
         if doc_in_spool:
             assert spool_doc is not None
             self._share(spool_doc, job)  # before it is visible in done/ or failed/
         while True:
             if target is None:
-                folder = self._target_dir(dest, failed)
-                if not failed:  # failed/ itself is the admin's folder; done/DATE is ours
-                    self._share(folder, job, directory=True)
+                # failed/ itself is the admin's folder (not shared); done/DATE is ours
+                folder = self._target_dir(dest, True) if failed else self._day_folder(dest, job)
                 target = self._choose(job, folder, failed)
                 self.queue.set_final_path(job.id, str(target))
             if not doc_in_spool:
@@ -182,7 +198,7 @@ class Filer:
         killpoint("mid_move")
         if job.sidecar_name and job.spool_sidecar:
             spool_side = Path(job.spool_sidecar)
-            if spool_side.exists() or spool_side.is_symlink():
+            if os.path.lexists(spool_side):
                 name = paired_sidecar_name(target.name, job.original_name, job.sidecar_name)
                 self._share(spool_side, job)
                 n = 0
@@ -214,6 +230,50 @@ class Filer:
         )
         return target
 
+    def done_target(self, job: Job) -> Path | None:
+        """For the worker, right after a send and before it is recorded: where the
+        job's document will go in done/ (today's folder made, the name free now),
+        to be committed with the send (:meth:`Queue.record_sent`). None if it
+        cannot be chosen now (its folder is missing, the disk refuses): the move
+        chooses again later, as without this."""
+        try:
+            dest = self.settings.get_destination(job.destination)
+            if not job.spool_document or not os.path.lexists(job.spool_document):
+                return None
+            return self._choose(job, self._day_folder(dest, job), failed=False)
+        except (OSError, KeyError):
+            return None
+
+    def finish_claimed(self, job: Job) -> bool:
+        """:meth:`finish_safely` for a job whose move this thread has claimed
+        (:meth:`claimed`) since before ``job`` was committed, so ``job`` is current
+        and is not read again. True if this call filed it."""
+        if job.state not in (JobState.SENT, JobState.REJECTED):
+            return False
+        if all(d.name != job.destination for d in self.settings.destination):
+            self.log.warning(
+                "job.move_waiting",
+                job_id=job.id,
+                destination=job.destination,
+                error_kind="destination_removed",
+            )
+            return False
+        return self._finish_logged(job)
+
+    def _finish_logged(self, job: Job) -> bool:
+        try:
+            self.finish(job)
+        except OSError as exc:
+            self.log.error(
+                "job.move_failed",
+                job_id=job.id,
+                destination=job.destination,
+                exc_type=type(exc).__name__,
+                error=exc.strerror,
+            )
+            return False
+        return True
+
     def finish_safely(self, job: Job) -> bool:
         """:meth:`finish`, logging instead of raising when the disk refuses. The job
         stays sent/rejected and :meth:`finish_pending` tries the move again later.
@@ -230,22 +290,11 @@ class Filer:
                 error_kind=ErrorKind.DESTINATION_REMOVED,
             )
             return False
-        with self._claimed(job.id) as mine:
+        with self.claimed(job.id) as mine:
             current = self.queue.get(job.id) if mine else None
             if current is None or current.state not in (JobState.SENT, JobState.REJECTED):
                 return False  # being filed, or filed already, by the other path
-            try:
-                self.finish(current)
-            except OSError as exc:
-                self.log.error(
-                    "job.move_failed",
-                    job_id=job.id,
-                    destination=job.destination,
-                    exc_type=type(exc).__name__,
-                    error=exc.strerror,
-                )
-                return False
-        return True
+            return self._finish_logged(current)
 
     def finish_pending(self) -> int:
         """Start-up and periodic: finish every sent/rejected job whose move did not happen."""

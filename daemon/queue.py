@@ -330,12 +330,32 @@ class Queue:
     ) -> bool:
         """leased -> sent: the remote side accepted it (the attempt counts).
         ``patient_key``: whom it was sent for (see :meth:`earlier_duplicate`)."""
-        job = self._move(
+        job = self.record_sent(
+            job_id, token, remote_id=remote_id, http_status=http_status, patient_key=patient_key
+        )
+        return job is not None
+
+    def record_sent(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        remote_id: str | None,
+        http_status: int,
+        patient_key: str | None = None,
+        final_path: str | None = None,
+    ) -> Job | None:
+        """:meth:`mark_sent`, returning the job as committed (``None``: the lease was
+        lost, nothing changed). ``final_path``: the target of the move to done/,
+        chosen before the send was recorded, committed in the same transaction
+        (what :meth:`set_final_path` would commit just after: one fsync fewer);
+        it must be durable before the rename, and is."""
+        extra = {} if final_path is None else {"final_path": final_path}
+        return self._move(
             job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True, outcome=True,
             remote_id=remote_id, http_status=http_status, sent_at=self._clock(),
-            error_kind=None, last_error=None, patient_key=patient_key,
+            error_kind=None, last_error=None, patient_key=patient_key, **extra,
         )  # fmt: skip
-        return job is not None
 
     def retry_later(
         self,

@@ -1,6 +1,6 @@
 """The job queue's database file: states, row types, the schema and opening it.
 
-The schema only changes through :data:`MIGRATIONS` (sqlite-utils migrations,
+The schema only changes through :func:`migrations` (sqlite-utils migrations,
 set ``chartdrop``); append a new migration function, never edit an applied one.
 :mod:`daemon.queue` holds the operations on it.
 
@@ -18,13 +18,16 @@ import errno
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlite_utils.db import Database
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING
 
 from daemon.errors import ConfigError
+
+if TYPE_CHECKING:  # sqlite-utils is imported only to migrate (its import costs ~0.3 s)
+    from sqlite_utils.db import Database
+    from sqlite_utils.migrations import Migrations
 
 
 class JobState(enum.StrEnum):
@@ -110,7 +113,41 @@ class Pause:
     until: float | None
 
 
-MIGRATIONS = Migrations("chartdrop")
+MIGRATION_SET = "chartdrop"  # sqlite-utils' migration set (rows of _sqlite_migrations)
+_MIGRATION_STEPS: list[Callable[[Database], None]] = []
+
+
+def _migration(step: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register a migration step (applied in this order, named by the function)."""
+    _MIGRATION_STEPS.append(step)
+    return step
+
+
+def migrations() -> Migrations:
+    """sqlite-utils' migration set of the queue (imports sqlite-utils: read-write only)."""
+    from sqlite_utils.migrations import Migrations
+
+    found = Migrations(MIGRATION_SET)
+    for step in _MIGRATION_STEPS:
+        found()(step)
+    return found
+
+
+def pending_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations not applied to ``conn``'s database, read with plain
+    SQL from sqlite-utils' own table (so read-only CLI commands never import it)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
+    ).fetchone()
+    applied: set[str] = set()
+    if exists:
+        rows = conn.execute(
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
+        ).fetchall()
+        applied = {str(name) for (name,) in rows}
+    return [step.__name__ for step in _MIGRATION_STEPS if step.__name__ not in applied]
+
+
 BUSY_TIMEOUT_SECONDS = 10.0  # a writer waits this long for another one (health.py counts on it)
 
 _STATES = ", ".join(f"'{state.value}'" for state in JobState)
@@ -184,14 +221,14 @@ _CREATE = [
 ]
 
 
-@MIGRATIONS()
+@_migration
 def m001_create_jobs_and_events(db: Database) -> None:
     # One statement at a time: executescript() would commit the open transaction.
     for statement in _CREATE:
         db.execute(statement)
 
 
-@MIGRATIONS()
+@_migration
 def m002_create_pauses(db: Database) -> None:
     # The daemon's live view of paused destinations, for `chartdrop status`;
     # cleared at every start (the daemon re-learns it).
@@ -209,7 +246,7 @@ def m002_create_pauses(db: Database) -> None:
     )
 
 
-@MIGRATIONS()
+@_migration
 def m003_indexes_for_a_big_queue(db: Database) -> None:
     # A claim and `chartdrop status` cost the same with 100 or 100,000 rows
     # (see Queue.claim and Queue.status, and tests/test_queue_scale.py for the
@@ -236,7 +273,7 @@ def m003_indexes_for_a_big_queue(db: Database) -> None:
         db.execute(statement)
 
 
-@MIGRATIONS()
+@_migration
 def m004_duplicates(db: Database) -> None:
     # Duplicate hold (``duplicates = "hold"``): a hash of the patient identifier
     # each job was sent for, the per-job flag that lets one duplicate through
@@ -246,7 +283,7 @@ def m004_duplicates(db: Database) -> None:
     db.execute("CREATE INDEX jobs_destination_sha256 ON jobs (destination, sha256)")
 
 
-@MIGRATIONS()
+@_migration
 def m005_events_retention(db: Database) -> None:
     # Events stay append-only, except that retention may delete rows older
     # than ``events_prune_before.at`` (keep_events_days): the cutoff is raised
@@ -287,10 +324,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        db = Database(conn, recursive_triggers=False, execute_plugins=False)
         if readonly:
             conn.execute("PRAGMA query_only = ON")
-            if MIGRATIONS.pending(db):
+            if pending_migrations(conn):
                 raise ConfigError(
                     f"The queue database {path} is not initialised for this version of "
                     "chartdrop: start the daemon once to create or upgrade it."
@@ -303,7 +339,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             # both create the tables (sqlite-utils nests its savepoints inside).
             conn.execute("BEGIN IMMEDIATE")
             try:
-                MIGRATIONS.apply(db)
+                from sqlite_utils.db import Database
+
+                db = Database(conn, recursive_triggers=False, execute_plugins=False)
+                migrations().apply(db)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -56,6 +56,7 @@ from daemon.reconcile import reconcile_spool
 from daemon.redox import RedoxClient
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
+from daemon.wakeup import Wakeup
 
 TICK_SECONDS = 0.25
 MOVE_RETRY_SECONDS = 30.0
@@ -213,7 +214,7 @@ class Service:
         self.health = Health(allowance_for(settings))
         self.stopping = threading.Event()
         self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
-        self.work = threading.Event()
+        self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
@@ -404,8 +405,8 @@ class Service:
                     continue
                 if job is None:
                     self.work.wait(0.5)
-                    self.work.clear()
                     continue
+                self.work.take()  # this job's announcement, so no other worker wakes for it
                 self.health.beat(name)
                 started = time.monotonic()
                 try:
@@ -601,7 +602,7 @@ class Service:
                 self.breakers.forget(pause.destination)
                 self.queue.make_due(pause.destination)
         self._answer_reload(ok=True, problems=[])
-        self.work.set()
+        self.work.wake_all()
         self.notifier.ready(self.status_text())
         return True
 
@@ -701,7 +702,7 @@ class Service:
         if self.stop_signal:
             self.log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
         self.stopping.set()
-        self.work.set()
+        self.work.wake_all()
         self.notifier.stopping("stopping: finishing in-flight sends")
         self._stop_observers()
         if self.metrics is not None:

@@ -47,6 +47,8 @@ STAGES = [
     ("daemon.queue", "Queue", "complete_intake"),
     ("daemon.queue", "Queue", "claim"),
     ("daemon.queue", "Queue", "mark_sent"),
+    ("daemon.queue", "Queue", "record_sent"),
+    ("daemon.filing", "Filer", "done_target"),
     ("daemon.queue", "Queue", "set_final_path"),
     ("daemon.queue", "Queue", "mark_done"),
     ("daemon.queue", "Queue", "get"),
