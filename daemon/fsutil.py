@@ -282,13 +282,20 @@ def set_mode(path: Path, mode: int, gid: int | None = None, *, directory: bool =
             st = os.fstat(fd)
             if not wanted(st.st_mode):
                 return True
-            if directory:  # keep a folder's setgid/sticky bits (group inheritance)
-                mode |= stat.S_IMODE(st.st_mode) & 0o7000
+            kept = stat.S_IMODE(st.st_mode) & 0o7000 if directory else 0
             try:
                 if gid is not None and st.st_gid != gid:
                     os.fchown(fd, -1, gid)
-                if stat.S_IMODE(st.st_mode) != mode:
-                    os.fchmod(fd, mode)
+                if stat.S_IMODE(st.st_mode) != mode | kept:
+                    try:  # a folder keeps its setgid/sticky bits (group inheritance)...
+                        os.fchmod(fd, mode | kept)
+                    except PermissionError:
+                        if not kept:
+                            raise
+                        # ...unless setting a set-id bit is refused (the unit's
+                        # RestrictSUIDSGID=): the folder keeps its group without it,
+                        # and what chartdrop moves in keeps its own group.
+                        os.fchmod(fd, mode)
             except OSError as exc:
                 # EPERM: not ours / not our group; EINVAL: a gid this user namespace lacks
                 if exc.errno in (errno.EPERM, errno.EACCES, errno.EINVAL):

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -205,6 +206,8 @@ def test_the_daemon_and_its_tls_stack_work_under_the_units_restrictions(
             text = config.read_text().replace(sandbox.url, url)
             config.write_text(text.replace("[redox]\n", f'[redox]\nca_bundle = "{ca}"\n'))
             env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "2000000"}
+            done = tmp_path / "consents" / "done"
+            done.chmod(0o2770)  # setgid, as installed: today's folder inherits the bit
             with daemon_process(config, env, prefix=confined(mdwe_prctl=mdwe_prctl)) as daemon:
                 wait_until(lambda: notify.with_key("READY", "1"), timeout=30)
                 inbox = tmp_path / "consents" / "inbox"
@@ -225,6 +228,11 @@ def test_the_daemon_and_its_tls_stack_work_under_the_units_restrictions(
             assert sorted(c.startswith("https://") for c in contents) == [False, True]
             assert "Traceback" not in daemon.stderr()
             assert "Operation not permitted" not in daemon.stderr()
+            # RestrictSUIDSGID= refuses a chmod that names the setgid bit: the day
+            # folder still gets dirs_mode (staff may open it), without the bit.
+            (day,) = done.iterdir()
+            assert stat.S_IMODE(day.stat().st_mode) == 0o750
+            assert not daemon.logs("job.mode_not_set")
     finally:
         notify.close()
 
