@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from daemon import logs
-from daemon.config import Settings, load_settings
+from daemon.config import Destination, Settings, load_settings
 from daemon.queue import Job, JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
 from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
@@ -56,6 +56,15 @@ def in_inbox(inbox: Path) -> list[str]:
     from daemon.inbox_lock import INBOX_LOCK_NAME
 
     return sorted(n for n in os.listdir(inbox) if n != INBOX_LOCK_NAME)
+
+
+def destination(**fields: Any) -> Destination:
+    """A Destination built by hand, its timing filled from the top-level defaults
+    (as loading a config does)."""
+    from daemon.config import TIMING_KEYS
+
+    timing = {key: Settings.model_fields[key].default for key in TIMING_KEYS}
+    return Destination(**(timing | fields))
 
 
 def counts_by_state(db_path: Path) -> dict[str, int]:

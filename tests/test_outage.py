@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, destination, running, wait_until, write_config
 
 from daemon.breaker import AUTH, OUTAGE, Breakers
 from daemon.config import Destination
@@ -26,7 +26,7 @@ class Clock:
 
 
 def _dest() -> Destination:
-    return Destination(
+    return destination(
         name="d",
         inbox=Path("/i"),
         done=Path("/o"),

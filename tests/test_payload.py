@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import load_schema
+from conftest import destination, load_schema
 from fhir.resources.R4B.media import Media as FhirMedia
 
 from daemon import fhir
@@ -60,7 +60,7 @@ def _dest(model: str = "Media", **extra: Any) -> Destination:
     }
     if model != "FHIR":
         fields["redox_destination_id"] = "dest-1"
-    return Destination(**(fields | extra))
+    return destination(**(fields | extra))
 
 
 def _settings(model: str = "Media", **extra: Any) -> Settings:
