@@ -1,6 +1,10 @@
 """The ``chartdrop`` command line. Errors are one clear sentence and a non-zero
 exit, never a traceback. Output never contains PHI: jobs are shown by id,
-destination, state, size and hash, never by file name or patient data."""
+destination, state, size and hash, never by file name or patient data.
+
+The parser and the small commands are here; ``status`` is
+:mod:`daemon.cli_status`, ``jobs``/``show``/``retry``/``audit``
+:mod:`daemon.cli_jobs`."""
 
 from __future__ import annotations
 

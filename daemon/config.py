@@ -8,6 +8,11 @@ with every problem at once (:class:`~daemon.errors.ConfigError`).
 
 Paths may be relative to the config file. Secret files may name a systemd
 credential: a bare name found in ``$CREDENTIALS_DIRECTORY`` wins.
+
+Longer than ~400 lines because it is the schema: every key with its type,
+default and description (what ``config.example.toml`` and the README's table
+are checked against). The plain-words error messages are
+:mod:`daemon.config_errors`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,17 @@
 """Delivery: one claimed job → (upload?) → send → sent | retry later | rejected.
 
-Retrying is decided here by the exception's type, and only here
-(:func:`decide`). The DocumentID was fixed when the job was queued, so every
-resend carries the same one; a blob URI, once uploaded, is stored on the job
-and reused, so a retry does not upload again.
+What happens after a failure is decided in :mod:`daemon.decide`, by the
+exception's type, and only there. The DocumentID was fixed when the job was
+queued, so every resend carries the same one; a blob URI, once uploaded, is
+stored on the job and reused, so a retry does not upload again. Before each
+send the spool document becomes a private snapshot (:mod:`daemon.snapshot`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import os
-import random
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,18 +19,16 @@ from typing import Any, BinaryIO
 from daemon.breaker import AUTH, OUTAGE, Breakers
 from daemon.config import Destination, Settings
 from daemon.content import FileKind
+from daemon.decide import Decision, decide, gap_cap, safe_text
 from daemon.errors import (
-    AuthError,
     ChangedError,
-    ChartdropError,
     DuplicateError,
     ErrorKind,
-    InputError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from daemon.filing import Filer
-from daemon.fsutil import fsync_dir, open_document, sha256_file
+from daemon.fsutil import open_document, sha256_file
 from daemon.http import SendResult
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
@@ -43,15 +36,7 @@ from daemon.outgoing import Sender, is_sidecar_only, patient_key
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
 from daemon.sidecar import read_sidecar
-
-# A local error (the spool copy cannot be read, or an unexpected exception) is
-# not an outage: retried with backoff for this many attempts in a row (about ten
-# minutes with the default backoff), then the job fails with the reason.
-LOCAL_ERROR_ATTEMPTS = 8
-# Waiting time towards give_up_after_hours is summed over the gaps between a
-# job's events, each gap counted at most this long (or twice retry_cap_seconds):
-# a wall clock that jumps forward by days must not fail the queue at once.
-GAP_CAP_SECONDS = 3600.0
+from daemon.snapshot import CHANGED, snapshot
 
 # A local error committing ``sent`` after a successful send is retried promptly,
 # backing off from COMMIT_RETRY_FIRST_SECONDS to COMMIT_RETRY_MAX_SECONDS, until
@@ -59,122 +44,6 @@ GAP_CAP_SECONDS = 3600.0
 COMMIT_RETRY_FIRST_SECONDS = 0.1
 COMMIT_RETRY_MAX_SECONDS = 2.0
 COMMIT_MARGIN_SECONDS = 5.0
-
-CHANGED = (
-    "the file changed after chartdrop had taken it (something was still writing it), "
-    "so it was not sent"
-)
-
-
-def backoff(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempts))."""
-    ceiling = min(cap, base * (2 ** min(attempts, 32)))
-    return (rng or random).uniform(0, ceiling)
-
-
-def safe_text(exc: BaseException) -> str:
-    """An error's text for the job row and logs. Our own errors are PHI-free by
-    construction; anything else (an OSError can carry a file name) gives only its
-    type and errno text."""
-    if isinstance(exc, ChartdropError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{type(exc).__name__}: {exc.strerror}"
-    return type(exc).__name__
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: str  # "retry" | "reject" | "wait" (back to the queue unburnt, destination paused)
-    delay: float = 0.0
-    error_kind: str = ""
-    error: str = ""
-    http_status: int | None = None
-    remote_id: str | None = None  # the log ID the remote side gave the failed request
-
-
-def gap_cap(dest: Destination) -> float:
-    """The most one gap between a job's events counts towards give_up_after_hours."""
-    return max(GAP_CAP_SECONDS, 2 * dest.timing.retry_cap_seconds)
-
-
-def decide(
-    exc: Exception,
-    job: Job,
-    dest: Destination,
-    *,
-    now: float,
-    waited: float | None = None,
-    rng: random.Random | None = None,
-) -> Decision:
-    """The one place that decides between retrying and failing. ``waited`` is how
-    long the job has been waiting (see :meth:`Queue.waited_seconds`); without it,
-    the wall-clock time since it was queued."""
-    if isinstance(exc, AuthError):
-        # The credentials or the token endpoint, not the document: it waits, unburnt,
-        # and the destination pauses (see Deliverer._wait).
-        return Decision(
-            "wait",
-            delay=exc.retry_after or 0.0,
-            error_kind=ErrorKind.AUTH,
-            error=safe_text(exc),
-            http_status=exc.status,
-        )
-    if isinstance(exc, InputError):
-        return Decision("reject", error_kind=exc.kind, error=exc.text)
-    if isinstance(exc, PermanentDeliveryError):
-        return Decision(
-            "reject",
-            error_kind=ErrorKind.REMOTE_REJECTED,
-            error=f"the destination refused the document (HTTP {exc.status})",
-            http_status=exc.status,
-            remote_id=exc.remote_id,
-        )
-    status = exc.status if isinstance(exc, TransientDeliveryError) else None
-    remote_id = exc.remote_id if isinstance(exc, TransientDeliveryError) else None
-    started = job.queued_at or job.created_at
-    give_up = dest.timing.give_up_after_hours * 3600
-    if (now - started if waited is None else waited) >= give_up:
-        return Decision(
-            "reject",
-            error_kind=ErrorKind.GAVE_UP,
-            error=(
-                f"the destination could not be reached for {give_up / 3600:g} hours "
-                f"(last problem: {safe_text(exc)})"
-            ),
-            http_status=status,
-            remote_id=remote_id,
-        )
-    delay = backoff(
-        job.attempts,
-        dest.timing.retry_base_seconds,
-        dest.timing.retry_cap_seconds,
-        rng,
-    )
-    if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
-        delay = max(delay, exc.retry_after)
-    kind = ErrorKind.TRANSIENT
-    if isinstance(exc, TransientDeliveryError) and exc.unknown_outcome:
-        kind = ErrorKind.UNKNOWN_OUTCOME  # it may have arrived: resent with the same DocumentID
-    if not isinstance(exc, TransientDeliveryError):
-        kind = ErrorKind.LOCAL_ERROR  # e.g. an unreadable spool file: retried, then reported
-        if job.error_kind == kind and job.attempts + 1 >= LOCAL_ERROR_ATTEMPTS:
-            return Decision(
-                "reject",
-                error_kind=kind,
-                error=(
-                    f"chartdrop could not read or prepare the file on this server "
-                    f"({safe_text(exc)}), {job.attempts + 1} attempts in a row"
-                ),
-            )
-    return Decision(
-        "retry",
-        delay=delay,
-        error_kind=kind,
-        error=safe_text(exc),
-        http_status=status,
-        remote_id=remote_id,
-    )
 
 
 class Deliverer:
@@ -458,59 +327,3 @@ class Deliverer:
             raise TransientDeliveryError("lease lost during upload")
         self.log.info("job.uploaded", job_id=job.id, destination=job.destination, size=job.size)
         return uri
-
-
-# -- issue 12 item 2: the spool copy is the snapshot ----------------------------
-SNAPSHOT_SUFFIX = ".snapshot"
-
-
-def snapshot(spool_document: Path, sha256: str) -> bool:
-    """Make ``spool_document`` a private copy of the bytes hashed at intake, so
-    what is sent, and then filed in done/, is exactly those bytes.
-
-    Intake renames the scanner's file into the spool: the same inode, which a
-    writer that still holds it open can change at any moment (while the send
-    waits for a token, or after it). The bytes are copied (mode 0600, mtime
-    kept: it is the document's CreationDateTime) into a new file, checked
-    against ``sha256`` (ChangedError when they differ: failed/ with the reason),
-    made durable and renamed over the spool name. A late writer then writes to
-    the old, unlinked inode and can change neither the send nor done/.
-
-    A disk with no room for the copy (ENOSPC, EDQUOT) does not hold the send
-    back: it goes out from the spool file as before, still checked against
-    ``sha256`` just before it is read (returns False then).
-    """
-    tmp = spool_document.with_name(spool_document.name + SNAPSHOT_SUFFIX)
-    tmp.unlink(missing_ok=True)  # a crash's leftover
-    try:
-        _copy_checked(spool_document, tmp, sha256)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return False
-        raise
-    fsync_dir(spool_document.parent)
-    return True
-
-
-def _copy_checked(spool_document: Path, tmp: Path, sha256: str) -> None:
-    with open_document(spool_document) as src:
-        st = os.fstat(src.fileno())
-        digest = hashlib.sha256()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    out.write(block)
-                out.flush()
-                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
-                with contextlib.suppress(OSError):  # the staff group the inbox gave it
-                    os.fchown(out.fileno(), -1, st.st_gid)
-                os.fsync(out.fileno())
-            if digest.hexdigest() != sha256:
-                raise ChangedError(CHANGED)
-            tmp.replace(spool_document)  # atomic, within the spool
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise

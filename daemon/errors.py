@@ -1,6 +1,6 @@
 """chartdrop's error vocabulary: :class:`ErrorKind` (why a job failed or waits,
 with the fix staff read beside each kind) and the exception tree. Retrying is
-decided by the exception's type, in one place (:func:`daemon.delivery.decide`),
+decided by the exception's type, in one place (:func:`daemon.decide.decide`),
 never by matching messages; HTTP statuses become exceptions in one place too
 (:func:`daemon.http.classify`).
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from daemon.config import Destination, Settings
 from daemon.content import detect
-from daemon.delivery import SNAPSHOT_SUFFIX
 from daemon.errors import InputError
 from daemon.fsutil import fsync_dir, open_document, rename_noreplace, write_file_atomic
 from daemon.names import error_note_name, suffixed
 from daemon.queue import Queue
 from daemon.queue_schema import JobState
 from daemon.sidecar import read_sidecar
+from daemon.snapshot import SNAPSHOT_SUFFIX
 
 KEEPS_SPOOL_FILES = (
     JobState.INTAKE,

@@ -12,6 +12,10 @@ from the main loop only while every heartbeat is fresh (:mod:`daemon.health`);
 ``STOPPING=1`` at shutdown. SIGHUP reloads the config file (:meth:`Service.reload`):
 destinations are added, changed and removed without losing a queued job; a bad
 file is refused with its problems logged and the running config kept.
+
+Longer than ~400 lines because it is the wiring: start, the main loop, the
+workers, signals, reload and shutdown share the service's state (queue,
+senders, observers, health); the work itself is in the stage modules.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import pytest
 from conftest import Sandbox, write_config
 
 from daemon.config import Settings, load_settings
-from daemon.delivery import Deliverer, decide, gap_cap
+from daemon.decide import decide, gap_cap
+from daemon.delivery import Deliverer
 from daemon.errors import TransientDeliveryError
 from daemon.fhir import FhirClient
 from daemon.filing import Filer

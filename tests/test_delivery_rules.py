@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.config import Destination
-from daemon.delivery import backoff, decide
+from daemon.decide import backoff, decide
 from daemon.errors import (
     AuthError,
     ConfigError,
@@ -186,7 +186,7 @@ def test_plain_http_only_to_loopback(url: str, ok: bool) -> None:
 
 
 def test_error_text_never_carries_a_file_name() -> None:
-    from daemon.delivery import safe_text
+    from daemon.decide import safe_text
 
     exc = PermissionError(13, "Permission denied", "/srv/inbox/CANARY_Bixby.pdf")
     assert "CANARY" not in str(decide(exc, _job(0), DEST, now=1).error)

@@ -272,7 +272,7 @@ def test_local_errors_give_up_after_a_bounded_number_of_attempts_in_a_row(
     error after a long outage still gets its retries."""
     import dataclasses
 
-    from daemon.delivery import LOCAL_ERROR_ATTEMPTS, decide
+    from daemon.decide import LOCAL_ERROR_ATTEMPTS, decide
 
     dest = load_settings(write_config(tmp_path, sandbox)).destination[0]
     with Queue(tmp_path / "q.sqlite3") as queue:
