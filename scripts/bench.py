@@ -251,6 +251,9 @@ class Daemon:
             "key_id": KEY_ID,
             "private_key_file": str(self.peer.private_key),
             "test": True,
+            # The sandbox is not Redox's quota: the default (1,200 a minute, 20 a
+            # second) would make this a benchmark of the rate limiter.
+            "max_requests_per_minute": 1_000_000,
         }
         dest = {
             "name": "bench",
@@ -259,6 +262,9 @@ class Daemon:
             "failed": str(self.root / "failed"),
             "model": "Media",
             "redox_destination_id": DEST_ID,
+            # The same synthetic documents go out once per peer delay: not duplicates
+            # to hold (the hold is measured by the tests, not here).
+            "duplicates": "send",
         }
         lines = [f"{k} = {json.dumps(v)}" for k, v in config.items()]
         lines += ["[redox]", *(f"{k} = {json.dumps(v)}" for k, v in redox.items())]
@@ -606,6 +612,11 @@ def throughput(report: Report, root: Path, peer: Peer, args: argparse.Namespace)
                     f"{r.failed:>7}"
                 )
             cd, ce = runs["chartdrop"], runs["ceiling"]
+            report.target(
+                f"every document delivered, {int(delay * 1000)} ms peer",
+                ", ".join(f"{label} {r.failed} not delivered" for label, r in runs.items()),
+                all(r.failed == 0 for r in runs.values()),
+            )
             need = 0.8 if delay else 0.35
             ratio = cd.rate / ce.rate
             report.target(
