@@ -64,11 +64,6 @@ from daemon.wakeup import Wakeup
 
 TICK_SECONDS = 0.25
 MOVE_RETRY_SECONDS = 30.0
-# An idle worker claims again after this many seconds (a job coming out of
-# backoff); a newly queued job wakes one at once. The first worker looks more
-# often, so a due retry waits at most IDLE_FIRST_WORKER_SECONDS.
-IDLE_FIRST_WORKER_SECONDS = 0.5
-IDLE_WORKER_SECONDS = 2.0
 STATUS_SECONDS = 5.0  # how often systemd's STATUS= line is refreshed
 RESTART_ONLY_KEYS = ("log_format", "log_level")  # a reload logs that these wait for a restart
 POLL_SECONDS = 1.0  # listing interval of a `polling = true` inbox
@@ -413,7 +408,7 @@ class Service:
                     self.stopping.wait(1.0)
                     continue
                 if job is None:
-                    self.work.wait(IDLE_FIRST_WORKER_SECONDS if index == 0 else IDLE_WORKER_SECONDS)
+                    self.work.wait(0.5)
                     continue
                 self.work.take()  # this job's announcement, so no other worker wakes for it
                 self.health.beat(name)
