@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Sandbox, destination, running, wait_until, write_config
 
 from daemon.breaker import AUTH, OUTAGE, Breakers
