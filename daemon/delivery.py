@@ -184,11 +184,13 @@ class Deliverer:
         pauses: refused credentials (AUTH) until fixed, a token endpoint that is down
         (OUTAGE) as an outage."""
         assert job.lease_token is not None
-        self.queue.release(job.id, job.lease_token)
         refused = decision.http_status in (400, 401, 403)  # else the token endpoint is down
+        # Paused first, then released: a released job must not be claimed again by
+        # another worker before the pause keeps the destination from claims.
         self.breakers.failure(
             dest, AUTH if refused else OUTAGE, decision.error, decision.delay or None
         )
+        self.queue.release(job.id, job.lease_token)
         log.warning("job.waiting", error_kind=decision.error_kind, http_status=decision.http_status)
         return "queued"
 
