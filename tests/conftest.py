@@ -67,6 +67,28 @@ def destination(**fields: Any) -> Destination:
     return Destination(**(timing | fields))
 
 
+@contextmanager
+def mounted_tmpfs(root: Path, options: str) -> Iterator[Path]:
+    """A real, separate tmpfs at ``root`` (made here) with mount ``options``,
+    unmounted afterwards; the test is skipped where mounting is not allowed."""
+    import subprocess
+
+    root.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
 def counts_by_state(db_path: Path) -> dict[str, int]:
     """Every job state (zeros included) with its number of jobs: what the tests
     check the queue by, read straight from the database file (read-only)."""

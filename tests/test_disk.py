@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, Sandbox, events, in_inbox, running, wait_until, write_config
+from conftest import (
+    Running,
+    Sandbox,
+    events,
+    in_inbox,
+    mounted_tmpfs,
+    running,
+    wait_until,
+    write_config,
+)
 
 from daemon.config import load_settings
 from daemon.errors import ConfigError
@@ -89,21 +98,8 @@ def test_read_only_done_after_send_keeps_job_sent_and_retries_the_move_only(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real, separate tmpfs with few inodes (root only), unmounted afterwards."""
-    root = tmp_path / "disk"
-    root.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=200,mode=0755", "tmpfs", str(root)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=8m,nr_inodes=200,mode=0755") as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def fill(folder: Path) -> int:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, wait_until
+from conftest import Sandbox, mounted_tmpfs, wait_until
 from crash_harness import daemon, db_jobs, soak_config
 
 from daemon.samples import sample_pdf, sample_sidecar
@@ -25,21 +23,8 @@ from daemon.samples import sample_pdf, sample_sidecar
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real, separate 4 MB tmpfs (root only), unmounted afterwards."""
-    root = tmp_path / "disk"
-    root.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(root)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=4m,mode=0755") as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def fill_bytes(path: Path) -> int:
