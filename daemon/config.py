@@ -9,9 +9,14 @@ with every problem at once (:class:`~daemon.errors.ConfigError`).
 Paths may be relative to the config file. Secret files may name a systemd
 credential: a bare name found in ``$CREDENTIALS_DIRECTORY`` wins.
 
+The timing keys (:class:`Timing`) are declared once and settable at the top
+level or in any ``[[destination]]``: Settings inherits them, each destination
+gets them as optional overrides made from the same fields, and
+``Destination.timing`` resolves them with their types.
+
 Longer than ~400 lines because it is the schema: every key with its type,
-default and description (what ``config.example.toml`` and the README's table
-are checked against). The plain-words error messages are
+default and description (what ``config.example.toml`` is checked against, and
+the README's table for the timing keys). The plain-words error messages are
 :mod:`daemon.config_errors`.
 """
 
@@ -23,9 +28,8 @@ import re
 import ssl
 import tomllib
 from contextvars import ContextVar
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +37,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -50,25 +55,6 @@ LOCK_NAME = "chartdrop.lock"
 
 # The file being loaded: settings sources and path validators read it.
 _loading: ContextVar[Path | None] = ContextVar("_loading", default=None)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """A destination's timing, resolved with its types: the destination's own
-    value, else the top level's (``Destination.timing``). The keys may be set at
-    the top level and overridden in any ``[[destination]]``."""
-
-    settle_seconds: float
-    rescan_seconds: float
-    sidecar_timeout_seconds: float
-    retry_base_seconds: float
-    retry_cap_seconds: float
-    give_up_after_hours: float
-    embed_max_bytes: int
-    upload_max_bytes: int
-
-
-TIMING_KEYS = tuple(f.name for f in fields(Timing))
 
 
 def _base_dir() -> Path:
@@ -109,31 +95,56 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TimingOverrides(_Strict):
-    settle_seconds: float | None = Field(
-        None, ge=0, description="Seconds a document's size and mtime must be unchanged."
+class Timing(_Strict):
+    """The timing keys, each declared here once: type, default, bound and
+    description. Settings inherits them as top-level keys; every
+    ``[[destination]]`` may override them (:data:`TimingOverrides`, made from
+    these fields); ``Destination.timing`` is a destination's resolved Timing."""
+
+    settle_seconds: float = Field(
+        3, ge=0, description="Seconds a document's size and mtime must be unchanged."
     )
-    rescan_seconds: float | None = Field(None, gt=0, description="Seconds between full rescans.")
-    sidecar_timeout_seconds: float | None = Field(
-        None, gt=0, description="Seconds to wait for a missing sidecar before failing the document."
+    rescan_seconds: float = Field(
+        60, gt=0, description="Seconds between full rescans of each inbox."
     )
-    retry_base_seconds: float | None = Field(
-        None, gt=0, description="First retry delay (backoff base)."
+    sidecar_timeout_seconds: float = Field(
+        600, gt=0, description="Seconds to wait for a missing sidecar before failing the document."
     )
-    retry_cap_seconds: float | None = Field(
-        None, gt=0, description="Longest retry delay (backoff cap)."
+    retry_base_seconds: float = Field(10, gt=0, description="First retry delay (backoff base).")
+    retry_cap_seconds: float = Field(900, gt=0, description="Longest retry delay (backoff cap).")
+    give_up_after_hours: float = Field(
+        72, gt=0, description="Hours of transient failures after which a document is failed."
     )
-    give_up_after_hours: float | None = Field(
-        None, gt=0, description="Hours of transient failures after which a document is failed."
-    )
-    embed_max_bytes: int | None = Field(
-        None,
+    embed_max_bytes: int = Field(
+        200_000,
         ge=0,
         description="Files up to this size are base64-embedded; larger ones are uploaded.",
     )
-    upload_max_bytes: int | None = Field(
-        None, gt=0, description="Files over this size fail before any network call."
+    upload_max_bytes: int = Field(
+        30_000_000, gt=0, description="Files over this size fail before any network call."
     )
+
+
+TIMING_KEYS = tuple(Timing.model_fields)
+
+
+def _overrides(defaults: type[BaseModel]) -> type[_Strict]:
+    """The same keys, types, bounds and descriptions, each optional (None: the
+    top level's value)."""
+    fields: dict[str, Any] = {}
+    for name, info in defaults.model_fields.items():
+        kind: Any = info.annotation
+        optional = Annotated[kind | None, *info.metadata]
+        fields[name] = (optional, Field(None, description=info.description))
+    return create_model("TimingOverrides", __base__=_Strict, **fields)
+
+
+# A model made at run time cannot be a base class mypy follows; to mypy the
+# overrides are plain _Strict (daemon code reads them through Destination.timing).
+if TYPE_CHECKING:
+    TimingOverrides = _Strict
+else:
+    TimingOverrides = _overrides(Timing)
 
 
 class Destination(TimingOverrides):
@@ -475,8 +486,8 @@ class MetricsSettings(_Strict):
         return None if value is None else _resolve(value)
 
 
-class Settings(BaseSettings):
-    """The whole configuration file."""
+class Settings(BaseSettings, Timing):
+    """The whole configuration file (the timing keys are :class:`Timing`'s)."""
 
     model_config = SettingsConfigDict(
         env_prefix="CHARTDROP_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -507,27 +518,6 @@ class Settings(BaseSettings):
     read_timeout_seconds: float = Field(60, gt=0, description="HTTP read timeout.")
     write_timeout_seconds: float = Field(60, gt=0, description="HTTP write timeout.")
     pool_timeout_seconds: float = Field(10, gt=0, description="HTTP connection-pool timeout.")
-
-    settle_seconds: float = Field(
-        3, ge=0, description=TimingOverrides.model_fields["settle_seconds"].description
-    )
-    rescan_seconds: float = Field(
-        60, gt=0, description="Seconds between full rescans of each inbox."
-    )
-    sidecar_timeout_seconds: float = Field(
-        600, gt=0, description="Seconds to wait for a missing sidecar before failing the document."
-    )
-    retry_base_seconds: float = Field(10, gt=0, description="First retry delay (backoff base).")
-    retry_cap_seconds: float = Field(900, gt=0, description="Longest retry delay (backoff cap).")
-    give_up_after_hours: float = Field(
-        72, gt=0, description="Hours of transient failures after which a document is failed."
-    )
-    embed_max_bytes: int = Field(
-        200_000, ge=0, description="Files up to this size are base64-embedded; larger are uploaded."
-    )
-    upload_max_bytes: int = Field(
-        30_000_000, gt=0, description="Files over this size fail before any network call."
-    )
 
     keep_done_days: int = Field(
         30,

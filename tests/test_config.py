@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import TIMING_KEYS, Settings, load_settings
+from daemon.config import TIMING_KEYS, Destination, Settings, Timing, load_settings
 from daemon.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,20 +258,110 @@ def test_spool_dir_defaults_to_state_dir_and_can_be_set(tmp_path: Path) -> None:
     assert settings.state_dir == Path("/var/lib/chartdrop")
 
 
-def test_timing_keys_are_one_list_with_one_type_each() -> None:
-    """Timing is the one definition of the keys: each is a top-level setting with a
-    default and a per-destination override of the same type, resolved typed."""
-    import dataclasses
-    import typing
+def test_each_timing_key_is_declared_once_in_timing() -> None:
+    """Timing's class body is the only place a timing key is declared; the
+    top-level keys and the per-destination overrides are made from it."""
+    import ast
 
-    from daemon.config import Destination, Settings, Timing, TimingOverrides
+    import daemon.config
 
-    hints = typing.get_type_hints(Timing)
-    assert set(TimingOverrides.model_fields) == set(hints)
-    for key, kind in hints.items():
-        assert Settings.model_fields[key].annotation is kind, key
-        assert Destination.model_fields[key].annotation == kind | None, key
-    settings = load_settings(ROOT / "config.example.toml")
-    timing = settings.get_destination("consents").timing
-    assert isinstance(timing, Timing) and dataclasses.is_dataclass(timing)
+    tree = ast.parse(Path(daemon.config.__file__).read_text())
+    declared: dict[str, list[str]] = {}
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for stmt in cls.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                declared.setdefault(stmt.target.id, []).append(cls.name)
+    assert {key for key, where in declared.items() if "Timing" in where} == set(TIMING_KEYS)
+    for key in TIMING_KEYS:
+        assert declared[key] == ["Timing"], (key, declared[key])
+
+
+def test_top_level_keys_and_destination_overrides_share_one_definition() -> None:
+    """Type, default, bound and description: the same at the top level; in a
+    destination the same but optional (None: the top level's value)."""
+    for key, info in Timing.model_fields.items():
+        top, dest = Settings.model_fields[key], Destination.model_fields[key]
+        assert (top.annotation, top.default, top.metadata, top.description) == (
+            info.annotation,
+            info.default,
+            info.metadata,
+            info.description,
+        ), key
+        assert dest.annotation == info.annotation | None, key
+        assert dest.default is None, key
+        assert (dest.metadata, dest.description) == (info.metadata, info.description), key
+        assert info.metadata, f"{key} has no bound"
+
+
+def test_defaults_are_used_where_no_table_sets_a_key(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, MINIMAL))
+    timing = settings.destination[0].timing
+    assert timing == Timing()
+    assert (settings.settle_seconds, timing.settle_seconds, timing.rescan_seconds) == (3, 3, 60)
     assert isinstance(timing.embed_max_bytes, int) and isinstance(timing.settle_seconds, float)
+
+
+# A value each timing key refuses, and the plain words it is refused with.
+BAD_TIMING = {
+    "settle_seconds": ("-1", "must be at least 0.0"),
+    "rescan_seconds": ("0", "must be greater than 0.0"),
+    "sidecar_timeout_seconds": ("-5", "must be greater than 0.0"),
+    "retry_base_seconds": ('"soon"', "must be a number"),
+    "retry_cap_seconds": ("0", "must be greater than 0.0"),
+    "give_up_after_hours": ("-72", "must be greater than 0.0"),
+    "embed_max_bytes": ("1.5", "must be a whole number"),
+    "upload_max_bytes": ("0", "must be greater than 0"),
+}
+
+
+def test_every_timing_key_has_a_refused_value_here() -> None:
+    assert set(BAD_TIMING) == set(TIMING_KEYS)
+
+
+@pytest.mark.parametrize(("key", "bad"), BAD_TIMING.items())
+def test_a_bad_timing_value_is_refused_in_the_same_words_at_top_level_and_in_a_destination(
+    tmp_path: Path, key: str, bad: tuple[str, str]
+) -> None:
+    value, words = bad
+    with pytest.raises(ConfigError) as top:
+        load_settings(_write(tmp_path, f"{key} = {value}\n" + MINIMAL))
+    assert top.value.problems == [f"{key}: {words}"]
+    with pytest.raises(ConfigError) as dest:
+        load_settings(_write(tmp_path, MINIMAL + f"{key} = {value}\n"))
+    assert dest.value.problems == [f'[[destination]] "consents" {key}: {words}']
+
+
+def test_a_misspelt_timing_key_in_a_destination_gets_a_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, MINIMAL + "give_up_after_hour = 1\n"))
+    assert info.value.problems == [
+        '[[destination]] "consents" give_up_after_hour: is not a setting chartdrop knows; '
+        "did you mean give_up_after_hours?"
+    ]
+
+
+def test_an_environment_variable_sets_a_timing_key_every_destination_inherits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTDROP_RESCAN_SECONDS", "5")
+    settings = load_settings(_write(tmp_path, "rescan_seconds = 30\n" + MINIMAL))
+    assert settings.destination[0].timing.rescan_seconds == 5
+
+
+def test_the_example_and_the_readme_give_every_timing_key_its_default() -> None:
+    """config.example.toml sets each at the top level to its default; the README's
+    table marks exactly these keys "¹" (overridable per destination), with their
+    defaults."""
+    import re
+    import tomllib
+
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    marked: dict[str, str] = {}
+    for keys, defaults in re.findall(r"^\| (`[^|]*¹[^|]*) \| ([^|]*) \|", readme, re.M):
+        names = re.findall(r"`(\w+)` ¹", keys)
+        marked |= dict(zip(names, defaults.split(", "), strict=True))
+    assert set(marked) == set(TIMING_KEYS)
+    for key, info in Timing.model_fields.items():
+        assert example[key] == info.default, key
+        assert marked[key] == str(info.default), key
