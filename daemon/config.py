@@ -260,7 +260,7 @@ class Destination(TimingOverrides):
         the settings are loaded (:meth:`Settings._fill_destinations`)."""
         values = {key: getattr(self, key) for key in TIMING_KEYS}
         assert None not in values.values(), "timing is filled from the top level when loading"
-        return Timing(**values)
+        return Timing.model_construct(**values)  # each value was validated on loading
 
 
 def _ca_bundle(value: Path | None) -> Path | None:
