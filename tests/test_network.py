@@ -1,13 +1,11 @@
 """Outgoing HTTP: TLS verification always on (a CA bundle can be added), plain http
 only to loopback, redirects never followed, answers capped before parsing.
 
-Real servers on 127.0.0.1: the sandbox over TLS (a CA and certificates made with
-`cryptography`), and small stdlib HTTP servers for redirects and huge answers."""
+Real servers on 127.0.0.1: the sandbox over TLS (a private CA and certificates made
+with trustme), and small stdlib HTTP servers for redirects and huge answers."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import subprocess
@@ -22,11 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 from conftest import CLIENT_ID, KEY_ID, Sandbox, running, write_config
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from daemon.config import RedoxSettings, Settings, load_settings
 from daemon.errors import AuthError, ConfigError, TransientDeliveryError
@@ -40,72 +35,18 @@ CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
 
 # -- certificates -------------------------------------------------------------
 
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+CA_NAME = "chartdrop test CA"
 
 
 def make_pki(tmp_path: Path, *, server_name: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for ``server_name`` signed by it: (ca, cert, key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("chartdrop test CA"))
-        .issuer_name(_name("chartdrop test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    try:
-        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(server_name))
-    except ValueError:
-        alt = x509.DNSName(server_name)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(server_name))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    """A private CA (trustme) and a server certificate for ``server_name`` signed
+    by it, written as PEM files: (ca, cert, key)."""
+    ca = trustme.CA(organization_name=CA_NAME)
+    issued = ca.issue_cert(server_name)
     paths = (tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server-key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca.cert_pem.write_to_path(str(paths[0]))
+    issued.cert_chain_pems[0].write_to_path(str(paths[1]))
+    issued.private_key_pem.write_to_path(str(paths[2]))
     return paths
 
 
@@ -154,8 +95,13 @@ def test_ca_bundle_adds_to_the_system_roots(tmp_path: Path) -> None:
     roots = system.cert_store_stats()["x509_ca"]
     assert roots > 0  # the machine's trusted roots are loaded
     assert added.cert_store_stats()["x509_ca"] == roots + 1  # one more, none replaced
-    names = [dict(rdn[0] for rdn in c["subject"]).get("commonName") for c in added.get_ca_certs()]
-    assert "chartdrop test CA" in names and len(names) == roots + 1
+    names = [
+        dict(rdn[0] for rdn in c["subject"]).get("organizationName") for c in added.get_ca_certs()
+    ]
+    assert CA_NAME in names and len(names) == roots + 1
+    assert CA_NAME not in [
+        dict(rdn[0] for rdn in c["subject"]).get("organizationName") for c in system.get_ca_certs()
+    ]
     assert added.verify_mode == ssl.CERT_REQUIRED and added.check_hostname
 
 
