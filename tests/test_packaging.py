@@ -81,7 +81,8 @@ def test_the_wheel_carries_the_sandbox_schemas(tmp_path) -> None:
     )
     assert build.returncode == 0, build.stderr
     (wheel,) = tmp_path.glob("chartdrop-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    with zipfile.ZipFile(wheel) as zipped:
+        names = set(zipped.namelist())
     shipped = {f"daemon/sandbox/schemas/{name}" for name in SCHEMAS.values()}
     assert shipped | {"daemon/sandbox/schemas/LICENSE"} <= names
 
