@@ -1,13 +1,11 @@
 """Outgoing HTTP: TLS verification always on (a CA bundle can be added), plain http
 only to loopback, redirects never followed, answers capped before parsing.
 
-Real servers on 127.0.0.1: the sandbox over TLS (a CA and certificates made with
-`cryptography`), and small stdlib HTTP servers for redirects and huge answers."""
+Real servers on 127.0.0.1: the sandbox over TLS (a private CA and certificates made
+with trustme), and small stdlib HTTP servers for redirects and huge answers."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import subprocess
@@ -22,16 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLIENT_ID, KEY_ID, Sandbox, running, write_config
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+import trustme
+from conftest import CLIENT_ID, DEST_ID, KEY_ID, Sandbox, running, wait_until, write_config
 
 from daemon.config import RedoxSettings, Settings, load_settings
 from daemon.errors import AuthError, ConfigError, TransientDeliveryError
-from daemon.http import MAX_RESPONSE_BYTES, make_http_client, read_capped, tls_context
-from daemon.queue import JobState
+from daemon.http import MAX_RESPONSE_BYTES, http_client, make_http_client, read_capped, tls_context
+from daemon.queue import Job, JobState
 from daemon.redox import RedoxClient
 from daemon.samples import sample_pdf, sample_sidecar
 from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
@@ -40,72 +35,18 @@ CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
 
 # -- certificates -------------------------------------------------------------
 
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+CA_NAME = "chartdrop test CA"
 
 
 def make_pki(tmp_path: Path, *, server_name: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for ``server_name`` signed by it: (ca, cert, key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("chartdrop test CA"))
-        .issuer_name(_name("chartdrop test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    try:
-        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(server_name))
-    except ValueError:
-        alt = x509.DNSName(server_name)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(server_name))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    """A private CA (trustme) and a server certificate for ``server_name`` signed
+    by it, written as PEM files: (ca, cert, key)."""
+    ca = trustme.CA(organization_name=CA_NAME)
+    issued = ca.issue_cert(server_name)
     paths = (tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server-key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca.cert_pem.write_to_path(str(paths[0]))
+    issued.cert_chain_pems[0].write_to_path(str(paths[1]))
+    issued.private_key_pem.write_to_path(str(paths[2]))
     return paths
 
 
@@ -154,37 +95,119 @@ def test_ca_bundle_adds_to_the_system_roots(tmp_path: Path) -> None:
     roots = system.cert_store_stats()["x509_ca"]
     assert roots > 0  # the machine's trusted roots are loaded
     assert added.cert_store_stats()["x509_ca"] == roots + 1  # one more, none replaced
-    names = [dict(rdn[0] for rdn in c["subject"]).get("commonName") for c in added.get_ca_certs()]
-    assert "chartdrop test CA" in names and len(names) == roots + 1
+    names = [
+        dict(rdn[0] for rdn in c["subject"]).get("organizationName") for c in added.get_ca_certs()
+    ]
+    assert CA_NAME in names and len(names) == roots + 1
+    assert CA_NAME not in [
+        dict(rdn[0] for rdn in c["subject"]).get("organizationName") for c in system.get_ca_certs()
+    ]
     assert added.verify_mode == ssl.CERT_REQUIRED and added.check_hostname
 
 
-@pytest.mark.parametrize("where", ["fhir", "destination"])
-def test_a_private_ca_for_the_fhir_server_only(
+# Where the private CA's bundle is set -> (FHIR delivers, Redox delivers).
+SCOPED_TRUST = {
+    "fhir": (True, False),  # [fhir].ca_bundle
+    "destination": (True, False),  # the FHIR [[destination]]'s ca_bundle
+    "redox": (False, True),  # [redox].ca_bundle: the wrong service for the FHIR server
+    "nowhere": (False, False),  # no bundle: the system roots only
+}
+
+LETTERS = f"""
+[[destination]]
+name = "letters"
+inbox = "letters/inbox"
+done = "letters/done"
+failed = "letters/failed"
+model = "Media"
+redox_destination_id = "{DEST_ID}"
+[destination.defaults]
+Media = {{ Availability = "Available" }}
+"""
+
+
+def drop_pair(inbox: Path, name: str, data: bytes, sidecar: dict[str, Any]) -> None:
+    """Sidecar first, then the document, each under a temporary name then renamed."""
+    for target, write in ((f"{name}.json", json.dumps(sidecar).encode()), (name, data)):
+        (inbox / f".{target}.part").write_bytes(write)
+        (inbox / f".{target}.part").rename(inbox / target)
+
+
+@pytest.mark.parametrize("where", list(SCOPED_TRUST))
+def test_a_private_ca_is_trusted_only_by_the_service_it_is_set_for(
     tmp_path: Path, sandbox: Sandbox, pdf: bytes, where: str
 ) -> None:
-    """The FHIR server's private CA ([fhir] or the destination's ca_bundle) is
-    trusted for FHIR and not for Redox, whose client keeps the system roots only."""
+    """One daemon, a FHIR destination and a Redox one, one HTTPS server on
+    127.0.0.1 answering both APIs with a certificate from a private CA (trustme).
+    The CA bundle makes that CA trusted for the service it is set on only; the
+    other keeps the system roots, refuses the handshake and sends nothing."""
     ca, cert, key = make_pki(tmp_path)
+    fhir_ok, redox_ok = SCOPED_TRUST[where]
+    for sub in ("inbox", "done", "failed"):
+        (tmp_path / "letters" / sub).mkdir(parents=True)
     with SandboxServer(sandbox.state, tls=(str(cert), str(key))) as tls:
-        fhir = sandbox.fhir_table(base_url=f"{tls.url}/fhir/r4")
+        assert tls.url.startswith("https://127.0.0.1:")
+        fhir = sandbox.fhir_table(
+            base_url=f"{tls.url}/fhir/r4", token_url=f"{tls.url}/fhir/oauth/token"
+        )
+        redox: dict[str, Any] = {"api_url": tls.url, "upload_url": f"{tls.url}/upload"}
         dest: dict[str, Any] = {}
         if where == "fhir":
-            fhir |= {"token_url": f"{tls.url}/fhir/oauth/token", "ca_bundle": str(ca)}
-        else:
-            dest["ca_bundle"] = str(ca)
-        config = write_config(tmp_path, sandbox, model="FHIR", fhir=fhir, dest=dest)
-        settings = load_settings(config)
+            fhir["ca_bundle"] = str(ca)
+        elif where == "redox":
+            redox["ca_bundle"] = str(ca)
+        elif where == "destination":
+            dest["ca_bundle"] = str(ca)  # for its base_url; the token URL is [fhir]'s
+            fhir["token_url"] = f"{sandbox.url}/fhir/oauth/token"
+        config = write_config(
+            tmp_path, sandbox, model="FHIR", fhir=fhir, redox=redox, dest=dest, tables=LETTERS
+        )
+        with running(config) as r:
+            r.drop("consent.pdf", pdf, sample_sidecar(model="FHIR"))
+            drop_pair(
+                tmp_path / "letters" / "inbox", "letter.pdf", sample_pdf("l"), sample_sidecar()
+            )
+
+            expected = {"consents": fhir_ok, "letters": redox_ok}
+
+            def settled() -> dict[str, Job] | None:
+                """Each destination's job once it is done, or once its destination is
+                paused because its server (the token URL) could not be reached."""
+                jobs = {j.destination: j for j in r.jobs()}
+                refused = {p.destination for p in r.queue.pauses() if "unreachable" in p.reason}
+                for name, ok in expected.items():
+                    job = jobs.get(name)
+                    if job is None or (job.state == JobState.DONE) is not ok:
+                        return None
+                    if not ok and name not in refused:
+                        return None
+                return jobs
+
+            wait_until(settled, timeout=30)
+    assert len(sandbox.state.fhir_received()) == int(fhir_ok)
+    assert len(sandbox.state.received()) == int(redox_ok)
+    if not fhir_ok:
+        assert sandbox.state.fhir_token_requests == 0  # the handshake failed: nothing posted
+    if not redox_ok:
+        assert sandbox.state.token_requests == 0
+
+
+def test_the_redox_client_does_not_trust_the_fhir_servers_ca(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The Redox client built from a config whose [fhir] has a private CA: a TLS
+    connection to the FHIR server fails verification (the system roots only)."""
+    ca, cert, key = make_pki(tmp_path)
+    with SandboxServer(sandbox.state, tls=(str(cert), str(key))) as tls:
+        fhir = sandbox.fhir_table(base_url=f"{tls.url}/fhir/r4", ca_bundle=str(ca))
+        settings = load_settings(write_config(tmp_path, sandbox, model="FHIR", fhir=fhir))
         with (
             make_http_client(settings) as redox_http,
             pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
         ):
-            redox_http.get(f"{tls.url}/fhir/r4/metadata")
-        with running(config) as r:
-            r.drop("consent.pdf", pdf, sample_sidecar(model="FHIR"))
-            (job,) = r.finished(1)
-        assert job.state == JobState.DONE, job.last_error
-        assert len(sandbox.state.fhir_received()) == 1
+            redox_http.get(f"{tls.url}/_sandbox/received")
+        with http_client(settings, settings.fhir.ca_bundle) as fhir_http:
+            assert fhir_http.get(f"{tls.url}/_sandbox/received").json() == []
 
 
 def test_a_ca_bundle_that_is_not_pem_is_a_config_error(tmp_path: Path, sandbox: Sandbox) -> None:

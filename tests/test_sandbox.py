@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon.payload import REDOX_MODELS
 from daemon.sandbox import (
     Faults,
     SandboxServer,
@@ -31,7 +34,7 @@ from daemon.sandbox import (
     make_client_assertion,
 )
 from daemon.sandbox.server import serve_forever
-from daemon.sandbox.validation import validate_body
+from daemon.sandbox.validation import SCHEMAS, schema_validator, validate_body
 
 CLIENT_ID = "client-1"
 KID = "kid-1"
@@ -453,10 +456,136 @@ def test_error_texts_never_contain_the_values_sent(secret: str) -> None:
     assert not any(secret in text for text in errors)
 
 
-def test_unknown_key_is_refused(client: httpx.Client, auth: dict[str, str]) -> None:
-    response = client.post("/endpoint", json=media_body(Bogus="value"), headers=auth)
+def test_keys_the_schema_does_not_list_are_let_through(
+    client: httpx.Client, state: SandboxState, auth: dict[str, str]
+) -> None:
+    """The published schemas allow unlisted keys (see validation.py's docstring):
+    the sandbox does not refuse a field Redox added after them, or a misspelt one."""
+    body = media_body(Extensions={"x": {}}, Bogus="value")
+    response = client.post("/endpoint", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    assert state.received()[0].body["Media"]["Bogus"] == "value"
+
+
+def results_body() -> dict[str, Any]:
+    base = media_body()
+    return {
+        "Meta": {**base["Meta"], "DataModel": "Results"},
+        "Patient": base["Patient"],
+        "Orders": [
+            {
+                "ID": "order-1",
+                "Status": "Resulted",
+                "Results": [
+                    {
+                        "Code": "PDF Report",
+                        "Status": "Final",
+                        "Value": base["Media"]["FileContents"],
+                        "ValueType": "Encapsulated Data",
+                        "FileType": "PDF",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (None, "Orders[0].Results[0].Status: Field required"),  # key left out
+        ("null", "Orders[0].Results[0].Status: must be of type string"),
+    ],
+)
+def test_the_schema_refuses_what_the_redox_models_let_through(
+    client: httpx.Client, state: SandboxState, auth: dict[str, str], status: str | None, error: str
+) -> None:
+    """Redox's Results schema requires a result's Status (a string); the redox
+    package's model, which chartdrop builds and checks its bodies with, leaves it
+    optional. The sandbox, checking against the schema, catches that gap."""
+    body = results_body()
+    result = body["Orders"][0]["Results"][0]
+    del result["Status"]
+    if status == "null":
+        result["Status"] = None
+    REDOX_MODELS["Results", "New"].model_validate(body, strict=True)  # production: fine
+    response = client.post("/endpoint", json=body, headers=auth)
     assert response.status_code == 400
-    assert error_texts(response) == ["Media.Bogus: Extra inputs are not permitted"]
+    assert error_texts(response) == [error]
+    assert state.received() == []
+    fixed = client.post("/endpoint", json=results_body(), headers=auth)
+    assert fixed.status_code == 200, fixed.text
+
+
+@pytest.mark.parametrize(("data_model", "event_type"), sorted(SCHEMAS))
+def test_every_schema_names_a_wrong_type_and_a_missing_field_by_path(
+    client: httpx.Client, auth: dict[str, str], data_model: str, event_type: str
+) -> None:
+    body = media_body() if data_model != "Results" else results_body()
+    if data_model == "Notes":
+        body["Note"] = body.pop("Media") | {"ContentType": "Base64 Encoded"}
+        for key in ("FileType", "Availability"):
+            del body["Note"][key]
+    body["Meta"] |= {"DataModel": data_model, "EventType": event_type}
+    if event_type == "Replace":
+        body["Media" if data_model == "Media" else "Note"]["OriginalDocumentID"] = "doc-0"
+    if event_type == "Delete":
+        body["Media" if data_model == "Media" else "Note"].pop("FileContents")
+    assert client.post("/endpoint", json=body, headers=auth).status_code == 200
+
+    body["Patient"]["Identifiers"][0]["ID"] = 4815162342  # an MRN as a number
+    del body["Patient"]["Identifiers"][0]["IDType"]
+    body["Meta"]["Test"] = "CANARY-TEST"
+    response = client.post("/endpoint", json=body, headers=auth)
+    assert response.status_code == 400
+    assert error_texts(response) == [
+        "Meta.Test: must be of type boolean or null",
+        "Patient.Identifiers[0].ID: must be of type string",
+        "Patient.Identifiers[0].IDType: Field required",
+    ]
+    assert "4815162342" not in response.text and "CANARY" not in response.text
+
+
+def test_the_sandbox_pairs_are_the_ones_chartdrop_sends() -> None:
+    assert set(SCHEMAS) == set(REDOX_MODELS)
+
+
+def test_the_shipped_schemas_are_the_published_ones() -> None:
+    """daemon/sandbox/schemas/ holds the same files as tests/redox-schemas/ (the
+    copy of redox-contrib/models the tests check chartdrop's bodies with), with
+    their licence, and every one is a valid draft-04 schema."""
+    shipped = files("daemon.sandbox") / "schemas"
+    published = Path(__file__).parent / "redox-schemas"
+    for name in SCHEMAS.values():
+        assert json.loads(shipped.joinpath(name).read_text()) == json.loads(
+            (published / name).read_text()
+        )
+    assert shipped.joinpath("LICENSE").read_text() == (published / "LICENSE").read_text()
+    assert "MIT" in shipped.joinpath("LICENSE").read_text()
+    for pair in SCHEMAS:
+        assert (
+            schema_validator(*pair).schema["$schema"].startswith("http://json-schema.org/draft-04/")
+        )
+
+
+def test_validation_does_not_use_the_redox_models() -> None:
+    """With the redox package (production's models) unimportable, the sandbox
+    still validates: it depends on the schemas only."""
+    code = (
+        "import sys\n"
+        "sys.modules['redox'] = None\n"
+        "from daemon.sandbox.validation import validate_body\n"
+        "import json\n"
+        "body = json.loads(sys.argv[1])\n"
+        "print(json.dumps(validate_body(body, blob_prefix='x', resolve_blob=bool)[2]))\n"
+    )
+    body = results_body()
+    del body["Orders"][0]["ID"]
+    run = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(body)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == ["Orders[0].ID: Field required"]
 
 
 @pytest.mark.parametrize("destinations", [None, []])
@@ -528,6 +657,7 @@ def test_other_models_and_events(client: httpx.Client, auth: dict[str, str]) -> 
                         "Value": b64,
                         "ValueType": "Encapsulated Data",
                         "FileType": "PDF",
+                        "Status": "Final",
                     }
                 ],
             }

@@ -10,6 +10,11 @@ Three layers, every problem reported at once within a layer:
    ``content.data`` or of the uploaded blob ``content.url`` names - 422;
 3. the ``If-None-Exist`` header (``identifier=<system>|<value>`` only).
 
+chartdrop builds its resource as a plain dict (``daemon.fhir.build_media``), then
+checks it with the same ``fhir.resources`` model before sending, so layer 1's
+model check repeats chartdrop's own; the contract checks and layers 2 and 3 are
+the sandbox's alone.
+
 Each problem is an :class:`Issue` naming the failing element as a FHIRPath
 (``Media.content.hash``); diagnostics never contain the values that were
 sent: resources are full of PHI.

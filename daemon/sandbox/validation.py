@@ -1,37 +1,65 @@
-"""Validation of ``/endpoint`` bodies against the Redox data models.
+"""Validation of ``/endpoint`` bodies against Redox's published JSON schemas.
 
-The body is checked with the ``redox`` package's pydantic models (which forbid
-unknown keys), then the sandbox's own rules: at least one
-``Meta.Destinations`` entry, and every file field either valid base64 or the
-URI of a blob uploaded to this sandbox by the same client.
+The body is checked against the draft-04 schema of its ``(DataModel,
+EventType)`` (shipped in ``daemon/sandbox/schemas/``, from
+``redox-contrib/models``; see the README there) with ``jsonschema`` - not with
+the ``redox`` package's pydantic models chartdrop builds its own bodies with,
+so a bug in those models is caught here instead of being repeated. Then the
+sandbox's own rules: at least one ``Meta.Destinations`` entry, and every file
+field either valid base64 or the URI of a blob uploaded to this sandbox by the
+same client.
 
-Error texts name fields (``Patient.Demographics.DOB: Input should be a valid
-string``) and never contain the values that were sent: request bodies are
-full of PHI.
+The schemas check JSON types (a number is not text) and required fields.
+They do not check, so neither does the sandbox:
+
+* unknown keys: the schemas allow keys they do not list (no
+  ``additionalProperties``), and they are older than the ``redox`` models, so
+  refusing unlisted keys would refuse fields Redox has added since
+  (``Extensions``, ``Note.FileType``, ``Visit.PatientClass``...). chartdrop's
+  own validation refuses a misspelt key before anything is sent;
+* value sets and formats (``Media.Availability``, ``Media.FileType``,
+  ``Note.ContentType``, dates): the schemas only say "string";
+* the items of untyped lists (``EmailAddresses``, ``Credentials``, ``Notes``).
+
+Error texts name fields by their JSON path (``Patient.Demographics.DOB: must
+be of type string or null``) and never contain the values that were sent:
+request bodies are full of PHI. They are written from the failing schema
+keyword and the schema's own words, never from ``jsonschema``'s messages,
+which quote the value.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
-from pydantic import ValidationError
-
-from daemon.payload import REDOX_MODELS
+from jsonschema import Draft4Validator, ValidationError
 
 __all__ = [
-    "MODELS",
+    "SCHEMAS",
     "BlobResolver",
     "document_id_of",
+    "schema_validator",
     "validate_body",
 ]
 
-MODELS = REDOX_MODELS
-"""The ``(DataModel, EventType)`` pairs ``/endpoint`` accepts, with their models
-(the same table chartdrop validates its own bodies with)."""
+SCHEMAS: dict[tuple[str, str], str] = {
+    ("Media", "New"): "media/new.json",
+    ("Media", "Replace"): "media/replace.json",
+    ("Media", "Delete"): "media/delete.json",
+    ("Notes", "New"): "notes/new.json",
+    ("Notes", "Replace"): "notes/replace.json",
+    ("Notes", "Delete"): "notes/delete.json",
+    ("Results", "New"): "results/new.json",
+}
+"""The ``(DataModel, EventType)`` pairs ``/endpoint`` accepts, with their schema
+file under ``daemon/sandbox/schemas/``."""
 
 BlobResolver = Callable[[str], bool]
 """Given a file field's value that starts with the sandbox's blob URL, says
@@ -39,6 +67,17 @@ whether it names a blob the requesting client uploaded."""
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _MAX_NAME = 40  # longest DataModel/EventType quoted back in an error
+
+
+@cache
+def schema_validator(data_model: str, event_type: str) -> Draft4Validator:
+    """The draft-04 validator for a supported pair (KeyError for another), loaded
+    from the package's data once."""
+    parts = SCHEMAS[data_model, event_type].split("/")
+    resource = files("daemon.sandbox").joinpath("schemas", *parts)
+    schema = json.loads(resource.read_text(encoding="utf-8"))
+    Draft4Validator.check_schema(schema)
+    return Draft4Validator(schema)
 
 
 def _safe_name(value: object) -> str:
@@ -49,7 +88,7 @@ def _safe_name(value: object) -> str:
     return repr(cleaned)
 
 
-def _loc(parts: tuple[int | str, ...] | list[int | str]) -> str:
+def _loc(parts: Iterable[int | str]) -> str:
     """``("Orders", 0, "Results")`` -> ``"Orders[0].Results"``."""
     out = ""
     for part in parts:
@@ -60,18 +99,23 @@ def _loc(parts: tuple[int | str, ...] | list[int | str]) -> str:
     return out or "(body)"
 
 
-def _pydantic_errors(exc: ValidationError) -> list[str]:
-    """One ``"<loc>: <message>"`` per error, never including the input value."""
+def _schema_errors(errors: Iterable[ValidationError]) -> list[str]:
+    """One ``"<path>: <problem>"`` per failing field, from the schema's side of
+    each error only (``error.message`` quotes the value sent, so it is not used)."""
     texts: list[str] = []
-    for err in exc.errors(include_url=False, include_input=True):
-        msg = err["msg"]
-        value = err.get("input")
-        # Belt and braces: pydantic's messages do not quote inputs, but if one
-        # ever did, fall back to the bare error type rather than leak a value.
-        if isinstance(value, str | int | float) and str(value) and str(value) in msg:
-            msg = err["type"]
-        texts.append(f"{_loc(err['loc'])}: {msg}")
-    return texts
+    for err in errors:
+        path = list(err.absolute_path)
+        wanted: Any = err.validator_value  # the schema's side: a list of names, a type
+        if err.validator == "required" and isinstance(err.instance, dict):
+            for name in wanted:
+                if name not in err.instance:
+                    texts.append(f"{_loc([*path, name])}: Field required")
+        elif err.validator == "type":
+            names = [wanted] if isinstance(wanted, str) else list(wanted)
+            texts.append(f"{_loc(path)}: must be of type {' or '.join(names)}")
+        else:  # the schemas use no other keyword today
+            texts.append(f"{_loc(path)}: does not match the schema ({err.validator})")
+    return list(dict.fromkeys(texts))
 
 
 def _file_fields(data_model: str, body: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -137,20 +181,15 @@ def validate_body(
     if dm is None or et is None:
         missing = [n for n, v in (("DataModel", dm), ("EventType", et)) if v is None]
         return dm, et, [f"Meta.{n}: Field required (a string)" for n in missing]
-    model = MODELS.get((dm, et))
-    if model is None:
-        supported = ", ".join(f"{m}.{e}" for m, e in MODELS)
+    if (dm, et) not in SCHEMAS:
+        supported = ", ".join(f"{m}.{e}" for m, e in SCHEMAS)
         text = (
             f"Meta: unsupported DataModel/EventType {_safe_name(dm)}/{_safe_name(et)}; "
             f"this sandbox accepts {supported}"
         )
         return dm, et, [text]
 
-    errors: list[str] = []
-    try:
-        model.model_validate(body, strict=True)  # JSON types: a number is not text
-    except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc))
+    errors = _schema_errors(schema_validator(dm, et).iter_errors(body))
     destinations = meta.get("Destinations")
     if not isinstance(destinations, list) or not destinations:
         errors.append("Meta.Destinations: at least one destination is required")
