@@ -81,11 +81,12 @@ def build(root: Path, rows: int) -> Path:
     return config
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system) of one run of ``command``."""
+def timed(command: list[str], tree: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one run of ``command`` from ``tree``."""
+    env = os.environ | {"PYTHONPATH": str(tree)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, env=env, capture_output=True, check=False, timeout=120)
+    subprocess.run(command, cwd=tree, env=env, capture_output=True, check=False, timeout=120)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -98,7 +99,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--against", type=Path, help="another source tree to time alternately")
     args = parser.parse_args()
-    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    trees = [("this tree", Path(__file__).resolve().parents[1])]
     if args.against:
         trees.append((str(args.against), args.against.resolve()))
     with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
@@ -116,10 +117,7 @@ def main() -> int:
         for _ in range(args.repeats):
             for label, command in commands:
                 for name, tree in trees:  # alternately: the same load for both
-                    env = dict(os.environ)
-                    if tree is not None:
-                        env["PYTHONPATH"] = str(tree)
-                    results.setdefault((label, name), []).append(timed(command, env))
+                    results.setdefault((label, name), []).append(timed(command, tree))
     print(f"{'median of ' + str(args.repeats):42} {'tree':>12} {'wall':>8} {'CPU':>8}")
     for label, _command in commands:
         for name, _tree in trees:
