@@ -32,7 +32,7 @@ CONFIG = """state_dir = "state"
 [redox]
 api_url = "http://127.0.0.1:9"
 upload_url = "http://127.0.0.1:9/upload"
-secret_file = "secret"
+private_key_file = "redox-key.pem"
 [[destination]]
 name = "consents"
 inbox = "f/inbox"
@@ -62,8 +62,9 @@ def build(root: Path, rows: int) -> Path:
     """A config and a ``rows``-job database under ``root``; the config's path."""
     for sub in ("state", "f/inbox", "f/done", "f/failed", "g/inbox", "g/done", "g/failed"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "secret").write_text("s3cret\n")
-    (root / "secret").chmod(0o600)
+    from daemon.keys import new_key
+
+    new_key(root / "redox-key.pem", "bench")  # `check` loads it, as on a real install
     now = time.time()
     # (share of the rows, destination, state, due in seconds, attempts)
     parts = [
