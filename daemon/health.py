@@ -7,8 +7,8 @@ same DocumentID.
 
 Each heartbeat has a deadline: the time by which its owner must beat again.
 
-- A worker beats on every turn of its loop (at least every half second while
-  idle) and on every step of an HTTP request: httpx's ``trace`` extension
+- A worker beats on every turn of its loop (while idle at least every
+  ``IDLE_SPARE_SECONDS``, 5 s, and never later than half the allowance) and on every step of an HTTP request: httpx's ``trace`` extension
   reports each phase (connect, TLS, send headers, send body, wait for the
   response, read it) and each 64 KiB chunk of an upload body is a step. Every
   step is bounded by one of the client's timeouts, so a worker mid-send is
