@@ -54,6 +54,7 @@ from daemon.logs import get_logger, where
 from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
+from daemon.payload import REDOX_MODELS
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
 from daemon.reconcile import reconcile_spool
@@ -90,6 +91,15 @@ class _EventsLost(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
             self.on_lost()
+
+
+def load_models(settings: Settings) -> None:
+    """Import the Redox models the configured destinations validate against now,
+    not on a worker's first document (each is a large import); the others never."""
+    models = {d.model for d in settings.destination}
+    for key in REDOX_MODELS:
+        if key[0] in models:
+            REDOX_MODELS.get(key)
 
 
 def folder_problems(settings: Settings) -> list[str]:
@@ -303,6 +313,7 @@ class Service:
         problems = folder_problems(self.settings)
         if problems:
             raise ConfigError(problems)
+        load_models(self.settings)
         ensure_private_dir(self.settings.state_dir)
         ensure_private_dir(self.settings.spool_dir)
         self._take_lock()
@@ -666,6 +677,7 @@ class Service:
         a removed destination's jobs stay queued (Deliverer retries them) and
         finish if it comes back."""
         assert self.intake is not None
+        load_models(new)
         self.settings = new
         self.health.allowance = allowance_for(new)
         for check in self._observer_checks:
