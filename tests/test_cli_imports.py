@@ -114,3 +114,25 @@ def test_the_probe_sees_an_import(config: Path) -> None:
     assert {"daemon.service", "httpx"} <= set(loaded), loaded
     _code, loaded = imported_by("status", "-c", str(config), probe=PARSER_PROBE, heavy=MODELS)
     assert {"pydantic", "daemon.config"} <= set(loaded), loaded
+
+
+def test_the_daemon_leaves_unconfigured_redox_models_out() -> None:
+    """The Notes and Results models are ~15 MB of memory: ``chartdrop run`` imports
+    them only for a destination of that model (``daemon.service.load_models``)."""
+    probe = """
+import json, sys
+import daemon.service
+from daemon.payload import REDOX_MODELS
+before = sorted(m for m in sys.modules if m.startswith(("redox.notes", "redox.results")))
+REDOX_MODELS[("Notes", "New")]  # what a Notes destination's first document does
+after = sorted(m for m in sys.modules if m.startswith(("redox.notes", "redox.results")))
+print("IMPORTED=" + json.dumps([before, after]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    )
+    line = [x for x in done.stdout.splitlines() if x.startswith("IMPORTED=")]
+    assert line, (done.stdout, done.stderr)
+    before, after = json.loads(line[-1].removeprefix("IMPORTED="))
+    assert before == []
+    assert "redox.notes.new" in after
