@@ -69,6 +69,11 @@ TICK_SECONDS = 0.25
 # (daemon.wakeup), claiming only every IDLE_SPARE_SECONDS as a safety net.
 IDLE_POLL_SECONDS = 0.5
 IDLE_SPARE_SECONDS = 5.0
+# The main loop wakes this long after intake's next due time, not at it: a batch
+# dropped together is stat-ed one name at a time (in no particular order), so
+# its settle windows end microseconds apart; waking at the first would take
+# that one alone, ahead of older ones (the drain-order defect, tests/test_outage.py).
+DUE_SLACK_SECONDS = 0.02
 LEASE_CHECK_SECONDS = 1.0  # how often the main loop requeues expired leases (900 s each)
 MOVE_RETRY_SECONDS = 30.0
 STATUS_SECONDS = 5.0  # how often systemd's STATUS= line is refreshed
@@ -503,7 +508,7 @@ class Service:
             assert self.intake is not None
             # Intake's work comes in bounded slices: the watchdog is pinged between
             # them, and a backlog's next slice starts at once.
-            self.intake.wake.wait(min(due, TICK_SECONDS))
+            self.intake.wake.wait(min(due + DUE_SLACK_SECONDS if due else 0.0, TICK_SECONDS))
             self.intake.wake.clear()
         return self.shutdown()
 
