@@ -4,31 +4,45 @@ destination, state, size and hash, never by file name or patient data.
 
 The parser and the small commands are here; ``status`` is
 :mod:`daemon.cli_status`, ``jobs``/``show``/``retry``/``audit``
-:mod:`daemon.cli_jobs`."""
+:mod:`daemon.cli_jobs`, ``check`` :mod:`daemon.cli_check`.
+
+Importing this module is cheap on purpose: every command imports what it needs
+when it runs (``--help`` loads no pydantic, ``status`` no HTTP client, Redox
+model nor watchdog; ``tests/test_cli_imports.py`` pins it), because each
+``chartdrop`` call is a new Python process whose start is mostly imports."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import shutil
 import sqlite3
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from daemon.cli_common import EXIT_ERROR, EXIT_INVALID, settings_from, version_text
-from daemon.cli_jobs import JOB_STATES, cmd_audit, cmd_jobs, cmd_retry, cmd_show
-from daemon.cli_status import cmd_status
-from daemon.config import Settings, config_path, load_settings
+from daemon.cli_jobs import JOB_STATES
 from daemon.errors import ChartdropError, ConfigError, InputError
-from daemon.fsutil import fsync_dir, rename_noreplace
-from daemon.names import suffixed
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, name: str) -> Command:
+    """The command ``module.name``, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return run
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon import logs
+    from daemon.config import config_path, load_settings
     from daemon.service import Service
 
     path = config_path(args.config)
@@ -57,83 +71,6 @@ def cmd_reload(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
     return EXIT_INVALID
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    from daemon.inbox_lock import inbox_conflict
-    from daemon.service import Service, folder_problems
-
-    settings = settings_from(args)
-    problems = folder_problems(settings)
-    for dest in settings.destination:
-        conflict = inbox_conflict(dest.name, dest.inbox, settings.state_dir)
-        if conflict:
-            problems.append(conflict)
-    for key_name, key in secret_files(settings):
-        if key is None or not key.is_file():
-            problems.append(f"{key_name} ({key}) does not exist")
-        else:
-            if key.stat().st_mode & 0o077:
-                print(
-                    f"warning: {key} is readable by group or others; chmod 600 it", file=sys.stderr
-                )
-            if key_name == "redox.private_key_file":
-                unusable = private_key_problem(key)
-                if unusable:
-                    problems.append(f"{key_name} ({key}) {unusable}")
-    try:
-        sender = Service.make_sender(settings)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        sender = None
-    if problems:
-        raise ConfigError(problems)
-    if args.online and sender is not None:
-        models = {d.model for d in settings.destination}
-        if models - {"FHIR"}:
-            sender.redox.check_auth()
-            print("online: authenticated with Redox")
-        if "FHIR" in models:
-            sender.fhir.check_auth()
-            print("online: authenticated with the FHIR token endpoint")
-    print(f"ok: {len(settings.destination)} destination(s), state_dir {settings.state_dir}")
-    return 0
-
-
-def private_key_problem(path: Path) -> str | None:
-    """Why ``path`` cannot sign Redox's RS384 client assertions, or None. Offline:
-    the file must be an unencrypted PEM RSA private key of at least 2048 bits."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    except TypeError:
-        return "is encrypted with a passphrase; chartdrop needs it unencrypted (chmod 600)"
-    except (ValueError, UnsupportedAlgorithm):
-        return "is not a PEM private key (-----BEGIN PRIVATE KEY-----)"
-    if not isinstance(key, RSAPrivateKey):
-        return "is not an RSA private key (Redox signs with RS384)"
-    if key.key_size < 2048:
-        return f"is an RSA key of {key.key_size} bits; Redox needs at least 2048"
-    return None
-
-
-def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
-    """The secret files the configured destinations need, with their config keys."""
-    models = {d.model for d in settings.destination}
-    out: list[tuple[str, Path | None]] = []
-    if models - {"FHIR"}:
-        if settings.redox.auth == "legacy":
-            out.append(("redox.secret_file", settings.redox.secret_file))
-        else:
-            out.append(("redox.private_key_file", settings.redox.private_key_file))
-    if "FHIR" in models:
-        out.append(("fhir.client_secret_file", settings.fhir.client_secret_file))
-    return out
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -168,6 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _copy_in(src: Path, inbox: Path) -> Path:
     """Copy ``src`` to a hidden temp name in the inbox (ignored by intake), fsynced."""
+    import shutil
+
     from daemon.fsutil import open_document
 
     tmp = inbox / f".chartdrop-drop-{uuid.uuid4().hex}.part"
@@ -181,7 +120,9 @@ def _copy_in(src: Path, inbox: Path) -> Path:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
+    from daemon.fsutil import fsync_dir, rename_noreplace
     from daemon.intake import judge
+    from daemon.names import suffixed
 
     settings = settings_from(args)
     try:
@@ -275,15 +216,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata is not free)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        print(f"chartdrop {version_text()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chartdrop",
         description="chartdrop files scanned documents into patient charts through Redox or FHIR.",
     )
-    p.add_argument("--version", action="version", version=f"chartdrop {version_text()}")
+    p.add_argument("--version", action=_Version, help="show the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
+    def cmd(name: str, func: Command, help_: str, config: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
         if config:
@@ -298,10 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     rl = cmd("reload", cmd_reload, "reload the running daemon's config and wait for its answer")
     rl.add_argument("--pid", type=int, required=True, help="the daemon's pid (systemd: $MAINPID)")
     rl.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
-    c = cmd("check", cmd_check, "validate the config, folders and permissions")
+    c = cmd(
+        "check",
+        _lazy("daemon.cli_check", "cmd_check"),
+        "validate the config, folders and permissions",
+    )
     c.add_argument("--online", action="store_true", help="also authenticate with Redox")
     s = cmd(
-        "status", cmd_status, "per destination: queued, retrying, in flight, done today, failed"
+        "status",
+        _lazy("daemon.cli_status", "cmd_status"),
+        "per destination: queued, retrying, in flight, done today, failed",
     )
     s.add_argument("--json", action="store_true")
     s.add_argument(
@@ -309,15 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one monitoring-plugin line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
     )
-    j = cmd("jobs", cmd_jobs, "list jobs")
+    j = cmd("jobs", _lazy("daemon.cli_jobs", "cmd_jobs"), "list jobs")
     j.add_argument("--state", choices=JOB_STATES, help="retrying: queued after a failed attempt")
     j.add_argument("-d", "--destination")
     j.add_argument("--limit", type=int, default=100)
     j.add_argument("--json", action="store_true")
-    sh = cmd("show", cmd_show, "one job's history")
+    sh = cmd("show", _lazy("daemon.cli_jobs", "cmd_show"), "one job's history")
     sh.add_argument("job", help="a job id, or its first 4 or more characters")
     sh.add_argument("--json", action="store_true")
-    au = cmd("audit", cmd_audit, "export the audit trail (every state change, no patient data)")
+    au = cmd(
+        "audit",
+        _lazy("daemon.cli_jobs", "cmd_audit"),
+        "export the audit trail (every state change, no patient data)",
+    )
     au.add_argument(
         "--since", required=True, help="YYYY-MM-DD (local midnight) or an ISO date and time"
     )
@@ -327,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = au.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
-    rt = cmd("retry", cmd_retry, "requeue failed jobs from failed/, same job and DocumentID")
+    rt = cmd(
+        "retry",
+        _lazy("daemon.cli_jobs", "cmd_retry"),
+        "requeue failed jobs from failed/, same job and DocumentID",
+    )
     rt.add_argument("jobs", nargs="*", metavar="JOB", help="job ids (4 or more characters)")
     rt.add_argument("--failed", action="store_true", help="every failed job (see -d, --since)")
     rt.add_argument("-d", "--destination", help="with --failed: only this destination")

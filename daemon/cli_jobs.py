@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.cli_common import EXIT_INVALID, open_queue, settings_from, ts
-from daemon.config import Settings
 from daemon.errors import ChartdropError, ConfigError
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
 
 
 def _job_dict(job: Any) -> dict[str, Any]:

@@ -8,20 +8,21 @@ import json
 import sqlite3
 from typing import Any
 
-from daemon.cli_common import check_readable, open_queue, settings_from, ts
+from daemon.cli_common import QuickCheck, open_queue, settings_from, ts
 from daemon.errors import ConfigError
 from daemon.inboxes import read_report
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    early = QuickCheck.early(args.config)  # before the config's imports, beside them
     if args.check:
-        return _status_check(args)
-    from daemon.check import take_snapshot
-
+        return _status_check(args, early)
     settings = settings_from(args)
     queue = open_queue(settings)
-    check_readable(settings.database_path)
+    from daemon.check import take_snapshot
+
     snap = take_snapshot(settings, queue)
+    QuickCheck.wait(early, settings.database_path)  # nothing is printed before it passes
     pauses: dict[str, list[dict[str, Any]]] = {}
     for pause in snap.pauses if snap.running else []:  # a dead daemon's pauses are stale
         pauses.setdefault(pause.destination, []).append(
@@ -126,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_check(args: argparse.Namespace) -> int:
+def _status_check(args: argparse.Namespace, early: QuickCheck | None) -> int:
     """``status --check``: one monitoring-plugin line; UNKNOWN (3) when nothing can be read."""
     from daemon.check import UNKNOWN, can_tell_if_running, evaluate, take_snapshot
     from daemon.queue import Queue
@@ -142,8 +143,10 @@ def _status_check(args: argparse.Namespace) -> int:
         queue = None
         if settings.database_path.exists():
             queue = Queue.open_readonly(settings.database_path)
-            check_readable(settings.database_path)
-        result = evaluate(settings, take_snapshot(settings, queue))
+        snapshot = take_snapshot(settings, queue)
+        if queue is not None:
+            QuickCheck.wait(early, settings.database_path)
+        result = evaluate(settings, snapshot)
     except ConfigError as exc:
         print(f"CHARTDROP UNKNOWN - {exc.problems[0]}")
         return UNKNOWN

@@ -7,15 +7,16 @@ same DocumentID.
 
 Each heartbeat has a deadline: the time by which its owner must beat again.
 
-- A worker beats on every turn of its loop (at least every half second while
-  idle) and on every step of an HTTP request: httpx's ``trace`` extension
-  reports each phase (connect, TLS, send headers, send body, wait for the
-  response, read it) and each 64 KiB chunk of an upload body is a step. Every
-  step is bounded by one of the client's timeouts, so a worker mid-send is
-  alive while its request is within its timeouts; the allowance is the longest
-  timeout (at least the database's busy timeout) plus a margin. A peer that
-  trickles its response one byte at a time never trips httpx's per-read
-  timeouts, and is exactly what this catches.
+- A worker beats on every turn of its loop (while idle at least every
+  ``IDLE_SPARE_SECONDS``, 5 s, and within half the allowance) and on every
+  step of an HTTP request: httpx's ``trace`` extension reports each phase
+  (connect, TLS, send headers, send body, wait for the response, read it) and
+  each 64 KiB chunk of an upload body is a step. Every step is bounded by one
+  of the client's timeouts, so a worker mid-send is alive while its request is
+  within its timeouts; the allowance is the longest timeout (at least the
+  database's busy timeout) plus a margin. A peer that trickles its response one
+  byte at a time never trips httpx's per-read timeouts, and is exactly what
+  this catches.
 - The observer is beaten by the main loop's observer check: its thread is
   alive and the event it is dispatching is not stuck (the head of its event
   queue changes). The watcher only detects; a handler that blocks stops it.

@@ -20,20 +20,15 @@ errors name fields in plain words and never repeat a value.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
-from redox.media.delete import Delete as MediaDelete
-from redox.media.new import New as MediaNew
-from redox.media.replace import Replace as MediaReplace
-from redox.notes.delete import Delete as NotesDelete
-from redox.notes.new import New as NotesNew
-from redox.notes.replace import Replace as NotesReplace
-from redox.results.new import New as ResultsNew
 
 from daemon.config import Destination, RedoxSettings, key_path, parse_field_path
 from daemon.errors import SidecarError
@@ -42,16 +37,37 @@ from daemon.sidecar import date_problems
 PLACEHOLDER_CONTENTS = "cGxhY2Vob2xkZXI="  # validates the shape before the real file is read
 EVENT_TYPES = ("New", "Replace", "Delete")
 
-# The redox model each (data model, event) is validated against.
-REDOX_MODELS: dict[tuple[str, str], type[BaseModel]] = {
-    ("Media", "New"): MediaNew,
-    ("Media", "Replace"): MediaReplace,
-    ("Media", "Delete"): MediaDelete,
-    ("Notes", "New"): NotesNew,
-    ("Notes", "Replace"): NotesReplace,
-    ("Notes", "Delete"): NotesDelete,
-    ("Results", "New"): ResultsNew,
-}
+
+class _RedoxModels(Mapping[tuple[str, str], type[BaseModel]]):
+    """The redox model each (data model, event) is validated against, imported on
+    first use (``redox.media.new.New``...): the Notes and Results models are ≈15 MB
+    of the daemon's memory that Media destinations never need. The daemon imports
+    its destinations' models at start (:meth:`daemon.service.Service.start`)."""
+
+    _KEYS = (("Media", "New"), ("Media", "Replace"), ("Media", "Delete"),
+             ("Notes", "New"), ("Notes", "Replace"), ("Notes", "Delete"),
+             ("Results", "New"))  # fmt: skip
+
+    def __getitem__(self, key: tuple[str, str]) -> type[BaseModel]:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        model, event = key
+        return cast(
+            type[BaseModel],
+            getattr(importlib.import_module(f"redox.{model.lower()}.{event.lower()}"), event),
+        )
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._KEYS
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+
+REDOX_MODELS = _RedoxModels()
 
 # Where the file's own fields live, per model; a sidecar must not set them.
 SECTION = {"Media": "Media", "Notes": "Note"}

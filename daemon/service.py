@@ -54,6 +54,7 @@ from daemon.logs import get_logger, where
 from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
+from daemon.payload import REDOX_MODELS
 from daemon.queue import Queue
 from daemon.queue_schema import file_intact
 from daemon.reconcile import reconcile_spool
@@ -63,6 +64,17 @@ from daemon.retention import Retention
 from daemon.wakeup import Wakeup
 
 TICK_SECONDS = 0.25
+# Idle workers: the one holding the poll token claims every IDLE_POLL_SECONDS (jobs
+# coming out of backoff, a pause that ended); the others wait for an announced job
+# (daemon.wakeup), claiming only every IDLE_SPARE_SECONDS as a safety net.
+IDLE_POLL_SECONDS = 0.5
+IDLE_SPARE_SECONDS = 5.0
+# The main loop wakes this long after intake's next due time, not at it: a batch
+# dropped together is stat-ed one name at a time (in no particular order), so
+# its settle windows end microseconds apart; waking at the first would take
+# that one alone, ahead of older ones (the drain-order defect, tests/test_outage.py).
+DUE_SLACK_SECONDS = 0.02
+LEASE_CHECK_SECONDS = 1.0  # how often the main loop requeues expired leases (900 s each)
 MOVE_RETRY_SECONDS = 30.0
 STATUS_SECONDS = 5.0  # how often systemd's STATUS= line is refreshed
 RESTART_ONLY_KEYS = ("log_format", "log_level")  # a reload logs that these wait for a restart
@@ -84,6 +96,15 @@ class _EventsLost(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
             self.on_lost()
+
+
+def load_models(settings: Settings) -> None:
+    """Import the Redox models the configured destinations validate against now,
+    not on a worker's first document (each is a large import); the others never."""
+    models = {d.model for d in settings.destination}
+    for key in REDOX_MODELS:
+        if key[0] in models:
+            REDOX_MODELS.get(key)
 
 
 def folder_problems(settings: Settings) -> list[str]:
@@ -219,6 +240,7 @@ class Service:
         self.stopping = threading.Event()
         self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
         self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
+        self._poll_token = threading.Lock()  # held by the one idle worker that polls
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
@@ -232,6 +254,7 @@ class Service:
         self._next_ping = 0.0
         self._next_status = 0.0
         self._next_alerts = 0.0
+        self._next_lease_check = 0.0
         self._client_inputs: tuple[object, ...] = ()  # what the running clients were built from
         self.queue: Queue | None = None
         self.intake: Intake | None = None
@@ -295,6 +318,7 @@ class Service:
         problems = folder_problems(self.settings)
         if problems:
             raise ConfigError(problems)
+        load_models(self.settings)
         ensure_private_dir(self.settings.state_dir)
         ensure_private_dir(self.settings.spool_dir)
         self._take_lock()
@@ -392,6 +416,7 @@ class Service:
     def _worker(self, index: int) -> None:
         assert self.queue is not None
         name = threading.current_thread().name
+        polled = False  # the last wait ended on its timeout, not on an announced job
         try:
             # a reload that lowers ``workers`` ends the surplus after their current job
             while not self.stopping.is_set() and index < self.settings.workers:
@@ -408,9 +433,12 @@ class Service:
                     self.stopping.wait(1.0)
                     continue
                 if job is None:
-                    self.work.wait(0.5)
+                    polled = not self._idle_wait()
                     continue
                 self.work.take()  # this job's announcement, so no other worker wakes for it
+                if polled:  # nobody announced it (backoff ended, a pause lifted): more may be
+                    self.work.set()  # due at once, so another idle worker looks (or polls next)
+                    polled = False
                 self.health.beat(name)
                 started = time.monotonic()
                 try:
@@ -427,13 +455,29 @@ class Service:
         finally:
             self.health.forget(name)
 
+    def _idle_wait(self) -> bool:
+        """An idle worker's wait: True if woken (an announced job, shutdown, reload),
+        False on its timeout. One idle worker at a time polls (IDLE_POLL_SECONDS);
+        the rest sleep longer, still within the health allowance between beats."""
+        polling = self._poll_token.acquire(blocking=False)
+        try:
+            if polling:
+                return self.work.wait(IDLE_POLL_SECONDS)
+            return self.work.wait(min(IDLE_SPARE_SECONDS, self.health.allowance / 2))
+        finally:
+            if polling:
+                self._poll_token.release()
+
     def tick(self) -> float:
         """One slice of the main loop's work; returns the seconds until intake has
         something due (0 if it left ready documents for the next slice)."""
         assert self.queue is not None and self.intake is not None
         due = self.intake.tick()
-        if self.queue.expire_leases():
-            self.work.set()
+        now = time.monotonic()
+        if now >= self._next_lease_check:  # a write transaction: not on every tick
+            self._next_lease_check = now + LEASE_CHECK_SECONDS
+            if self.queue.expire_leases():
+                self.work.set()
         return due
 
     def run(self, *, until: Callable[[], bool] | None = None) -> int:
@@ -464,7 +508,7 @@ class Service:
             assert self.intake is not None
             # Intake's work comes in bounded slices: the watchdog is pinged between
             # them, and a backlog's next slice starts at once.
-            self.intake.wake.wait(min(due, TICK_SECONDS))
+            self.intake.wake.wait(min(due + DUE_SLACK_SECONDS if due else 0.0, TICK_SECONDS))
             self.intake.wake.clear()
         return self.shutdown()
 
@@ -638,6 +682,7 @@ class Service:
         a removed destination's jobs stay queued (Deliverer retries them) and
         finish if it comes back."""
         assert self.intake is not None
+        load_models(new)
         self.settings = new
         self.health.allowance = allowance_for(new)
         for check in self._observer_checks:

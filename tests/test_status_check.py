@@ -4,12 +4,17 @@ run as subprocesses against a real daemon on the real sandbox."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Sandbox, running, wait_until, write_config
 
+from daemon.cli_common import QuickCheck
+from daemon.config import load_settings
+from daemon.queue import Queue
 from daemon.samples import sample_pdf, sample_sidecar
 
 CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
@@ -182,3 +187,43 @@ def test_a_user_who_may_not_read_the_lock_gets_unknown_not_a_false_critical(
         lock.chmod(0o600)
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout.startswith("CHARTDROP UNKNOWN - no permission to read")
+
+
+CONFIG = """state_dir = "state"
+[redox]
+api_url = "http://127.0.0.1:9"
+upload_url = "http://127.0.0.1:9/upload"
+[[destination]]
+name = "consents"
+inbox = "f/inbox"
+done = "f/done"
+failed = "f/failed"
+redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
+"""
+
+
+def test_quick_check_starts_early_on_the_database_the_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` starts SQLite's quick_check before the config's models are imported,
+    on the database the file names (relative to the file; ``CHARTDROP_STATE_DIR``
+    wins). When the loaded settings name another file, that one is checked."""
+    root = tmp_path / "cfg"
+    for sub in ("state", "other", "f/inbox", "f/done", "f/failed"):
+        (root / sub).mkdir(parents=True)
+    for state in ("state", "other"):
+        with Queue(root / state / "chartdrop.sqlite3"):
+            pass
+    (root / "chartdrop.toml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    relative = "cfg/chartdrop.toml"
+    early = QuickCheck.early(relative)
+    assert early is not None and early.path == load_settings(Path(relative)).database_path
+    QuickCheck.wait(early, early.path)  # a healthy file passes
+    monkeypatch.setenv("chartdrop_state_dir", str(root / "other"))
+    moved = QuickCheck.early(relative)
+    other = load_settings(Path(relative)).database_path
+    assert moved is not None and moved.path == other == root / "other" / "chartdrop.sqlite3"
+    other.write_bytes(b"not a database" * 512)
+    with pytest.raises(sqlite3.DatabaseError):  # the early run was on state/: not trusted
+        QuickCheck.wait(early, other)
