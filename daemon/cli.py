@@ -181,7 +181,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-SANDBOX_MODULES = ("starlette", "uvicorn", "multipart")
+SANDBOX_MODULES = ("starlette", "uvicorn", "multipart", "jsonschema")
 
 
 def sandbox_missing() -> str | None:

@@ -37,16 +37,19 @@ def test_sandbox_framework_is_only_an_optional_extra() -> None:
 
 BLOCKER = """
 import sys
-for name in ('starlette', 'uvicorn', 'multipart'):
+for name in {blocked!r}:
     sys.modules[name] = None  # as if not installed: imports fail, find_spec says None
 from daemon.cli import main
 sys.exit(main([{command!r}, '--dir', {folder!r}]))
 """
 
 
-def test_demo_without_the_extra_says_how_to_get_it(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "blocked", [("starlette", "uvicorn", "multipart", "jsonschema"), ("jsonschema",)]
+)
+def test_demo_without_the_extra_says_how_to_get_it(tmp_path, blocked) -> None:
     for command in ("demo", "sandbox"):
-        code = BLOCKER.format(command=command, folder=str(tmp_path / command))
+        code = BLOCKER.format(command=command, folder=str(tmp_path / command), blocked=blocked)
         run = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
         )
