@@ -109,16 +109,33 @@ class Queue:
     # -- plumbing -------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, redoable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, its WAL fsync'd at COMMIT (``synchronous=FULL``).
+
+        ``redoable``: a change that start-up recovery makes again from what is
+        already durable, when a power loss takes it back (intake -> queued after
+        the spool renames, sent -> done and rejected -> failed after the moves):
+        it is committed with ``synchronous=NORMAL``, without an fsync of its own.
+        The WAL is one sequential log with chained checksums, so the next FULL
+        commit (the claim before any send, the final path before any move: every
+        step that depends on one of these) fsyncs it too, and a power loss can
+        only lose it together with everything committed after it.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if redoable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if redoable:
+                    self._conn.execute("PRAGMA synchronous = FULL")
 
     @staticmethod
     def _event(
@@ -159,12 +176,14 @@ class Queue:
         detail: str | None = None,
         count_attempt: bool = False,
         outcome: bool = False,
+        redoable: bool = False,
         **values: object,
     ) -> Job | None:
         """Move one job ``from_state`` -> ``to_state``, only if it is in
         ``from_state`` (and holds ``token``, if given); set the columns in
         ``values`` and append the event (``outcome``: see :meth:`_event`), in
-        one transaction. ``None`` if the guard did not match (and nothing changed)."""
+        one transaction (``redoable``: see :meth:`_write`). ``None`` if the guard
+        did not match (and nothing changed)."""
         changes: dict[str, object] = {"state": to_state, "updated_at": self._clock(), **values}
         if from_state is JobState.LEASED and to_state is not JobState.LEASED:
             changes.update(lease_token=None, lease_expires_at=None)
@@ -179,7 +198,7 @@ class Queue:
             params.append(token)
         # Column names were checked against JOB_COLUMNS; every value is bound.
         sql = f"UPDATE jobs SET {assignments} WHERE {where} RETURNING *"  # noqa: S608
-        with self._write() as conn:
+        with self._write(redoable=redoable) as conn:
             rows = conn.execute(sql, params).fetchall()
             if not rows:
                 return None
@@ -226,18 +245,23 @@ class Queue:
         self, job_id: str, *, sha256: str, size: int, rejection: InputError | None = None
     ) -> Job:
         """intake -> queued (claimable now), or -> rejected with ``rejection``'s kind
-        and problems. ``ValueError`` if the job is not in intake."""
+        and problems. ``ValueError`` if the job is not in intake.
+
+        Redoable (no fsync of its own, see :meth:`_write`): the files are in the
+        spool, fsync'd, so an ``intake`` row that a power loss brings back is
+        finished by recovery exactly like this; the claim before the send, or the
+        failed/ target before the move, is a FULL commit that makes it durable."""
         if rejection is None:
             now = self._clock()
             job = self._move(
-                job_id, JobState.INTAKE, JobState.QUEUED,
+                job_id, JobState.INTAKE, JobState.QUEUED, redoable=True,
                 sha256=sha256, size=size, next_attempt_at=now, queued_at=now,
             )  # fmt: skip
         else:
             kind, error = rejection.kind, rejection.text
             job = self._move(
                 job_id, JobState.INTAKE, JobState.REJECTED, detail=error, outcome=True,
-                sha256=sha256, size=size, error_kind=kind, last_error=error,
+                redoable=True, sha256=sha256, size=size, error_kind=kind, last_error=error,
             )  # fmt: skip
         if job is None:
             raise ValueError(f"job {job_id} is not in intake")
@@ -436,20 +460,23 @@ class Queue:
             return conn.execute(sql, params).rowcount == 1
 
     def mark_done(self, job_id: str, final_path: str) -> bool:
-        """sent -> done: the files are in done/."""
+        """sent -> done: the files are in done/ (moved to the durable ``final_path``,
+        folders fsync'd). Redoable (see :meth:`_write`): a ``sent`` job that a power
+        loss brings back is finished at start-up as the move it is (the document is
+        at its final path already), never sent again."""
         now = self._clock()
         job = self._move(
             job_id, JobState.SENT, JobState.DONE, outcome=True, final_path=final_path,
-            finished_at=now,
+            finished_at=now, redoable=True,
         )  # fmt: skip
         return job is not None
 
     def mark_failed(self, job_id: str, final_path: str) -> bool:
-        """rejected -> failed: the files are in failed/."""
+        """rejected -> failed: the files are in failed/ (redoable, as :meth:`mark_done`)."""
         now = self._clock()
         job = self._move(
             job_id, JobState.REJECTED, JobState.FAILED, outcome=True, final_path=final_path,
-            finished_at=now,
+            finished_at=now, redoable=True,
         )  # fmt: skip
         return job is not None
 
@@ -837,7 +864,9 @@ class Queue:
         have been filed): a copy moved back by hand must reuse their DocumentID."""
         sql = (
             "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND size = ?"
-            " AND sha256 IS NOT NULL AND sha256 != ''"
+            # The unary + keeps SQLite off jobs_destination_sha256 (every hashed job of
+            # the destination, scanned at each intake): it seeks (destination, state).
+            " AND +sha256 IS NOT NULL AND +sha256 != ''"
             " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
             " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
             " ORDER BY finished_at DESC LIMIT 20"
