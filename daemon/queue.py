@@ -382,6 +382,7 @@ class Queue:
         extra = {} if final_path is None else {"final_path": final_path}
         return self._move(
             job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True, outcome=True,
+            redoable=False,  # the one record of a delivery: durable before anything follows
             remote_id=remote_id, http_status=http_status, sent_at=self._clock(),
             error_kind=None, last_error=None, patient_key=patient_key, **extra,
         )  # fmt: skip
