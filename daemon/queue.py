@@ -120,8 +120,15 @@ class Queue:
         commit (the claim before any send, the final path before any move: every
         step that depends on one of these) fsyncs it too, and a power loss can
         only lose it together with everything committed after it.
+
+        Inside another ``_write`` of the same thread (the lock is held, a
+        transaction open), it is part of that transaction: its writes commit or
+        roll back with the outer one (``*_many`` methods batch steps this way).
         """
         with self._lock:
+            if self._conn.in_transaction:  # only ours can be open while we hold the lock
+                yield self._conn
+                return
             if redoable:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
@@ -206,9 +213,7 @@ class Queue:
             self._event(conn, job, from_state, detail, outcome=outcome)
         return job
 
-    # -- intake ---------------------------------------------------------------
-
-    def begin_intake(
+    def _intake_row(
         self,
         *,
         destination: str,
@@ -217,10 +222,9 @@ class Queue:
         spool_document: str | None,
         spool_sidecar: str | None,
         document_id: str | None = None,
-    ) -> Job:
-        """Commit the row of a hand-over, before the files are renamed into the spool."""
+    ) -> dict[str, object]:
         now = self._clock()
-        row = {
+        return {
             "id": uuid.uuid4().hex,
             "destination": destination,
             "state": JobState.INTAKE,
@@ -234,12 +238,47 @@ class Queue:
             "created_at": now,
             "updated_at": now,
         }
-        columns, marks = ", ".join(row), ", ".join("?" for _ in row)
-        sql = f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *"  # noqa: S608
+
+    # -- intake ---------------------------------------------------------------
+
+    def begin_intake(
+        self,
+        *,
+        destination: str,
+        original_name: str,
+        sidecar_name: str | None,
+        spool_document: str | None,
+        spool_sidecar: str | None,
+        document_id: str | None = None,
+    ) -> Job:
+        """Commit the row of a hand-over, before the files are renamed into the spool."""
+        return self.begin_intake_many(
+            [
+                {
+                    "destination": destination,
+                    "original_name": original_name,
+                    "sidecar_name": sidecar_name,
+                    "spool_document": spool_document,
+                    "spool_sidecar": spool_sidecar,
+                    "document_id": document_id,
+                }
+            ]
+        )[0]
+
+    def begin_intake_many(self, hand_overs: list[dict[str, Any]]) -> list[Job]:
+        """:meth:`begin_intake` for several hand-overs (each a dict of its keyword
+        arguments), in one transaction: one commit and one fsync for all the pairs
+        a tick of intake takes, every row durable before any of them is renamed."""
+        rows = [self._intake_row(**fields) for fields in hand_overs]
+        jobs: list[Job] = []
         with self._write() as conn:
-            job = _job(conn.execute(sql, list(row.values())).fetchall()[0])
-            self._event(conn, job, None, None)
-        return job
+            for row in rows:
+                columns, marks = ", ".join(row), ", ".join("?" for _ in row)
+                sql = f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *"  # noqa: S608
+                job = _job(conn.execute(sql, list(row.values())).fetchall()[0])
+                self._event(conn, job, None, None)
+                jobs.append(job)
+        return jobs
 
     def complete_intake(
         self, job_id: str, *, sha256: str, size: int, rejection: InputError | None = None
@@ -266,6 +305,17 @@ class Queue:
         if job is None:
             raise ValueError(f"job {job_id} is not in intake")
         return job
+
+    def complete_intake_many(
+        self, completions: list[tuple[str, str, int, InputError | None]]
+    ) -> list[Job]:
+        """:meth:`complete_intake` for several jobs, each ``(job_id, sha256, size,
+        rejection)``, in one (redoable) transaction: all of them or none."""
+        with self._write(redoable=True):
+            return [
+                self.complete_intake(job_id, sha256=digest, size=size, rejection=rejection)
+                for job_id, digest, size, rejection in completions
+            ]
 
     def abandon_intake(self, job_id: str, detail: str) -> None:
         """intake -> abandoned: the files stayed in the inbox (``ValueError`` if
