@@ -43,7 +43,7 @@ from daemon.intake.handover import HandOver, Take
 from daemon.intake.judging import Verdict, is_delete, judge, storable
 from daemon.intake.recovery import recover
 from daemon.logs import get_logger
-from daemon.names import is_junk, is_sidecar
+from daemon.names import is_junk, is_sidecar, nfc, pairing_bases, sidecar_base
 from daemon.pairing import PairIndex
 from daemon.payload import sidecar_from_filename
 from daemon.queue import Job, Queue
@@ -140,6 +140,7 @@ class Intake:
         # During a tick's slice: the pairs judged ready, handed over together (None:
         # hand over at once, as recovery and the unreadable-file path do).
         self._batch: list[Take] | None = None
+        self._batch_bases: set[tuple[str, str]] = set()  # (destination, NFC pairing base)
 
     def _new_inbox(self, dest: Destination) -> _Inbox:
         return _Inbox(dest.timing.settle_seconds, self.clock)
@@ -380,6 +381,10 @@ class Intake:
 
     def _look_at(self, dest: Destination, name: str) -> None:
         self.looks += 1
+        if self._batch and not self._batch_bases.isdisjoint(_bases(dest, name)):
+            # It may pair with a name a batched hand-over takes: that one goes first,
+            # so this one is judged against the inbox as it will then be.
+            self._hand_over_batch()
         try:
             again = self._consider(dest, name)
             batched = bool(self._batch) and self._batch[-1].doc_name == name  # type: ignore[index]
@@ -485,6 +490,9 @@ class Intake:
         self._reported.discard((dest.name, name))
         if self._batch is not None:
             self._batch.append(Take(dest, name, sidecar, verdict))
+            self._batch_bases |= _bases(dest, name)
+            if sidecar is not None:
+                self._batch_bases |= _bases(dest, sidecar)
             return
         self.handover.hand_over(dest, name, sidecar, verdict)
         if sidecar is not None:
@@ -495,6 +503,7 @@ class Intake:
         """Hand the batched pairs over together; each one that failed is held back
         as :meth:`_look_at` holds back a name whose hand-over raised."""
         batch, self._batch = self._batch or [], None  # _failing below hands over at once
+        self._batch_bases.clear()
         try:
             results = self.handover.hand_over_many(batch) if batch else []
             for take, result in zip(batch, results, strict=True):
@@ -644,3 +653,10 @@ class Intake:
     def recover(self) -> dict[str, int]:
         """Finish or abandon hand-overs a crash interrupted (at start-up)."""
         return recover(self.settings, self.handover)
+
+
+def _bases(dest: Destination, name: str) -> set[tuple[str, str]]:
+    """The (destination, NFC base) keys ``name`` pairs by (see daemon.pairing)."""
+    if is_sidecar(name):
+        return {(dest.name, nfc(sidecar_base(name)))}
+    return {(dest.name, nfc(base)) for base in pairing_bases(name)}
