@@ -293,7 +293,7 @@ class BearerClient:
     def _headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
-    def _post(self, what: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _post(self, what: str, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
         """POST with a bearer token; on 401 renew the token once and try again."""
         rewind = kwargs.pop("rewind", None)
         extra_headers = kwargs.pop("headers", {})

@@ -109,16 +109,40 @@ class Queue:
     # -- plumbing -------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, redoable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, its WAL fsync'd at COMMIT (``synchronous=FULL``).
+
+        ``redoable``: a change that start-up recovery makes again from what is
+        already durable, when a power loss takes it back (intake -> queued after
+        the spool renames, sent -> done and rejected -> failed after the moves):
+        it is committed with ``synchronous=NORMAL``, without an fsync of its own.
+        The WAL is one sequential log with chained checksums, so the next FULL
+        commit (the claim before any send, the final path before any move: every
+        step that depends on one of these) fsyncs it too, and a power loss can
+        only lose it together with everything committed after it.
+
+        Inside another ``_write`` of the same thread (the lock is held, a
+        transaction open), it is part of that transaction: its writes commit or
+        roll back with the outer one (``*_many`` methods batch steps this way).
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            if self._conn.in_transaction:  # only ours can be open while we hold the lock
                 yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                return
+            if redoable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if redoable:
+                    self._conn.execute("PRAGMA synchronous = FULL")
 
     @staticmethod
     def _event(
@@ -159,12 +183,14 @@ class Queue:
         detail: str | None = None,
         count_attempt: bool = False,
         outcome: bool = False,
+        redoable: bool = False,
         **values: object,
     ) -> Job | None:
         """Move one job ``from_state`` -> ``to_state``, only if it is in
         ``from_state`` (and holds ``token``, if given); set the columns in
         ``values`` and append the event (``outcome``: see :meth:`_event`), in
-        one transaction. ``None`` if the guard did not match (and nothing changed)."""
+        one transaction (``redoable``: see :meth:`_write`). ``None`` if the guard
+        did not match (and nothing changed)."""
         changes: dict[str, object] = {"state": to_state, "updated_at": self._clock(), **values}
         if from_state is JobState.LEASED and to_state is not JobState.LEASED:
             changes.update(lease_token=None, lease_expires_at=None)
@@ -179,13 +205,39 @@ class Queue:
             params.append(token)
         # Column names were checked against JOB_COLUMNS; every value is bound.
         sql = f"UPDATE jobs SET {assignments} WHERE {where} RETURNING *"  # noqa: S608
-        with self._write() as conn:
+        with self._write(redoable=redoable) as conn:
             rows = conn.execute(sql, params).fetchall()
             if not rows:
                 return None
             job = _job(rows[0])
             self._event(conn, job, from_state, detail, outcome=outcome)
         return job
+
+    def _intake_row(
+        self,
+        *,
+        destination: str,
+        original_name: str,
+        sidecar_name: str | None,
+        spool_document: str | None,
+        spool_sidecar: str | None,
+        document_id: str | None = None,
+    ) -> dict[str, object]:
+        now = self._clock()
+        return {
+            "id": uuid.uuid4().hex,
+            "destination": destination,
+            "state": JobState.INTAKE,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "document_id": document_id or str(uuid.uuid4()),
+            "original_name": original_name,
+            "sidecar_name": sidecar_name,
+            "spool_document": spool_document,
+            "spool_sidecar": spool_sidecar,
+            "created_at": now,
+            "updated_at": now,
+        }
 
     # -- intake ---------------------------------------------------------------
 
@@ -200,48 +252,70 @@ class Queue:
         document_id: str | None = None,
     ) -> Job:
         """Commit the row of a hand-over, before the files are renamed into the spool."""
-        now = self._clock()
-        row = {
-            "id": uuid.uuid4().hex,
-            "destination": destination,
-            "state": JobState.INTAKE,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "document_id": document_id or str(uuid.uuid4()),
-            "original_name": original_name,
-            "sidecar_name": sidecar_name,
-            "spool_document": spool_document,
-            "spool_sidecar": spool_sidecar,
-            "created_at": now,
-            "updated_at": now,
-        }
-        columns, marks = ", ".join(row), ", ".join("?" for _ in row)
-        sql = f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *"  # noqa: S608
+        return self.begin_intake_many(
+            [
+                {
+                    "destination": destination,
+                    "original_name": original_name,
+                    "sidecar_name": sidecar_name,
+                    "spool_document": spool_document,
+                    "spool_sidecar": spool_sidecar,
+                    "document_id": document_id,
+                }
+            ]
+        )[0]
+
+    def begin_intake_many(self, hand_overs: list[dict[str, Any]]) -> list[Job]:
+        """:meth:`begin_intake` for several hand-overs (each a dict of its keyword
+        arguments), in one transaction: one commit and one fsync for all the pairs
+        a tick of intake takes, every row durable before any of them is renamed."""
+        rows = [self._intake_row(**fields) for fields in hand_overs]
+        jobs: list[Job] = []
         with self._write() as conn:
-            job = _job(conn.execute(sql, list(row.values())).fetchall()[0])
-            self._event(conn, job, None, None)
-        return job
+            for row in rows:
+                columns, marks = ", ".join(row), ", ".join("?" for _ in row)
+                sql = f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *"  # noqa: S608
+                job = _job(conn.execute(sql, list(row.values())).fetchall()[0])
+                self._event(conn, job, None, None)
+                jobs.append(job)
+        return jobs
 
     def complete_intake(
         self, job_id: str, *, sha256: str, size: int, rejection: InputError | None = None
     ) -> Job:
         """intake -> queued (claimable now), or -> rejected with ``rejection``'s kind
-        and problems. ``ValueError`` if the job is not in intake."""
+        and problems. ``ValueError`` if the job is not in intake.
+
+        Redoable (no fsync of its own, see :meth:`_write`): the files are in the
+        spool, fsync'd, so an ``intake`` row that a power loss brings back is
+        finished by recovery exactly like this; the claim before the send, or the
+        failed/ target before the move, is a FULL commit that makes it durable."""
         if rejection is None:
             now = self._clock()
             job = self._move(
-                job_id, JobState.INTAKE, JobState.QUEUED,
+                job_id, JobState.INTAKE, JobState.QUEUED, redoable=True,
                 sha256=sha256, size=size, next_attempt_at=now, queued_at=now,
             )  # fmt: skip
         else:
             kind, error = rejection.kind, rejection.text
             job = self._move(
                 job_id, JobState.INTAKE, JobState.REJECTED, detail=error, outcome=True,
-                sha256=sha256, size=size, error_kind=kind, last_error=error,
+                redoable=True, sha256=sha256, size=size, error_kind=kind, last_error=error,
             )  # fmt: skip
         if job is None:
             raise ValueError(f"job {job_id} is not in intake")
         return job
+
+    def complete_intake_many(
+        self, completions: list[tuple[str, str, int, InputError | None]]
+    ) -> list[Job]:
+        """:meth:`complete_intake` for several jobs, each ``(job_id, sha256, size,
+        rejection)``, in one (redoable) transaction: all of them or none."""
+        with self._write(redoable=True):
+            return [
+                self.complete_intake(job_id, sha256=digest, size=size, rejection=rejection)
+                for job_id, digest, size, rejection in completions
+            ]
 
     def abandon_intake(self, job_id: str, detail: str) -> None:
         """intake -> abandoned: the files stayed in the inbox (``ValueError`` if
@@ -358,6 +432,7 @@ class Queue:
         extra = {} if final_path is None else {"final_path": final_path}
         return self._move(
             job_id, JobState.LEASED, JobState.SENT, token=token, count_attempt=True, outcome=True,
+            redoable=False,  # the one record of a delivery: durable before anything follows
             remote_id=remote_id, http_status=http_status, sent_at=self._clock(),
             error_kind=None, last_error=None, patient_key=patient_key, **extra,
         )  # fmt: skip
@@ -436,20 +511,23 @@ class Queue:
             return conn.execute(sql, params).rowcount == 1
 
     def mark_done(self, job_id: str, final_path: str) -> bool:
-        """sent -> done: the files are in done/."""
+        """sent -> done: the files are in done/ (moved to the durable ``final_path``,
+        folders fsync'd). Redoable (see :meth:`_write`): a ``sent`` job that a power
+        loss brings back is finished at start-up as the move it is (the document is
+        at its final path already), never sent again."""
         now = self._clock()
         job = self._move(
             job_id, JobState.SENT, JobState.DONE, outcome=True, final_path=final_path,
-            finished_at=now,
+            finished_at=now, redoable=True,
         )  # fmt: skip
         return job is not None
 
     def mark_failed(self, job_id: str, final_path: str) -> bool:
-        """rejected -> failed: the files are in failed/."""
+        """rejected -> failed: the files are in failed/ (redoable, as :meth:`mark_done`)."""
         now = self._clock()
         job = self._move(
             job_id, JobState.REJECTED, JobState.FAILED, outcome=True, final_path=final_path,
-            finished_at=now,
+            finished_at=now, redoable=True,
         )  # fmt: skip
         return job is not None
 
@@ -837,7 +915,9 @@ class Queue:
         have been filed): a copy moved back by hand must reuse their DocumentID."""
         sql = (
             "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND size = ?"
-            " AND sha256 IS NOT NULL AND sha256 != ''"
+            # The unary + keeps SQLite off jobs_destination_sha256 (every hashed job of
+            # the destination, scanned at each intake): it seeks (destination, state).
+            " AND +sha256 IS NOT NULL AND +sha256 != ''"
             " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
             " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
             " ORDER BY finished_at DESC LIMIT 20"

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from daemon.config import Destination, Settings
+from daemon.config import Destination, RedoxSettings, Settings
 
 __all__ = ["MAX_WAIT_SECONDS", "RateLimits", "Throttled", "TokenBucket"]
 
@@ -173,6 +173,7 @@ class RateLimits:
         self._lock = threading.Lock()
         self._buckets: dict[str, TokenBucket] = {}
         self._local = threading.local()
+        self._routes: tuple[RedoxSettings, tuple[httpx.URL, httpx.URL]] | None = None
         self.settings = settings
         self.configure(settings)
 
@@ -249,5 +250,13 @@ class RateLimits:
             return False
         if dest.model == "FHIR":
             return request.url.path.endswith("/Media")
+        return request.url in self._redox_routes()
+
+    def _redox_routes(self) -> tuple[httpx.URL, httpx.URL]:
+        """Redox's sending URLs, parsed once per settings (not on every request)."""
         redox = self.settings.redox
-        return request.url in (httpx.URL(f"{redox.api_url}/endpoint"), httpx.URL(redox.upload_url))
+        cached = self._routes
+        if cached is None or cached[0] is not redox:
+            urls = (httpx.URL(f"{redox.api_url}/endpoint"), httpx.URL(redox.upload_url))
+            cached = self._routes = (redox, urls)
+        return cached[1]

@@ -84,6 +84,16 @@ class RedoxClient(BearerClient):
         self.settings = settings
         self._key: bytes | None = None
         self._refresh_token: str | None = None
+        self._endpoint: tuple[RedoxSettings, httpx.URL] | None = None
+
+    def _endpoint_url(self) -> httpx.URL:
+        """``{api_url}/endpoint``, parsed once per settings (httpx parses a ``str``
+        URL on every request: ≈50 µs of the send)."""
+        cached = self._endpoint
+        if cached is None or cached[0] is not self.settings:
+            url = httpx.URL(f"{self.settings.api_url}/endpoint")
+            cached = self._endpoint = (self.settings, url)
+        return cached[1]
 
     # -- auth -------------------------------------------------------------
     def _private_key(self) -> bytes:
@@ -188,7 +198,7 @@ class RedoxClient(BearerClient):
         the body holds ``file.marker`` (see :func:`encode_body`)."""
         response = self._post(
             "Redox",
-            f"{self.settings.api_url}/endpoint",
+            self._endpoint_url(),
             content=encode_body(body, file),
             headers={"Content-Type": "application/json"},
         )

@@ -49,7 +49,7 @@ from daemon.fsutil import ensure_private_dir
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.http import http_client, make_http_client
 from daemon.inbox_lock import lock_inbox
-from daemon.intake import InboxEvents, Intake, unhold_moves
+from daemon.intake import WATCHED_EVENTS, InboxEvents, Intake, unhold_moves
 from daemon.logs import get_logger, where
 from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
@@ -543,7 +543,11 @@ class Service:
         dest = self.settings.get_destination(dest_name)
         observer = self._observers[1 if dest.polling else 0]
         try:
-            watch = observer.schedule(InboxEvents(dest_name, self.intake.notify), str(dest.inbox))
+            watch = observer.schedule(
+                InboxEvents(dest_name, self.intake.notify),
+                str(dest.inbox),
+                event_filter=WATCHED_EVENTS,  # no inotify opens/closes of our own reads
+            )
         except OSError as exc:
             self.log.warning("daemon.watch_failed", destination=dest_name, error=exc.strerror)
             return

@@ -34,10 +34,15 @@ STAGES = [
     ("daemon.intake.events", "InboxEvents", "on_any_event"),
     ("daemon.intake.loop", "Intake", "tick"),
     ("daemon.intake.loop", None, "judge"),
-    ("daemon.intake.handover", "HandOver", "hand_over"),
-    ("daemon.intake.handover", "HandOver", "complete"),
+    ("daemon.intake.handover", "HandOver", "hand_over_many"),
+    ("daemon.intake.handover", "HandOver", "complete_many"),
+    ("daemon.queue", "Queue", "begin_intake_many"),
+    ("daemon.queue", "Queue", "complete_intake_many"),
     ("daemon.delivery", "Deliverer", "process"),
     ("daemon.delivery", "Deliverer", "_deliver"),
+    ("daemon.delivery", "Deliverer", "_sidecar"),
+    ("daemon.delivery", "Deliverer", "_hold_duplicates"),
+    ("daemon.delivery", None, "snapshot"),
     ("daemon.outgoing", "Sender", "send"),
     ("daemon.outgoing", None, "redox_body"),
     ("daemon.redox", "RedoxClient", "send"),
@@ -52,6 +57,7 @@ STAGES = [
     ("daemon.queue", "Queue", "set_final_path"),
     ("daemon.queue", "Queue", "mark_done"),
     ("daemon.queue", "Queue", "get"),
+    ("daemon.filing", None, "remove_earlier_note"),
     ("daemon.filing", None, "fsync_dir"),
     ("daemon.intake.handover", None, "fsync_dir"),
     ("daemon.delivery", None, "sha256_file"),
@@ -79,7 +85,8 @@ def timed(module: str, owner: str | None, name: str) -> None:
             slot[0] += time.thread_time() - t
             slot[1] += 1
 
-    setattr(target, name, wrapper)
+    static = isinstance(vars(target).get(name), staticmethod)  # (a module has no such)
+    setattr(target, name, staticmethod(wrapper) if static else wrapper)
 
 
 def thread_cpu() -> dict[str, float]:

@@ -150,8 +150,8 @@ class SyscallSpy:
             self._add("mkdir", os.path.dirname(os.path.abspath(os.fsdecode(path))))
 
         @contextmanager
-        def spy_write(queue: Queue) -> Iterator[Any]:
-            with write(queue) as conn:
+        def spy_write(queue: Queue, **kwargs: Any) -> Iterator[Any]:
+            with write(queue, **kwargs) as conn:
                 yield conn
             self.calls.append(("commit", "", threading.get_ident()))
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,57 @@ def test_intake_then_queued(queue: Queue, clock: FakeClock) -> None:
     assert transitions(queue, job.id) == [(None, "intake"), ("intake", "queued")]
     with pytest.raises(ValueError, match="not in intake"):
         queue.complete_intake(job.id, sha256="ff", size=9)
+
+
+def test_hand_overs_batched_commit_together_and_all_or_none(queue: Queue) -> None:
+    """A tick's pairs: all rows in one transaction, all outcomes in one; a bad one
+    rolls the whole batch of outcomes back (nothing half-recorded)."""
+    rows = [
+        {
+            "destination": "consents",
+            "original_name": f"scan{i}.pdf",
+            "sidecar_name": None,
+            "spool_document": f"/spool/{i}",
+            "spool_sidecar": None,
+        }
+        for i in range(3)
+    ]
+    jobs = queue.begin_intake_many(rows)
+    assert [j.state for j in jobs] == [JobState.INTAKE] * 3
+    assert len({j.document_id for j in jobs}) == 3
+    bad = [(jobs[0].id, "aa", 1, None), ("no-such-job", "bb", 2, None)]
+    with pytest.raises(ValueError, match="not in intake"):
+        queue.complete_intake_many(bad)
+    assert queue.get(jobs[0].id).state is JobState.INTAKE  # type: ignore[union-attr]
+    rejection = MissingSidecarError("no sidecar")
+    done = queue.complete_intake_many(
+        [(jobs[0].id, "aa", 1, None), (jobs[1].id, "bb", 2, None), (jobs[2].id, "", 3, rejection)]
+    )
+    assert [j.state for j in done] == [JobState.QUEUED, JobState.QUEUED, JobState.REJECTED]
+    assert transitions(queue, jobs[2].id) == [(None, "intake"), ("intake", "rejected")]
+    assert not queue._conn.in_transaction
+
+
+def test_redoable_commits_leave_the_connection_at_synchronous_full(queue: Queue) -> None:
+    """complete_intake and mark_done commit without their own fsync (NORMAL), and
+    every other commit is FULL again after them."""
+    seen: list[int] = []
+    real = queue._write
+
+    @contextmanager
+    def spy(**kwargs: Any) -> Iterator[sqlite3.Connection]:
+        with real(**kwargs) as conn:
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            yield conn
+
+    queue._write = spy  # type: ignore[method-assign]
+    job = claim(queue) if enqueue(queue) else None
+    assert job is not None
+    queue.record_sent(job.id, token(job), remote_id="r", http_status=200, final_path="/d/x")
+    queue.mark_done(job.id, "/d/x")
+    # intake row FULL, queued NORMAL, claim FULL, sent FULL, done NORMAL
+    assert seen == [2, 1, 2, 2, 1]
+    assert queue._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 def test_intake_rejected_then_failed(queue: Queue) -> None:

@@ -80,9 +80,10 @@ def test_inotify_queue_overflow_triggers_a_rescan(
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     reader = r.service._observers[0]._inotify_fd  # type: ignore[attr-defined]
     with reader._lock:  # watchdog's reader thread cannot take events now
-        # create + open + close: 3 events each, beyond the kernel's queue even if the
+        # create + close-after-write: 2 events each (the watch asks for no opens: see
+        # daemon.intake.events.WATCHED_EVENTS), beyond the kernel's queue even if the
         # reader had one last buffer (2048 events) in flight
-        for i in range((limit + 2048) // 3 + 200):
+        for i in range((limit + 2048) // 2 + 200):
             os.close(os.open(r.inbox / f".noise-{i}", os.O_CREAT | os.O_WRONLY, 0o600))
         r.drop("lost.pdf", pdf, sidecar)  # its events are the ones the kernel drops
     (job,) = r.finished(1)

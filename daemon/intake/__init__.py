@@ -12,7 +12,7 @@
 What `chartdrop status` shows of the inboxes is :mod:`daemon.inboxes`.
 """
 
-from daemon.intake.events import InboxEvents, unhold_moves
+from daemon.intake.events import WATCHED_EVENTS, InboxEvents, unhold_moves
 from daemon.intake.handover import HandOver
 from daemon.intake.judging import Verdict, is_delete, judge, storable
 from daemon.intake.loop import (
@@ -28,6 +28,7 @@ __all__ = [
     "HOLD_SECONDS",
     "RESCAN_SLICE_SECONDS",
     "TICK_BUDGET_SECONDS",
+    "WATCHED_EVENTS",
     "HandOver",
     "InboxEvents",
     "Intake",

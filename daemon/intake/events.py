@@ -10,6 +10,11 @@ from collections.abc import Callable
 from watchdog.events import (
     EVENT_TYPE_CLOSED_NO_WRITE,
     EVENT_TYPE_OPENED,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -17,6 +22,19 @@ from watchdog.events import (
 # Reading a file (judging it, hashing it) makes inotify report it opened and closed:
 # not a change, and waking on them turned every look at a held file into the next.
 IGNORED_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
+
+# The events intake wakes on, given to watchdog's ``schedule(event_filter=...)``: its
+# inotify emitter then asks the kernel for these only (IN_CREATE, IN_MOVE, IN_MODIFY,
+# IN_ATTRIB, IN_DELETE, IN_CLOSE_WRITE, and IN_DELETE_SELF, always), so the opens and
+# no-write closes of intake's own reads (4 of every document's ~12 events, then
+# ignored above) are never read from the inotify fd nor dispatched.
+WATCHED_EVENTS = [
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileModifiedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,
+]
 
 
 def unhold_moves() -> None:

@@ -39,11 +39,11 @@ from daemon.errors import (
     UnreadableError,
 )
 from daemon.inboxes import InboxGuard, IntakeReport
-from daemon.intake.handover import HandOver
+from daemon.intake.handover import HandOver, Take
 from daemon.intake.judging import Verdict, is_delete, judge, storable
 from daemon.intake.recovery import recover
 from daemon.logs import get_logger
-from daemon.names import is_junk, is_sidecar
+from daemon.names import is_junk, is_sidecar, nfc, pairing_bases, sidecar_base
 from daemon.pairing import PairIndex
 from daemon.payload import sidecar_from_filename
 from daemon.queue import Job, Queue
@@ -53,6 +53,9 @@ HOLD_SECONDS = 60.0  # a name whose hand-over failed is looked at again after th
 FOLDER_MISSING = "folder_missing"  # pause kind: intake only; queued jobs still go out
 TICK_BUDGET_SECONDS = 0.4  # hand-overs per tick stop after this (at least one is done)
 RESCAN_SLICE_SECONDS = 0.2  # listing per tick: a 20,000-name inbox takes a few ticks
+# Pairs a tick hands over together (one transaction for their rows, one fsync per
+# folder, one transaction for their outcomes: see daemon.intake.handover).
+HAND_OVER_BATCH = 32
 
 
 class _Inbox:
@@ -134,6 +137,10 @@ class Intake:
         self._failing_since: dict[tuple[str, str], float] = {}
         self.report = IntakeReport(settings.state_dir)
         self.looks = 0  # names looked at (lstat, maybe judged): for the scale tests
+        # During a tick's slice: the pairs judged ready, handed over together (None:
+        # hand over at once, as recovery and the unreadable-file path do).
+        self._batch: list[Take] | None = None
+        self._batch_bases: set[tuple[str, str]] = set()  # (destination, NFC pairing base)
 
     def _new_inbox(self, dest: Destination) -> _Inbox:
         return _Inbox(dest.timing.settle_seconds, self.clock)
@@ -342,16 +349,23 @@ class Intake:
                     ready.append((0 if st is None else st.st_mtime_ns, name, dest.name))
         heapq.heapify(ready)  # oldest first, across every inbox (no full sort: a slice
         first = True  # takes a few dozen of a backlog of thousands)
-        while ready:
-            if not first and time.monotonic() >= budget_end:
-                break  # the rest stay due: the next tick comes at once
-            first = False
-            _, name, dest_name = heapq.heappop(ready)
-            inbox = self._inboxes[dest_name]
-            if inbox.due.get(name, math.inf) > now:
-                continue  # taken along with its pair, or gone, since the list was made
-            del inbox.due[name]
-            self._look_at(self.settings.get_destination(dest_name), name)
+        self._batch = []
+        try:
+            while ready:
+                if not first and time.monotonic() >= budget_end:
+                    break  # the rest stay due: the next tick comes at once
+                first = False
+                _, name, dest_name = heapq.heappop(ready)
+                inbox = self._inboxes[dest_name]
+                if inbox.due.get(name, math.inf) > now:
+                    continue  # taken along with its pair, or gone, since the list was made
+                del inbox.due[name]
+                self._look_at(self.settings.get_destination(dest_name), name)
+                if len(self._batch) >= HAND_OVER_BATCH:
+                    self._hand_over_batch()
+        finally:
+            self._hand_over_batch()
+            self._batch = None
         self._update_report()
         return self._next_due()
 
@@ -367,9 +381,15 @@ class Intake:
 
     def _look_at(self, dest: Destination, name: str) -> None:
         self.looks += 1
+        if self._batch and not self._batch_bases.isdisjoint(_bases(dest, name)):
+            # It may pair with a name a batched hand-over takes: that one goes first,
+            # so this one is judged against the inbox as it will then be.
+            self._hand_over_batch()
         try:
             again = self._consider(dest, name)
-            self._failing_since.pop((dest.name, name), None)
+            batched = bool(self._batch) and self._batch[-1].doc_name == name  # type: ignore[index]
+            if not batched:  # (a batched one: when its hand-over is through)
+                self._failing_since.pop((dest.name, name), None)
         except Exception as exc:  # noqa: BLE001 - one bad name must not stop the others
             again = self._failing(dest, name, exc)
         inbox = self._inboxes[dest.name]
@@ -465,12 +485,44 @@ class Intake:
         return self._inboxes[dest.name].index.sidecar_for(doc_name)
 
     def _take(self, dest: Destination, name: str, sidecar: str | None, verdict: Verdict) -> None:
-        """Hand a name (and its sidecar) over and stop watching both."""
+        """Hand a name (and its sidecar) over and stop watching both; during a
+        tick's slice, at the end of the batch (:meth:`_hand_over_batch`)."""
         self._reported.discard((dest.name, name))
+        if self._batch is not None:
+            self._batch.append(Take(dest, name, sidecar, verdict))
+            self._batch_bases |= _bases(dest, name)
+            if sidecar is not None:
+                self._batch_bases |= _bases(dest, sidecar)
+            return
         self.handover.hand_over(dest, name, sidecar, verdict)
         if sidecar is not None:
             self._forget(dest, sidecar)
         self._forget(dest, name)
+
+    def _hand_over_batch(self) -> None:
+        """Hand the batched pairs over together; each one that failed is held back
+        as :meth:`_look_at` holds back a name whose hand-over raised."""
+        batch, self._batch = self._batch or [], None  # _failing below hands over at once
+        self._batch_bases.clear()
+        try:
+            results = self.handover.hand_over_many(batch) if batch else []
+            for take, result in zip(batch, results, strict=True):
+                dest, name = take.dest, take.doc_name
+                if not isinstance(result, Exception):
+                    if take.sidecar_name is not None:
+                        self._forget(dest, take.sidecar_name)
+                    self._forget(dest, name)
+                    continue
+                try:
+                    again = self._failing(dest, name, result)
+                except Exception as exc:  # noqa: BLE001 - one bad name must not stop the others
+                    self.log.warning("intake.error", exc_type=type(exc).__name__)
+                    again = self.clock() + HOLD_SECONDS
+                inbox = self._inboxes[dest.name]
+                if again is not None and name in inbox.index:
+                    inbox.schedule(name, again)
+        finally:
+            self._batch = []
 
     def _consider(self, dest: Destination, name: str) -> float | None:
         """Look at one inbox name; return when to look again (None: only on a change)."""
@@ -601,3 +653,10 @@ class Intake:
     def recover(self) -> dict[str, int]:
         """Finish or abandon hand-overs a crash interrupted (at start-up)."""
         return recover(self.settings, self.handover)
+
+
+def _bases(dest: Destination, name: str) -> set[tuple[str, str]]:
+    """The (destination, NFC base) keys ``name`` pairs by (see daemon.pairing)."""
+    if is_sidecar(name):
+        return {(dest.name, nfc(sidecar_base(name)))}
+    return {(dest.name, nfc(base)) for base in pairing_bases(name)}
