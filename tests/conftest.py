@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,6 @@ def destination(**fields: Any) -> Destination:
 def mounted_tmpfs(root: Path, options: str) -> Iterator[Path]:
     """A real, separate tmpfs at ``root`` (made here) with mount ``options``,
     unmounted afterwards; the test is skipped where mounting is not allowed."""
-    import subprocess
-
     root.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
@@ -87,6 +86,21 @@ def mounted_tmpfs(root: Path, options: str) -> Iterator[Path]:
         yield root
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``chartdrop ARGS`` in this process: the entry point's own code and exit code,
+    its stdout and stderr, without a process start-up (about a second of imports).
+    For tests about what a command says or refuses, not about it being a process;
+    every command keeps tests that run it as a real subprocess. Not for ``run``,
+    ``demo`` or ``sandbox``: they install signal handlers and configure logging."""
+    from daemon import cli
+
+    assert args[0] not in ("run", "demo", "sandbox"), "run these as a subprocess"
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(list(args))
+    return subprocess.CompletedProcess(["chartdrop", *args], code, out.getvalue(), err.getvalue())
 
 
 def counts_by_state(db_path: Path) -> dict[str, int]:
