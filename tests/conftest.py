@@ -99,7 +99,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     assert args[0] not in ("run", "demo", "sandbox"), "run these as a subprocess"
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = cli.main(list(args))
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            code = exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(["chartdrop", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, run_cli, running, wait_until, write_config
 
 from daemon.queue import JobState
 from daemon.samples import sample_pdf, sample_sidecar
@@ -114,7 +114,8 @@ def test_bad_arguments_are_one_sentence(tmp_path: Path, sandbox: Sandbox) -> Non
         (("abcd",), "no job with id abcd"),
         (("--failed", "-d", "nosuch"), "no destination named 'nosuch'"),
     ):
-        result = retry(config, *args)
+        # in-process (what it says, not that it is a process): the other tests run retry
+        result = run_cli("retry", "-c", str(config), *args)
         assert result.returncode == 2, args
         assert text in result.stderr and "Traceback" not in result.stderr
 
