@@ -370,3 +370,36 @@ def no_leaked_threads() -> Iterator[None]:
     while leaked() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked(), f"threads left running: {[t.name for t in leaked()]}"
+
+
+# The longest tests (about 10 s and more on a quiet 2-core machine), started first:
+# xdist's load scheduling hands out the first quarter of the tests one at a time,
+# round-robin, so these run side by side at the start instead of one of them
+# ending the run alone on one worker. Order only: a stale name here costs time,
+# never a result.
+LONG_FIRST = (
+    "test_crash.py::test_short_crash_soak",
+    "test_service_systemd.py::test_a_wedged_worker_stops_the_watchdog_pings_until_it_recovers",
+    "test_phi.py::test_no_canary_leaves_its_place",
+    "test_faults_wal.py::test_spool_files_without_a_job_after_the_wal_is_deleted_are_reconciled",
+    "test_killpoints.py::test_crash_at_kill_point_finishes_exactly_once",
+    "test_queue.py::test_four_processes_claim_every_job_exactly_once",
+    "test_inbox_lock.py::test_a_second_daemon_on_the_same_inbox_is_refused",
+    "test_duplicates.py::test_a_duplicate_is_held_then_sent_when_allowed",
+    "test_cli.py::test_run_refuses_a_second_daemon_and_stops_on_sigterm",
+    "test_cli.py::test_drop_hands_a_pair_to_the_running_daemon",
+    "test_keys_install.py::test_keys_new_writes_a_private_key_and_prints_a_matching_jwks",
+    "test_intake_daemon.py::test_an_incomplete_file_held_in_the_inbox_costs_no_cpu",
+    "test_disk.py::test_unreadable_documents_are_retried_then_reported",
+    "test_status_check.py::",
+    "test_faults_logging.py::",
+    "test_queue_properties.py::",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.nodeid.rsplit("/", 1)[-1]
+        return next((i for i, p in enumerate(LONG_FIRST) if name.startswith(p)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
