@@ -65,7 +65,8 @@ def test_fixed_sidecar_in_failed_is_taken_and_invalid_one_refused_with_every_pro
         bad["Media"]["Bogus"] = "x"
         r.drop("CANARY_bad.pdf", sample_pdf("y"), bad)
         (job,) = r.finished(1)
-        refused = retry(config, job.id)
+        # the refusals in-process (what retry says); the retry that works is the process
+        refused = run_cli("retry", "-c", str(config), job.id)
         assert refused.returncode == 1
         assert f"not retried {job.id}" in refused.stdout
         problems = [line for line in refused.stdout.splitlines() if line.startswith("  - ")]
@@ -80,7 +81,7 @@ def test_fixed_sidecar_in_failed_is_taken_and_invalid_one_refused_with_every_pro
         (rec,) = sandbox.state.received()
         assert rec.body["Media"]["DocumentID"] == job.document_id
         # a done job is not failed: refused with the reason
-        again = retry(config, job.id)
+        again = run_cli("retry", "-c", str(config), job.id)
         assert again.returncode == 1 and "the job is done, not failed" in again.stdout
 
 
