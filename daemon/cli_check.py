@@ -40,16 +40,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.extend(exc.problems)
         sender = None
-    if problems:
-        raise ConfigError(problems)
-    if args.online and sender is not None:
-        models = {d.model for d in settings.destination}
-        if models - {"FHIR"}:
-            sender.redox.check_auth()
-            print("online: authenticated with Redox")
-        if "FHIR" in models:
-            sender.fhir.check_auth()
-            print("online: authenticated with the FHIR token endpoint")
+    try:
+        if problems:
+            raise ConfigError(problems)
+        if args.online and sender is not None:
+            models = {d.model for d in settings.destination}
+            if models - {"FHIR"}:
+                sender.redox.check_auth()
+                print("online: authenticated with Redox")
+            if "FHIR" in models:
+                sender.fhir.check_auth()
+                print("online: authenticated with the FHIR token endpoint")
+    finally:  # its connections (``--online``): closed, not left to the garbage collector
+        for client in sender.http_clients() if sender is not None else []:
+            client.close()
     print(f"ok: {len(settings.destination)} destination(s), state_dir {settings.state_dir}")
     return 0
 

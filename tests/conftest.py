@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,6 @@ def destination(**fields: Any) -> Destination:
 def mounted_tmpfs(root: Path, options: str) -> Iterator[Path]:
     """A real, separate tmpfs at ``root`` (made here) with mount ``options``,
     unmounted afterwards; the test is skipped where mounting is not allowed."""
-    import subprocess
-
     root.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
@@ -87,6 +86,24 @@ def mounted_tmpfs(root: Path, options: str) -> Iterator[Path]:
         yield root
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``chartdrop ARGS`` in this process: the entry point's own code and exit code,
+    its stdout and stderr, without a process start-up (about a second of imports).
+    For tests about what a command says or refuses, not about it being a process;
+    every command keeps tests that run it as a real subprocess. Not for ``run``,
+    ``demo`` or ``sandbox``: they install signal handlers and configure logging."""
+    from daemon import cli
+
+    assert args[0] not in ("run", "demo", "sandbox"), "run these as a subprocess"
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["chartdrop", *args], code, out.getvalue(), err.getvalue())
 
 
 def counts_by_state(db_path: Path) -> dict[str, int]:
@@ -353,3 +370,36 @@ def no_leaked_threads() -> Iterator[None]:
     while leaked() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked(), f"threads left running: {[t.name for t in leaked()]}"
+
+
+# The longest tests (about 10 s and more on a quiet 2-core machine), started first:
+# xdist's load scheduling hands out the first quarter of the tests one at a time,
+# round-robin, so these run side by side at the start instead of one of them
+# ending the run alone on one worker. Order only: a stale name here costs time,
+# never a result.
+LONG_FIRST = (
+    "test_crash.py::test_short_crash_soak",
+    "test_service_systemd.py::test_a_wedged_worker_stops_the_watchdog_pings_until_it_recovers",
+    "test_phi.py::test_no_canary_leaves_its_place",
+    "test_faults_wal.py::test_spool_files_without_a_job_after_the_wal_is_deleted_are_reconciled",
+    "test_killpoints.py::test_crash_at_kill_point_finishes_exactly_once",
+    "test_queue.py::test_four_processes_claim_every_job_exactly_once",
+    "test_inbox_lock.py::test_a_second_daemon_on_the_same_inbox_is_refused",
+    "test_duplicates.py::test_a_duplicate_is_held_then_sent_when_allowed",
+    "test_cli.py::test_run_refuses_a_second_daemon_and_stops_on_sigterm",
+    "test_cli.py::test_drop_hands_a_pair_to_the_running_daemon",
+    "test_keys_install.py::test_keys_new_writes_a_private_key_and_prints_a_matching_jwks",
+    "test_intake_daemon.py::test_an_incomplete_file_held_in_the_inbox_costs_no_cpu",
+    "test_disk.py::test_unreadable_documents_are_retried_then_reported",
+    "test_status_check.py::",
+    "test_faults_logging.py::",
+    "test_queue_properties.py::",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.nodeid.rsplit("/", 1)[-1]
+        return next((i for i, p in enumerate(LONG_FIRST) if name.startswith(p)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order

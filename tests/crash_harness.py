@@ -60,6 +60,7 @@ from daemon.sandbox import SandboxServer, SandboxState, generate_keypair
 CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
 CANARY = "CANARY"  # in every dropped file name: must never reach a log line
 UNFINISHED = (JobState.INTAKE, JobState.QUEUED, JobState.LEASED, JobState.SENT, JobState.REJECTED)
+RECOVERED_WORK = ("leases_reset", "intake_finished", "intake_abandoned", "moves_finished")
 TRANSIENT_KINDS = frozenset({"transient", "auth", "gave_up", "local_error", "destination_removed"})
 
 # Small timings so a run takes seconds, not hours.
@@ -273,6 +274,16 @@ def unfinished(db: Path) -> int:
     return sum(counts[str(s)] for s in UNFINISHED)
 
 
+def wait_leased(db: Path, timeout: float) -> bool:
+    """Wait until a job is leased (a worker is sending it); False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists() and counts_by_state(db)[str(JobState.LEASED)]:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 # --------------------------------------------------------------------------- the soak run
 
 
@@ -305,6 +316,9 @@ class Figures:
     resets: int = 0  # stored, then the connection cut before the answer
     wrongly_in_done: int = 0  # in done/ but never delivered (or a bad document)
     most_resends_per_kill: int = 0
+    # restarts whose recovery found work a kill had interrupted (a lease, a hand-over,
+    # a move), from the daemon's own ``daemon.recovered`` lines: what the kills hit
+    interrupted: int = 0
     elapsed_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -363,6 +377,7 @@ def run_soak(
     latency_seconds: float = 0.02,
     max_up: float = 2.0,
     startup_kill_fraction: float = 0.15,
+    busy_kill_fraction: float = 0.0,
     big_fraction: float = 0.2,
     bad_fraction: float = 0.03,
     drain_timeout: float = 120.0,
@@ -410,11 +425,15 @@ def run_soak(
         killer = random.Random(seed + 1)
         d.start()
         while figures.kills < kills:
-            if killer.random() < startup_kill_fraction:
+            roll = killer.random()
+            if roll < startup_kill_fraction:
                 if d.wait_database_open():  # during start-up recovery
                     time.sleep(killer.uniform(0, 0.2))
             elif d.wait_started():
-                time.sleep(killer.uniform(0, max_up))
+                if roll < startup_kill_fraction + busy_kill_fraction:
+                    wait_leased(db, timeout=max_up)  # aimed: while a send is in flight
+                else:
+                    time.sleep(killer.uniform(0, max_up))
             code = d.kill()
             if code != -signal.SIGKILL:
                 figures.problems.append(f"daemon run {d.runs} exited on its own with {code}")
@@ -609,6 +628,8 @@ def _check(
         p.append("a file name reached the daemon's log")
     if "Traceback" in log_text:
         p.append("a traceback in the daemon's log")
+    recovered = [e for e in events if e.get("event") == "daemon.recovered"]
+    figures.interrupted = sum(1 for e in recovered if any(e.get(k) for k in RECOVERED_WORK))
     crashed = [e["event"] for e in events if e.get("event") in ("worker.crashed_job",)]
     if crashed:
         p.append(f"{len(crashed)} worker.crashed_job events")
@@ -636,10 +657,12 @@ def main(argv: list[str] | None = None) -> int:
     key.chmod(0o600)
     state = SandboxState(blob_dir=root / "sandbox-blobs")
     state.register_client(CLIENT_ID, KEY_ID, public)
+    fhir_secret = root / "fhir-secret"  # unused: the soak sends Redox Media only
+    fhir_secret.write_text("unused\n")
     with SandboxServer(state) as server:
         figures = run_soak(
             root,
-            Sandbox(server=server, state=state, private_key=key),
+            Sandbox(server=server, state=state, private_key=key, fhir_secret=fhir_secret),
             documents=args.documents,
             kills=args.kills,
             seed=args.seed,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, run_cli, running, wait_until, write_config
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
@@ -114,7 +114,7 @@ def test_check_offline_refuses_a_key_file_that_cannot_sign(
 ) -> None:
     config = write_config(tmp_path, sandbox)
     sandbox.private_key.write_bytes(make_key())
-    result = run("check", "-c", str(config))
+    result = run_cli("check", "-c", str(config))  # in-process: the tests above run the process
     assert result.returncode == 2, result.stdout
     assert f"redox.private_key_file ({sandbox.private_key}) {expected}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""The command line's rough edges, each as a user meets it (real subprocesses)."""
+"""The command line's rough edges, each as a user meets it (real subprocesses; the
+refusals of ``jobs`` and ``show`` in-process, through the same entry point)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Sandbox, running, write_config
+from conftest import Sandbox, run_cli, running, write_config
 
 from daemon.samples import sample_pdf, sample_sidecar
 
@@ -32,11 +33,11 @@ def test_jobs_show_and_audit(tmp_path: Path, sandbox: Sandbox) -> None:
         sandbox.state.set_faults(fail_next=[503], retry_after="0")
         r.drop("CANARY_a.pdf", sample_pdf("a"), sample_sidecar(mrn="CANARYMRN"))
         (job,) = r.finished(1)
-    bogus = run("jobs", "--state", "bogus", *c)
+    bogus = run_cli("jobs", "--state", "bogus", *c)
     _one_sentence(bogus)
     assert "invalid choice: 'bogus'" in bogus.stderr
-    assert run("jobs", "--state", "retrying", *c).stdout.strip() == "no jobs"
-    nosuch = run("jobs", "-d", "nosuch", *c)
+    assert run_cli("jobs", "--state", "retrying", *c).stdout.strip() == "no jobs"
+    nosuch = run_cli("jobs", "-d", "nosuch", *c)
     _one_sentence(nosuch)
     assert "no destination named 'nosuch'" in nosuch.stderr
     assert job.id in run("jobs", "--state", "done", "-d", "consents", *c).stdout
@@ -48,8 +49,8 @@ def test_jobs_show_and_audit(tmp_path: Path, sandbox: Sandbox) -> None:
     assert "history:" in show.stdout and "HTTP 503" in show.stdout
     assert "T" in show.stdout.split("created:")[1].split()[0]  # a local ISO time, not epoch
     assert "{" not in show.stdout
-    assert json.loads(run("show", job.id[:6], "--json", *c).stdout)["id"] == job.id
-    short = run("show", job.id[:3], *c)
+    assert json.loads(run_cli("show", job.id[:6], "--json", *c).stdout)["id"] == job.id
+    short = run_cli("show", job.id[:3], *c)
     _one_sentence(short)
     assert "at least 4 characters" in short.stderr
     assert "CANARY" not in show.stdout

@@ -1,16 +1,17 @@
 """A 2xx is success only when the body is what the API answers (issue 12, item 1).
 
 A proxy or captive portal answering ``200`` with an HTML page, in front of the
-real daemon (a subprocess) and the real sandbox: the document is not filed as
+real daemon (a subprocess, or in-process) and the real sandbox: the document is not filed as
 delivered on that answer; it is resent with the same DocumentID and reaches the
 API, and the odd answer counts against the destination's health."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
-from conftest import Sandbox, wait_until
+from conftest import Sandbox, events, running, wait_until
 from crash_harness import daemon, db_jobs, soak_config
 
 from daemon.samples import sample_pdf, sample_sidecar
@@ -51,40 +52,34 @@ def test_html_200_from_a_proxy_is_an_unknown_outcome_resent_with_the_same_id(
     assert "CANARY" not in d.log_text()
 
 
-def test_html_200s_pause_the_destination_like_an_outage(tmp_path: Path, sandbox: Sandbox) -> None:
+def test_html_200s_pause_the_destination_like_an_outage(
+    tmp_path: Path, sandbox: Sandbox, log_stream: io.StringIO
+) -> None:
+    """The daemon in-process: the test above runs it as a subprocess."""
     sandbox.state.set_faults(fail_next=["html"] * 3)
     config = soak_config(
         tmp_path, sandbox, workers=1, retry_base_seconds=0.05, retry_cap_seconds=0.3
     )
     db = tmp_path / "state" / "chartdrop.sqlite3"
-    with daemon(config, tmp_path / "logs") as d:
-        d.start()
-        assert d.wait_started()
+    with running(config):
         _drop(tmp_path / "consents" / "inbox")
         _done_job(db)
-        assert d.terminate() == 0
-        events = d.events()
     assert sandbox.state.injected() == {"html": 3}
     assert len(sandbox.state.received()) == 1
-    assert any(e["event"] == "destination.paused" for e in events), sorted(
-        {e["event"] for e in events}
-    )
+    assert events(log_stream, "destination.paused"), log_stream.getvalue()
 
 
 def test_fhir_200_without_a_resource_is_an_unknown_outcome(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, log_stream: io.StringIO
 ) -> None:
+    """The daemon in-process: the first test runs it as a subprocess."""
     sandbox.state.set_faults(fail_next=["html"])
     config = soak_config(tmp_path, sandbox, workers=1, model="FHIR", fhir=sandbox.fhir_table())
     db = tmp_path / "state" / "chartdrop.sqlite3"
-    with daemon(config, tmp_path / "logs") as d:
-        d.start()
-        assert d.wait_started()
+    with running(config):
         _drop(tmp_path / "consents" / "inbox", model="FHIR")
         job = _done_job(db)
-        assert d.terminate() == 0
-        events = d.events()
     (resource,) = sandbox.state.fhir_resources()
     assert job.remote_id == resource["id"]  # type: ignore[attr-defined]
-    (retry,) = [e for e in events if e["event"] == "job.retry"]
+    (retry,) = events(log_stream, "job.retry")
     assert retry["error_kind"] == "unknown_outcome"

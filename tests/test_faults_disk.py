@@ -65,7 +65,8 @@ def test_disk_full_at_the_commit_after_send_is_retried_promptly_never_resent(
         assert arrived.wait(30), "the send never reached the sandbox"
         assert fill_bytes(filler) > 0
         wait_until(lambda: len(sandbox.state.received()) == 1, timeout=10)
-        time.sleep(2.0)  # the commit after the send has failed by now
+        # the commit after the send has failed (the daemon says so once per job)
+        wait_until(lambda: [e for e in d.events() if e["event"] == "job.commit_retry"])
         assert db_jobs(db).get("done") is None  # it could not be recorded, let alone filed
         filler.unlink()
         freed = time.monotonic()

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, write_config
+from conftest import Sandbox, run_cli, write_config
 from crash_harness import CHARTDROP
 
 
@@ -40,9 +40,7 @@ def test_destinations_feeding_each_other_are_refused_by_check_and_run(
     for sub in ("inbox", "done", "failed"):
         (tmp_path / "other" / sub).mkdir(parents=True)
     config = write_config(tmp_path, sandbox, tables=table)
-    check = subprocess.run(
-        [CHARTDROP, "check", "-c", str(config)], capture_output=True, text=True, timeout=60
-    )
+    check = run_cli("check", "-c", str(config))  # in-process: test_cli runs check as a process
     assert check.returncode != 0
     assert expected in check.stdout + check.stderr
     run = subprocess.run(
@@ -60,7 +58,5 @@ def test_separate_destinations_are_accepted(tmp_path: Path, sandbox: Sandbox) ->
     for sub in ("inbox", "done", "failed"):
         (tmp_path / "other" / sub).mkdir(parents=True)
     config = write_config(tmp_path, sandbox, tables=_second("other/inbox"))
-    check = subprocess.run(
-        [CHARTDROP, "check", "-c", str(config)], capture_output=True, text=True, timeout=60
-    )
+    check = run_cli("check", "-c", str(config))
     assert check.returncode == 0, check.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
+from conftest import Sandbox, run_cli
 from test_durability import PAGE, _last_table_page, _real_database, _run, _scramble
 
 from daemon.queue_schema import file_intact
@@ -18,7 +18,9 @@ def test_status_on_a_damaged_database_reports_it_and_exits_2(
     tmp_path: Path, sandbox: Sandbox, where: str
 ) -> None:
     config, db = _real_database(tmp_path, sandbox)
-    healthy = _run(config, "status")
+    # status --json and the healthy status in-process (the same entry point), status
+    # itself as the process an admin runs
+    healthy = run_cli("status", "-c", str(config))
     assert healthy.returncode == 0, healthy.stderr
     if where == "header":
         _scramble(db, 0, 100)
@@ -31,7 +33,7 @@ def test_status_on_a_damaged_database_reports_it_and_exits_2(
     assert not file_intact(db)
     damaged = db.read_bytes()
     for args in (("status",), ("status", "--json")):
-        result = _run(config, *args)
+        result = _run(config, *args) if args == ("status",) else run_cli(*args, "-c", str(config))
         assert result.returncode == 2, (args, result.stdout)
         assert "damaged or unreadable" in result.stderr
         assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, counts_by_state, run_cli, running, wait_until, write_config
 from daemonproc import CHARTDROP, daemon_process
 
 from daemon.config import load_settings
@@ -30,10 +30,9 @@ def _configs(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, Path]:
 
 
 def _check(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CHARTDROP, "check", "-c", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    """In-process (the lock is another process's all the same): test_cli runs
+    ``check`` as a subprocess."""
+    return run_cli("check", "-c", str(config))
 
 
 def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -62,6 +61,9 @@ def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path, sandbox: S
         (inbox / "scan.pdf").write_bytes(sample_pdf("locked"))
         done = tmp_path / "consents" / "done"
         wait_until(lambda: list(done.glob("*/scan.pdf")), timeout=30)
+        # the move comes before the job's done commit: wait for that too before the kill
+        db = tmp_path / "state-1" / "chartdrop.sqlite3"
+        wait_until(lambda: counts_by_state(db)[str(JobState.DONE)] == 1, timeout=30)
         assert (inbox / INBOX_LOCK_NAME).exists()
 
         one.signal(signal.SIGKILL)  # a crash: the kernel drops the lock with the process

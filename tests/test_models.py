@@ -406,9 +406,9 @@ def test_fhir_resend_after_unknown_outcome_creates_no_second_resource(
     from daemon.http import make_http_client
 
     settings = load_settings(config)
-    client = FhirClient(settings.fhir, make_http_client(settings))
     resource = {k: v for k, v in stored()[0].items() if k not in ("id", "meta")}
-    again = client.create_media(settings.destination[0], resource)
+    with make_http_client(settings) as http:
+        again = FhirClient(settings.fhir, http).create_media(settings.destination[0], resource)
     assert (again.status, again.log_id) == (200, job.remote_id)
     assert len(stored()) == 1
 
@@ -457,22 +457,23 @@ def test_legacy_token_is_renewed_with_the_refresh_token_then_by_authenticating(
     secret.write_text(LEGACY_SECRET)
     redox = {"auth": "legacy", "api_key": LEGACY_KEY, "secret_file": str(secret)}
     settings = load_settings(write_config(tmp_path, sandbox, redox=redox))
-    client = RedoxClient(settings.redox, make_http_client(settings))
-    first = client.token()
-    assert sandbox.state.token_requests == 1 and sandbox.state.refresh_requests == 0
-    sandbox.state.revoke_tokens()  # the access token is rejected: a 401 renews it
-    client.invalidate(first)
-    second = client.token()
-    assert second != first
-    assert sandbox.state.refresh_requests == 1 and sandbox.state.token_requests == 1
-    sandbox.state.revoke_tokens()
-    sandbox.state.revoke_refresh_tokens()  # the refresh token is refused too: authenticate again
-    client.invalidate(second)
-    client.token()
-    assert sandbox.state.refresh_requests == 2 and sandbox.state.token_requests == 2
-    # And a real send with a token the server forgot: 401, renewed once, delivered.
-    body = {"Meta": {"DataModel": "Media"}}
-    sandbox.state.revoke_tokens()
-    with pytest.raises(PermanentDeliveryError):  # the renewed token works; the body is refused
-        client.send(body)
-    assert sandbox.state.refresh_requests == 3
+    with make_http_client(settings) as http:
+        client = RedoxClient(settings.redox, http)
+        first = client.token()
+        assert sandbox.state.token_requests == 1 and sandbox.state.refresh_requests == 0
+        sandbox.state.revoke_tokens()  # the access token is rejected: a 401 renews it
+        client.invalidate(first)
+        second = client.token()
+        assert second != first
+        assert sandbox.state.refresh_requests == 1 and sandbox.state.token_requests == 1
+        sandbox.state.revoke_tokens()
+        sandbox.state.revoke_refresh_tokens()  # refresh token refused too: authenticate again
+        client.invalidate(second)
+        client.token()
+        assert sandbox.state.refresh_requests == 2 and sandbox.state.token_requests == 2
+        # And a real send with a token the server forgot: 401, renewed once, delivered.
+        body = {"Meta": {"DataModel": "Media"}}
+        sandbox.state.revoke_tokens()
+        with pytest.raises(PermanentDeliveryError):  # the renewed token works; the body is refused
+            client.send(body)
+        assert sandbox.state.refresh_requests == 3

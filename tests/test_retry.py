@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, run_cli, running, wait_until, write_config
 
 from daemon.queue import JobState
 from daemon.samples import sample_pdf, sample_sidecar
@@ -65,7 +65,8 @@ def test_fixed_sidecar_in_failed_is_taken_and_invalid_one_refused_with_every_pro
         bad["Media"]["Bogus"] = "x"
         r.drop("CANARY_bad.pdf", sample_pdf("y"), bad)
         (job,) = r.finished(1)
-        refused = retry(config, job.id)
+        # the refusals in-process (what retry says); the retry that works is the process
+        refused = run_cli("retry", "-c", str(config), job.id)
         assert refused.returncode == 1
         assert f"not retried {job.id}" in refused.stdout
         problems = [line for line in refused.stdout.splitlines() if line.startswith("  - ")]
@@ -80,7 +81,7 @@ def test_fixed_sidecar_in_failed_is_taken_and_invalid_one_refused_with_every_pro
         (rec,) = sandbox.state.received()
         assert rec.body["Media"]["DocumentID"] == job.document_id
         # a done job is not failed: refused with the reason
-        again = retry(config, job.id)
+        again = run_cli("retry", "-c", str(config), job.id)
         assert again.returncode == 1 and "the job is done, not failed" in again.stdout
 
 
@@ -114,7 +115,8 @@ def test_bad_arguments_are_one_sentence(tmp_path: Path, sandbox: Sandbox) -> Non
         (("abcd",), "no job with id abcd"),
         (("--failed", "-d", "nosuch"), "no destination named 'nosuch'"),
     ):
-        result = retry(config, *args)
+        # in-process (what it says, not that it is a process): the other tests run retry
+        result = run_cli("retry", "-c", str(config), *args)
         assert result.returncode == 2, args
         assert text in result.stderr and "Traceback" not in result.stderr
 

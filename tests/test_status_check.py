@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, running, wait_until, write_config
+from conftest import Sandbox, run_cli, running, wait_until, write_config
 
 from daemon.cli_common import QuickCheck
 from daemon.config import load_settings
@@ -30,6 +30,13 @@ def check(config: Path) -> tuple[int, str]:
     result = run("status", "--check", "-c", str(config))
     assert result.stdout.count("\n") == 1, result.stdout + result.stderr
     return result.returncode, result.stdout.strip()
+
+
+def turns(config: Path, code: int) -> bool:
+    """``status --check`` in-process has exit code ``code``: for waiting until the
+    state changes (a subprocess per poll would start the CLI a dozen times, a second
+    of imports each); the tests then assert that state with the real command."""
+    return run_cli("status", "--check", "-c", str(config)).returncode == code
 
 
 def alerts(**values: float) -> str:
@@ -93,11 +100,13 @@ def test_a_pause_warns_then_goes_critical(tmp_path: Path, sandbox: Sandbox) -> N
         code, line = check(config)
         assert code == 1, line
         assert "consents paused (" in line
-        wait_until(lambda: check(config)[0] == 2, timeout=20)
-        assert "consents paused" in check(config)[1]
+        wait_until(lambda: turns(config, 2), timeout=20, interval=0.25)
+        code, line = check(config)
+        assert code == 2 and "consents paused" in line, line
         sandbox.state.set_faults(outage=False)
         r.finished(1)
-        wait_until(lambda: check(config)[0] == 0, timeout=10)
+        wait_until(lambda: turns(config, 0), timeout=10, interval=0.25)
+        assert check(config)[0] == 0
 
 
 def test_old_backlog_warns_then_goes_critical(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -115,10 +124,11 @@ def test_old_backlog_warns_then_goes_critical(tmp_path: Path, sandbox: Sandbox) 
         sandbox.state.set_faults(outage=True)
         r.drop("a.pdf", sample_pdf("a"), sample_sidecar())
         wait_until(lambda: r.queue.jobs())
-        wait_until(lambda: check(config)[0] == 1)
+        wait_until(lambda: turns(config, 1), interval=0.25)
         assert "consents: oldest waiting document" in check(config)[1]
-        wait_until(lambda: check(config)[0] == 2, timeout=20)
-        assert "oldest waiting document" in check(config)[1]
+        wait_until(lambda: turns(config, 2), timeout=20, interval=0.25)
+        code, line = check(config)
+        assert code == 2 and "oldest waiting document" in line, line
         sandbox.state.set_faults(outage=False)
         r.finished(1)
 
