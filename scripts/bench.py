@@ -3,9 +3,12 @@
     uv run python scripts/bench.py            # the full run (a 20,000-file backlog)
     uv run python scripts/bench.py --quick    # under 3 minutes (a 1,000-file backlog)
 
-Everything runs on this machine against the project's own Redox-compatible
-sandbox, started as a separate process on 127.0.0.1 (its CPU is not counted
-for anyone). Three contenders, with the peer answering in 0 ms and in 50 ms:
+Everything runs on this machine against a Redox-shaped peer started as a
+separate process on 127.0.0.1 (its CPU is not counted for anyone):
+``scripts/fast_peer.py`` by default, which answers without checking and is never
+the bottleneck, or with ``--peer sandbox`` the project's sandbox, which
+validates and stores every body and caps everyone at ≈90 requests a second.
+Three contenders, with the peer answering in 0 ms and in 50 ms:
 
 - **chartdrop**: ``chartdrop run`` as a real subprocess with a temp config
   (``--workers`` workers, ``--settle`` settle_seconds). Its CPU is read from
@@ -80,7 +83,12 @@ def serve_sandbox(directory: Path) -> None:
 
 
 class Peer:
-    def __init__(self, root: Path) -> None:
+    """The peer everyone sends to: ``fast`` (scripts/fast_peer.py, answers without
+    checking, never the bottleneck) or ``sandbox`` (chartdrop's sandbox, which
+    validates and stores every body: ≈90 requests/s on two cores, so it caps
+    every contender)."""
+
+    def __init__(self, root: Path, kind: str = "fast") -> None:
         from daemon.sandbox import generate_keypair
 
         self.dir = root / "peer"
@@ -90,8 +98,14 @@ class Peer:
         self.private_key.write_bytes(private)
         self.private_key.chmod(0o600)
         (self.dir / "key.pub.pem").write_bytes(public)
+        self.kind = kind
+        serve = (
+            [sys.executable, str(Path(__file__).with_name("fast_peer.py"))]
+            if kind == "fast"
+            else [sys.executable, __file__, "--serve-sandbox", str(self.dir)]
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-sandbox", str(self.dir)],
+            serve,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -100,7 +114,7 @@ class Peer:
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             self.proc.kill()
-            raise SystemExit("bench: the sandbox did not start")
+            raise SystemExit(f"bench: the {kind} peer did not start")
         self.host, self.port = urlsplit(self.url).hostname, urlsplit(self.url).port
 
     def request(self, method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
@@ -795,6 +809,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog-delay", type=float, default=0.0, help="peer delay for the backlog")
     p.add_argument("--backlog-timeout", type=float, help="give up after (900 s; quick 90 s)")
     p.add_argument("--skip", action="append", default=[], choices=["throughput", "backlog"])
+    p.add_argument(
+        "--peer",
+        choices=["fast", "sandbox"],
+        default="fast",
+        help="fast: scripts/fast_peer.py (default); sandbox: chartdrop's sandbox (caps at ≈90/s)",
+    )
     p.add_argument("--serve-sandbox", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_sandbox is not None:
@@ -810,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chartdrop-bench-") as tmp:
         root = Path(tmp)
-        peer = Peer(root)
+        peer = Peer(root, args.peer)
+        report.line(f"peer: {args.peer} at {peer.url}")
         try:
             steps: list[tuple[str, Callable[..., None]]] = [
                 ("throughput", throughput),
