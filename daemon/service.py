@@ -63,7 +63,11 @@ from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
 from daemon.wakeup import Wakeup
 
-TICK_SECONDS = 0.25
+TICK_SECONDS = 0.25  # after a failed tick, the next one comes this soon
+# With nothing due, the main loop sleeps until its next timed duty (lease check,
+# watchdog ping, STATUS= line), at most this long; inbox events, signals, a
+# reload and stop wake it at once (intake.wake).
+QUIET_MAX_SECONDS = 1.0
 # Idle workers: the one holding the poll token claims every IDLE_POLL_SECONDS (jobs
 # coming out of backoff, a pause that ended); the others wait for an announced job
 # (daemon.wakeup), claiming only every IDLE_SPARE_SECONDS as a safety net.
@@ -468,6 +472,16 @@ class Service:
             if polling:
                 self._poll_token.release()
 
+    def _quiet(self) -> float:
+        """How long the main loop may sleep if intake has nothing due sooner."""
+        now = time.monotonic()
+        duties = [self._next_lease_check]
+        if self.notifier.watchdog_interval is not None:
+            duties.append(self._next_ping)  # not advanced while unhealthy: then skipped
+        if self.notifier.enabled:
+            duties.append(self._next_status)
+        return min([QUIET_MAX_SECONDS, *(at - now for at in duties if at > now)])
+
     def tick(self) -> float:
         """One slice of the main loop's work; returns the seconds until intake has
         something due (0 if it left ready documents for the next slice)."""
@@ -508,7 +522,7 @@ class Service:
             assert self.intake is not None
             # Intake's work comes in bounded slices: the watchdog is pinged between
             # them, and a backlog's next slice starts at once.
-            self.intake.wake.wait(min(due + DUE_SLACK_SECONDS if due else 0.0, TICK_SECONDS))
+            self.intake.wake.wait(min(due + DUE_SLACK_SECONDS if due else 0.0, self._quiet()))
             self.intake.wake.clear()
         return self.shutdown()
 
