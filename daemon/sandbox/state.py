@@ -7,6 +7,11 @@ copies: mutating them never changes the sandbox.
 
 Nothing here logs. Recorded request bodies stay in memory for the tests that
 asked for them and are never written anywhere else.
+
+Longer than ~400 lines because it is one lock's worth of state: clients and
+keys, tokens, blobs, received bodies, attempts and injected faults are read
+and changed together under that lock (a fault decides an attempt's answer and
+is recorded with it); split up, each part would need the others' lock.
 """
 
 from __future__ import annotations
