@@ -26,26 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_queue import CONFIG as QUEUE_CONFIG  # scripts/ is on sys.path when run as a script
+
 from daemon.queue import Queue
 
-CONFIG = """state_dir = "state"
-[redox]
-api_url = "http://127.0.0.1:9"
-upload_url = "http://127.0.0.1:9/upload"
-private_key_file = "redox-key.pem"
-[[destination]]
-name = "consents"
-inbox = "f/inbox"
-done = "f/done"
-failed = "f/failed"
-redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
-[[destination]]
-name = "letters"
-inbox = "g/inbox"
-done = "g/done"
-failed = "g/failed"
-redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
-"""
+# bench_queue's two-destination config, with a signing key for `check`
+CONFIG = QUEUE_CONFIG.replace(
+    "[[destination]]", 'private_key_file = "redox-key.pem"\n[[destination]]', 1
+)
 
 FILL = """
     WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)

@@ -198,6 +198,20 @@ MODEL_DEFAULTS = {
 }
 
 
+# A config whose Redox is unreachable (port 9): for commands that never send.
+OFFLINE_CONFIG = """state_dir = "state"
+[redox]
+api_url = "http://127.0.0.1:9"
+upload_url = "http://127.0.0.1:9/upload"
+[[destination]]
+name = "consents"
+inbox = "f/inbox"
+done = "f/done"
+failed = "f/failed"
+redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
+"""
+
+
 def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists of them are TOML too
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import OFFLINE_CONFIG
 
 from daemon.queue import Queue
 
@@ -22,17 +23,6 @@ HEAVY += ("daemon.redox", "daemon.fhir", "daemon.payload", "daemon.outgoing", "d
 HEAVY += ("daemon.sandbox", "daemon.intake", "daemon.delivery", "daemon.metrics", "daemon.logs")
 MODELS = ("pydantic", "pydantic_core", "pydantic_settings", "daemon.config")  # the parser's not
 
-CONFIG = """state_dir = "state"
-[redox]
-api_url = "http://127.0.0.1:9"
-upload_url = "http://127.0.0.1:9/upload"
-[[destination]]
-name = "consents"
-inbox = "f/inbox"
-done = "f/done"
-failed = "f/failed"
-redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
-"""
 
 LOADED = """
 heavy = tuple(json.loads(sys.stdin.read()))
@@ -61,7 +51,7 @@ def config(tmp_path: Path) -> Path:
     with Queue(tmp_path / "state" / "chartdrop.sqlite3"):  # created and migrated here
         pass
     path = tmp_path / "chartdrop.toml"
-    path.write_text(CONFIG)
+    path.write_text(OFFLINE_CONFIG)
     return path
 
 

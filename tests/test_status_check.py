@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, run_cli, running, wait_until, write_config
+from conftest import OFFLINE_CONFIG, Sandbox, run_cli, running, wait_until, write_config
 
 from daemon.cli_common import QuickCheck
 from daemon.config import load_settings
@@ -199,19 +199,6 @@ def test_a_user_who_may_not_read_the_lock_gets_unknown_not_a_false_critical(
     assert result.stdout.startswith("CHARTDROP UNKNOWN - no permission to read")
 
 
-CONFIG = """state_dir = "state"
-[redox]
-api_url = "http://127.0.0.1:9"
-upload_url = "http://127.0.0.1:9/upload"
-[[destination]]
-name = "consents"
-inbox = "f/inbox"
-done = "f/done"
-failed = "f/failed"
-redox_destination_id = "af394f14-b34a-464f-8d24-895f370af4c9"
-"""
-
-
 def test_quick_check_starts_early_on_the_database_the_settings_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,7 +211,7 @@ def test_quick_check_starts_early_on_the_database_the_settings_name(
     for state in ("state", "other"):
         with Queue(root / state / "chartdrop.sqlite3"):
             pass
-    (root / "chartdrop.toml").write_text(CONFIG)
+    (root / "chartdrop.toml").write_text(OFFLINE_CONFIG)
     monkeypatch.chdir(tmp_path)
     relative = "cfg/chartdrop.toml"
     early = QuickCheck.early(relative)
