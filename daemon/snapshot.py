@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,18 +70,18 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int)
     with open_document(spool_document) as src:
         st = os.fstat(src.fileno())
         keep = st.st_size <= keep_bytes
-        blocks: list[bytes] = []
+        # A document kept is read as one object (no copy to join blocks); one that
+        # grew since the fstat is read on in blocks, not kept (and fails its hash).
+        kept = src.read(st.st_size + 1) if keep else b""
         size = 0
         digest = hashlib.sha256()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
-                while block := src.read(1 << 20):
+                for block in itertools.chain((kept,), iter(lambda: src.read(1 << 20), b"")):
                     digest.update(block)
                     out.write(block)
                     size += len(block)
-                    if keep:
-                        blocks.append(block)
                 out.flush()
                 os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
                 with contextlib.suppress(OSError):  # the staff group the inbox gave it
@@ -92,5 +93,4 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    data = (blocks[0] if len(blocks) == 1 else b"".join(blocks)) if keep else None
-    return Snapshot(size=size, mtime=st.st_mtime, data=data)
+    return Snapshot(size=size, mtime=st.st_mtime, data=kept if keep and size == len(kept) else None)
