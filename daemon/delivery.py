@@ -9,6 +9,7 @@ send the spool document becomes a private snapshot (:mod:`daemon.snapshot`).
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import time
 from collections.abc import Callable
@@ -297,21 +298,31 @@ class Deliverer:
             self.limits.configure(self.settings)
         for client in {id(c): c for c in self.sender.http_clients()}.values():
             self.limits.watch(client)  # the sender's clients are new after a reload
-        snapped = False
+        snap = None
         if job.sha256 and not is_sidecar_only(job):
-            snapped = snapshot(Path(job.spool_document), job.sha256)
-            if not snapped:
+            # an embedded document's bytes are kept as copied and checked: sent from memory
+            timing = dest.timing  # (FHIR embeds every document)
+            keep = timing.upload_max_bytes if dest.model == "FHIR" else timing.embed_max_bytes
+            snap = snapshot(Path(job.spool_document), job.sha256, keep_bytes=keep)
+            if snap is None:
                 self.log.warning(
                     "job.snapshot_skipped", job_id=job.id, destination=job.destination,
                     reason="no room on the disk for the copy: sent from the spool file",
                 )  # fmt: skip
+
+        def upload(fh: BinaryIO, kind: FileKind) -> str:
+            return self._upload(job, fh, kind)
+
+        if snap is not None and snap.data is not None:
+            with self.limits.sending(dest):
+                return self.sender.send(
+                    job, dest, io.BytesIO(snap.data), sidecar, upload, stat=(snap.size, snap.mtime)
+                )
         with self.limits.sending(dest), open_document(Path(job.spool_document)) as fh:
-            if job.sha256 and not snapped:  # what goes out must be what intake hashed
+            if job.sha256 and snap is None:  # what goes out must be what intake hashed
                 self._unchanged(job, sha256_file(fh)[0])  # (a snapshot was checked as copied)
                 fh.seek(0)
-            return self.sender.send(
-                job, dest, fh, sidecar, lambda f, kind: self._upload(job, f, kind)
-            )
+            return self.sender.send(job, dest, fh, sidecar, upload)
 
     @staticmethod
     def _unchanged(job: Job, digest: str) -> None:

@@ -157,7 +157,12 @@ def read_capped(
 
 def remote_log_id(response: httpx.Response) -> str | None:
     """``Meta.Logs[0].ID`` of a Redox answer (success or error), if it looks like an ID."""
-    meta = json_object(response).get("Meta")
+    return log_id_of(json_object(response))
+
+
+def log_id_of(answer: dict[str, Any]) -> str | None:
+    """``Meta.Logs[0].ID`` of a parsed Redox answer, if it looks like an ID."""
+    meta = answer.get("Meta")
     logs = meta.get("Logs") if isinstance(meta, dict) else None
     first = logs[0] if isinstance(logs, list) and logs else None
     log_id = first.get("ID") if isinstance(first, dict) else None
@@ -350,6 +355,7 @@ __all__ = [
     "http_client",
     "is_loopback",
     "json_object",
+    "log_id_of",
     "make_http_client",
     "not_the_api",
     "read_capped",

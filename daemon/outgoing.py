@@ -263,24 +263,32 @@ class Sender:
         fh: BinaryIO,
         sidecar: dict[str, Any] | None,
         upload: Callable[[BinaryIO, FileKind], str],
+        *,
+        stat: tuple[int, float] | None = None,
     ) -> SendResult:
-        st = os.fstat(fh.fileno())
+        """``stat``: the document's size and mtime when ``fh`` is not a file (the
+        snapshot's checked bytes, in memory); else they come from ``fstat``."""
+        if stat is None:
+            st = os.fstat(fh.fileno())
+            stat = (st.st_size, st.st_mtime)
+        size, mtime = stat
         if is_sidecar_only(job):
             return self._send_sidecar_only(job, dest, sidecar or {})
-        limit = dest.timing.upload_max_bytes
-        if st.st_size > limit:
-            raise TooLargeError(f"the file is {st.st_size:,} bytes; the limit is {limit:,} bytes")
+        timing = dest.timing
+        limit = timing.upload_max_bytes
+        if size > limit:
+            raise TooLargeError(f"the file is {size:,} bytes; the limit is {limit:,} bytes")
         kind = check_kind(dest, detect(fh), job.original_name)
         fields = effective_sidecar(dest, sidecar, job.original_name)
-        created = datetime.fromtimestamp(st.st_mtime, UTC)
+        created = datetime.fromtimestamp(mtime, UTC)
         if dest.model == "FHIR":
-            return self._send_fhir(job, dest, fh, fields, kind, st.st_size, created)
+            return self._send_fhir(job, dest, fh, fields, kind, size, created)
         facts = FileFacts(job.original_name, kind.redox_type, created)
         body = redox_body(  # validated before any network call
             dest=dest, settings=self.settings, sidecar=fields, document_id=job.document_id,
             facts=facts,
         )  # fmt: skip
-        if st.st_size <= dest.timing.embed_max_bytes:
+        if size <= timing.embed_max_bytes:
             # the base64 bytes go into the encoded JSON as they are (no str round trip)
             embedded = Embedded(f"chartdrop-file-{uuid.uuid4().hex}", base64.b64encode(fh.read()))
             attach(body, dest.model, embedded.marker)

@@ -32,9 +32,9 @@ from daemon.http import (
     expiry_from_iso,
     expiry_from_seconds,
     json_object,
+    log_id_of,
     not_the_api,
     read_secret,
-    remote_log_id,
 )
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -203,8 +203,9 @@ class RedoxClient(BearerClient):
             headers={"Content-Type": "application/json"},
         )
         classify(response, "Redox")
-        log_id = remote_log_id(response)
-        if not isinstance(json_object(response).get("Meta"), dict) or log_id is None:
+        answer = json_object(response)  # parsed once
+        log_id = log_id_of(answer)
+        if not isinstance(answer.get("Meta"), dict) or log_id is None:
             raise not_the_api("Redox", response)
         return SendResult(status=response.status_code, log_id=log_id)
 

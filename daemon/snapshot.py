@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import (
@@ -22,7 +24,16 @@ CHANGED = (
 SNAPSHOT_SUFFIX = ".snapshot"
 
 
-def snapshot(spool_document: Path, sha256: str) -> bool:
+@dataclass(frozen=True)
+class Snapshot:
+    """The spool document as copied: the bytes checked against the intake hash."""
+
+    size: int
+    mtime: float  # the document's, kept on the copy (its CreationDateTime)
+    data: bytes | None  # those bytes, when the caller asked to keep them (else None)
+
+
+def snapshot(spool_document: Path, sha256: str, *, keep_bytes: int = 0) -> Snapshot | None:
     """Make ``spool_document`` a private copy of the bytes hashed at intake, so
     what is sent, and then filed in done/, is exactly those bytes.
 
@@ -34,33 +45,43 @@ def snapshot(spool_document: Path, sha256: str) -> bool:
     made durable and renamed over the spool name. A late writer then writes to
     the old, unlinked inode and can change neither the send nor done/.
 
+    A document of at most ``keep_bytes`` is kept in memory as copied
+    (``Snapshot.data``): those bytes, already checked, are what is sent, without
+    opening and reading the spool file again.
+
     A disk with no room for the copy (ENOSPC, EDQUOT) does not hold the send
     back: it goes out from the spool file as before, still checked against
-    ``sha256`` just before it is read (returns False then).
+    ``sha256`` just before it is read (returns None then).
     """
     tmp = spool_document.with_name(spool_document.name + SNAPSHOT_SUFFIX)
     tmp.unlink(missing_ok=True)  # a crash's leftover
     try:
-        _copy_checked(spool_document, tmp, sha256)
+        snap = _copy_checked(spool_document, tmp, sha256, keep_bytes)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return False
+            return None
         raise
     fsync_dir(spool_document.parent)
-    return True
+    return snap
 
 
-def _copy_checked(spool_document: Path, tmp: Path, sha256: str) -> None:
+def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int) -> Snapshot:
     with open_document(spool_document) as src:
         st = os.fstat(src.fileno())
+        keep = st.st_size <= keep_bytes
+        # A document kept is read as one object (no copy to join blocks); one that
+        # grew since the fstat is read on in blocks, not kept (and fails its hash).
+        kept = src.read(st.st_size + 1) if keep else b""
+        size = 0
         digest = hashlib.sha256()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
-                while block := src.read(1 << 20):
+                for block in itertools.chain((kept,), iter(lambda: src.read(1 << 20), b"")):
                     digest.update(block)
                     out.write(block)
+                    size += len(block)
                 out.flush()
                 os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
                 with contextlib.suppress(OSError):  # the staff group the inbox gave it
@@ -72,3 +93,4 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+    return Snapshot(size=size, mtime=st.st_mtime, data=kept if keep and size == len(kept) else None)

@@ -5,15 +5,19 @@ holds exactly the bytes that were sent, never the later version."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import Sandbox, wait_until
 from crash_harness import daemon, db_jobs, received_contents, sha, soak_config
 
+from daemon.errors import ChangedError
 from daemon.samples import sample_pdf, sample_sidecar
+from daemon.snapshot import snapshot
 
 
 def test_a_file_changed_while_its_send_waited_is_not_what_done_holds(
@@ -51,3 +55,23 @@ def test_a_file_changed_while_its_send_waited_is_not_what_done_holds(
     assert sha(filed.read_bytes()) == sent  # exactly the bytes that were sent
     assert job.sha256 == sent  # type: ignore[attr-defined]
     assert not list((tmp_path / "state" / "spool").iterdir())
+
+
+def test_the_snapshot_keeps_the_bytes_it_checked_only_when_asked(tmp_path: Path) -> None:
+    data = sample_pdf("kept", padding=3_000)
+    spool = tmp_path / "job.document"
+    spool.write_bytes(data)
+    os.utime(spool, (1_000_000, 1_234_567))
+    inode = spool.stat().st_ino
+    digest = hashlib.sha256(data).hexdigest()
+    kept = snapshot(spool, digest, keep_bytes=len(data))
+    assert kept is not None and kept.data == data and kept.size == len(data)
+    assert kept.mtime == 1_234_567 and spool.stat().st_mtime == 1_234_567
+    assert spool.stat().st_ino != inode and spool.read_bytes() == data  # a private copy
+    not_kept = snapshot(spool, digest, keep_bytes=len(data) - 1)  # too big to keep
+    assert not_kept is not None and not_kept.data is None and not_kept.size == len(data)
+    spool.write_bytes(data + b"more")  # changed since the hash: refused, nothing kept
+    with pytest.raises(ChangedError):
+        snapshot(spool, digest, keep_bytes=10 * len(data))
+    assert spool.read_bytes() == data + b"more"
+    assert [p.name for p in tmp_path.iterdir()] == ["job.document"]
