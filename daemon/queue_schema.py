@@ -300,6 +300,14 @@ def m005_events_retention(db: Database) -> None:
     )
 
 
+@_migration
+def m006_failed_by_document_id(db: Database) -> None:
+    # After each delivery, the failed job with the same DocumentID (a document
+    # moved back by hand) has its note removed: a seek in the failed rows only,
+    # not a read of every failed row kept for keep_failed_days.
+    db.execute("CREATE INDEX jobs_failed_document ON jobs (document_id) WHERE state = 'failed'")
+
+
 JOB_COLUMNS = frozenset(Job.__dataclass_fields__)
 
 

@@ -114,6 +114,7 @@ def test_reopening_applies_each_migration_once(queue: Queue, db_path: Path) -> N
         ("chartdrop", "m003_indexes_for_a_big_queue"),
         ("chartdrop", "m004_duplicates"),
         ("chartdrop", "m005_events_retention"),
+        ("chartdrop", "m006_failed_by_document_id"),
     ]
 
 
@@ -129,7 +130,7 @@ def test_concurrent_first_opens_create_the_schema_once(db_path: Path) -> None:
         for future in [pool.submit(open_it) for _ in range(6)]:
             future.result(60)  # re-raises what the thread raised
     conn = raw(db_path)
-    assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (5,)
+    assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (6,)
     conn.close()
 
 

@@ -162,6 +162,17 @@ def test_a_clock_set_back_still_claims_the_future_rows_with_seeks(
     assert queue.status()["consents"].in_flight == 2
 
 
+def test_the_note_tidy_up_after_a_delivery_seeks_the_failed_rows(
+    queue: Queue, clock: Clock
+) -> None:
+    fill(queue, BIG, destination="consents", state=JobState.FAILED, finished_at=T0 - 60)
+    sqls = statements_of(queue, lambda: queue.failed_with_document_id("d", exclude="x"))
+    details = [d for sql in sqls for d in plan(queue, sql)]
+    assert details and not [d for d in details if "SCAN" in d], details
+    assert any("jobs_failed_document" in d for d in details), details
+    assert vm_steps(queue, lambda: queue.failed_with_document_id("d", exclude="x")) < 5
+
+
 def test_status_reads_indexes_never_the_table(queue: Queue, clock: Clock) -> None:
     big_outage_queue(queue)
     fill(queue, 5, destination="labs", state=JobState.FAILED)
