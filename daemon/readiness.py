@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)  # one per file waiting: a backlog has tens of thousands
 class _Seen:
     size: int
     mtime_ns: int

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from daemon.config import Destination, Settings
 from daemon.content import EMPTY
@@ -58,6 +59,27 @@ RESCAN_SLICE_SECONDS = 0.2  # listing per tick: a 20,000-name inbox takes a few 
 HAND_OVER_BATCH = 32
 
 
+class _Stat(NamedTuple):
+    """What intake keeps of a name's ``lstat``: the fields it compares, nothing
+    else. An ``os.stat_result`` costs ~640 bytes with its number objects, and a
+    backlog keeps one per name; this ~110, sharing ``size`` and ``mtime_ns``
+    with the name's :class:`~daemon.readiness.StabilityTracker` entry."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    mode: int
+    nlink: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Stat:
+        mode = _MODES.setdefault(st.st_mode, st.st_mode)  # a handful of values: shared
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, mode, st.st_nlink)
+
+
+_MODES: dict[int, int] = {}
+
+
 class _Inbox:
     """What intake knows of one inbox between looks: its names (the pairing
     index), their last ``lstat``, their settle windows, and when each is next
@@ -67,7 +89,7 @@ class _Inbox:
     def __init__(self, settle_seconds: float, clock: Callable[[], float]) -> None:
         self.index = PairIndex()
         self.tracker = StabilityTracker(settle_seconds, clock)
-        self.stats: dict[str, os.stat_result] = {}
+        self.stats: dict[str, _Stat] = {}
         self.due: dict[str, float] = {}  # name -> clock time to look at it again
         self.judged: dict[str, tuple[int, int, str]] = {}  # incomplete: (size, mtime_ns, reason)
         self.incomplete_since: dict[str, float] = {}  # wall clock, for the report
@@ -83,12 +105,6 @@ class _Inbox:
     def schedule(self, name: str, at: float) -> None:
         if at < self.due.get(name, math.inf):
             self.due[name] = at
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_mode, a.st_nlink) == (
-        b.st_size, b.st_mtime_ns, b.st_ino, b.st_mode, b.st_nlink,
-    )  # fmt: skip
 
 
 class Intake:
@@ -253,11 +269,12 @@ class Intake:
         (a pair's window ends when the later of the two stopped changing)."""
         inbox = self._inboxes[dest.name]
         before = inbox.stats.get(name)
-        if before is not None and _same_file(before, st):
+        now = _Stat.of(st)
+        if before == now:
             return  # known and unchanged: its window and its due time stand
-        inbox.stats[name] = st
+        inbox.stats[name] = now
         new = inbox.index.add(name)
-        inbox.tracker.observe(name, st.st_size, st.st_mtime_ns)
+        inbox.tracker.observe(name, now.size, now.mtime_ns)
         at = inbox.tracker.settled_at(name)
         assert at is not None
         if is_sidecar(name):
@@ -346,7 +363,7 @@ class Intake:
             for name, at in inbox.due.items():
                 if at <= now:
                     st = inbox.stats.get(name)
-                    ready.append((0 if st is None else st.st_mtime_ns, name, dest.name))
+                    ready.append((0 if st is None else st.mtime_ns, name, dest.name))
         heapq.heapify(ready)  # oldest first, across every inbox (no full sort: a slice
         first = True  # takes a few dozen of a backlog of thousands)
         self._batch = []
