@@ -38,24 +38,34 @@ class PairIndex:
     """The names present in one inbox (real names, as listed), indexed for pairing."""
 
     def __init__(self) -> None:
-        self._names: set[str] = set()
+        # The two tables are the names too (no set of them beside: 50 bytes a name):
+        # a sidecar is under its base, a document under its own name (and its stem).
         self._docs_by_base: _Table = {}  # NFC base -> documents answering to it
         self._sidecars_by_base: _Table = {}  # NFC base -> sidecars naming it
+        self._count = 0
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names
+        if not isinstance(name, str):
+            return False
+        if is_sidecar(name):
+            return _has(self._sidecars_by_base, nfc(sidecar_base(name)), name)
+        return _has(self._docs_by_base, nfc(name), name)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return self._count
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._names))
+        names = [n for names in self._sidecars_by_base.values() for n in _each(names)]
+        names += [  # each document once: under its own name, not its stem
+            n for base, docs in self._docs_by_base.items() for n in _each(docs) if nfc(n) == base
+        ]
+        return iter(names)
 
     def add(self, name: str) -> bool:
         """Add a name; False if it was already there."""
-        if name in self._names:
+        if name in self:
             return False
-        self._names.add(name)
+        self._count += 1
         if is_sidecar(name):
             _add(self._sidecars_by_base, nfc(sidecar_base(name)), name)
         else:
@@ -64,9 +74,9 @@ class PairIndex:
         return True
 
     def discard(self, name: str) -> None:
-        if name not in self._names:
+        if name not in self:
             return
-        self._names.discard(name)
+        self._count -= 1
         if is_sidecar(name):
             _remove(self._sidecars_by_base, nfc(sidecar_base(name)), name)
         else:
@@ -98,12 +108,19 @@ class PairIndex:
         return out
 
 
+def _each(names: str | set[str]) -> Set[str]:
+    return frozenset((names,)) if isinstance(names, str) else names
+
+
+def _has(table: _Table, key: str, name: str) -> bool:
+    names = table.get(key)
+    return names == name if isinstance(names, str) else names is not None and name in names
+
+
 def _get(table: _Table, key: str) -> Set[str]:
     """The names answering to ``key`` (read only: a set may be the table's own)."""
     names = table.get(key)
-    if names is None:
-        return frozenset()
-    return frozenset((names,)) if isinstance(names, str) else names
+    return frozenset() if names is None else _each(names)
 
 
 def _add(table: _Table, key: str, name: str) -> None:

@@ -185,7 +185,10 @@ def test_updates_leave_the_index_as_a_fresh_one(ops: list[tuple[bool, str, str]]
             index.discard(name)
             present.discard(name)
     fresh = index_of(*sorted(present))
-    assert set(index) == present
+    assert sorted(index) == sorted(present)  # each name once
+    assert len(index) == len(present)
+    for add, part, suffix in ops:
+        assert (part + suffix in index) == (part + suffix in present)
     for name in present:
         if is_sidecar(name):
             assert index.documents_for(name) == fresh.documents_for(name)
