@@ -187,7 +187,7 @@ def test_updates_leave_the_index_as_a_fresh_one(ops: list[tuple[bool, str, str]]
     fresh = index_of(*sorted(present))
     assert sorted(index) == sorted(present)  # each name once
     assert len(index) == len(present)
-    for add, part, suffix in ops:
+    for _, part, suffix in ops:
         assert (part + suffix in index) == (part + suffix in present)
     for name in present:
         if is_sidecar(name):

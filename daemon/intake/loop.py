@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 from daemon.config import Destination, Settings
 from daemon.content import EMPTY
@@ -59,37 +58,25 @@ RESCAN_SLICE_SECONDS = 0.2  # listing per tick: a 20,000-name inbox takes a few 
 HAND_OVER_BATCH = 32
 
 
-class _Stat(NamedTuple):
-    """What intake keeps of a name's ``lstat``: the fields it compares, nothing
-    else. An ``os.stat_result`` costs ~640 bytes with its number objects, and a
-    backlog keeps one per name; this ~110, sharing ``size`` and ``mtime_ns``
-    with the name's :class:`~daemon.readiness.StabilityTracker` entry."""
-
-    size: int
-    mtime_ns: int
-    ino: int
-    mode: int
-    nlink: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _Stat:
-        mode = _MODES.setdefault(st.st_mode, st.st_mode)  # a handful of values: shared
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, mode, st.st_nlink)
-
-
-_MODES: dict[int, int] = {}
+def _identity(st: os.stat_result) -> int:
+    """The rest of what tells an unchanged name from a replaced one, besides the
+    size and mtime its :class:`~daemon.readiness.StabilityTracker` entry keeps:
+    inode, mode and link count, packed into one exact int (64 bits each) and kept
+    as that entry's tag. A backlog keeps one per name; an ``os.stat_result``
+    costs ~640 bytes with its number objects, a tuple of the three ~120, this 48."""
+    return (st.st_ino << 128) | (st.st_mode << 64) | st.st_nlink
 
 
 class _Inbox:
     """What intake knows of one inbox between looks: its names (the pairing
-    index), their last ``lstat``, their settle windows, and when each is next
+    index), their last ``lstat`` and settle windows (both in ``tracker``: one
+    entry a name, as a backlog has tens of thousands), and when each is next
     worth looking at. Only the main loop touches it, except ``dirty`` (names
     from watchdog events), which is guarded by the intake's lock."""
 
     def __init__(self, settle_seconds: float, clock: Callable[[], float]) -> None:
         self.index = PairIndex()
         self.tracker = StabilityTracker(settle_seconds, clock)
-        self.stats: dict[str, _Stat] = {}
         self.due: dict[str, float] = {}  # name -> clock time to look at it again
         self.judged: dict[str, tuple[int, int, str]] = {}  # incomplete: (size, mtime_ns, reason)
         self.incomplete_since: dict[str, float] = {}  # wall clock, for the report
@@ -268,13 +255,11 @@ class Intake:
         its settle window ends; a sidecar that changed makes its documents due too
         (a pair's window ends when the later of the two stopped changing)."""
         inbox = self._inboxes[dest.name]
-        before = inbox.stats.get(name)
-        now = _Stat.of(st)
-        if before == now:
+        identity = _identity(st)
+        if inbox.tracker.unchanged(name, st.st_size, st.st_mtime_ns, identity):
             return  # known and unchanged: its window and its due time stand
-        inbox.stats[name] = now
         new = inbox.index.add(name)
-        inbox.tracker.observe(name, now.size, now.mtime_ns)
+        inbox.tracker.observe(name, st.st_size, st.st_mtime_ns, identity)
         at = inbox.tracker.settled_at(name)
         assert at is not None
         if is_sidecar(name):
@@ -294,7 +279,6 @@ class Intake:
         inbox = self._inboxes[dest.name]
         known = name in inbox.index
         inbox.index.discard(name)
-        inbox.stats.pop(name, None)
         inbox.due.pop(name, None)
         inbox.judged.pop(name, None)
         inbox.incomplete_since.pop(name, None)
@@ -362,8 +346,8 @@ class Intake:
             self._refresh_dirty(dest)
             for name, at in inbox.due.items():
                 if at <= now:
-                    st = inbox.stats.get(name)
-                    ready.append((0 if st is None else st.mtime_ns, name, dest.name))
+                    mtime_ns = inbox.tracker.mtime_ns(name)
+                    ready.append((0 if mtime_ns is None else mtime_ns, name, dest.name))
         heapq.heapify(ready)  # oldest first, across every inbox (no full sort: a slice
         first = True  # takes a few dozen of a backlog of thousands)
         self._batch = []
