@@ -66,11 +66,22 @@ class PairIndex:
         if name in self:
             return False
         self._count += 1
+        # ``scan.pdf.json``'s base is the string ``scan.pdf`` again: the table keys
+        # it by the document's own string object, whichever of the two came first
+        # (60 bytes a pair of a backlog, as each is another copy of the name).
         if is_sidecar(name):
-            _add(self._sidecars_by_base, nfc(sidecar_base(name)), name)
+            base = nfc(sidecar_base(name))
+            document = self._docs_by_base.get(base)
+            if isinstance(document, str) and document == base:
+                base = document
+            _add(self._sidecars_by_base, base, name)
         else:
             for base in {nfc(b) for b in pairing_bases(name)}:
                 _add(self._docs_by_base, base, name)
+            exact = nfc(name)
+            sidecars = self._sidecars_by_base.pop(exact, None)
+            if sidecars is not None:
+                self._sidecars_by_base[exact] = sidecars
         return True
 
     def discard(self, name: str) -> None:
