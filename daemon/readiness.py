@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)  # one per file waiting: a backlog has tens of thousands
 class _Seen:
     size: int
     mtime_ns: int
     first_seen: float
     changed_at: float
+    tag: object  # the caller's, compared by :meth:`StabilityTracker.unchanged` only
 
 
 class StabilityTracker:
@@ -35,19 +36,32 @@ class StabilityTracker:
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
 
-    def observe(self, key: str, size: int, mtime_ns: int) -> bool:
+    def observe(self, key: str, size: int, mtime_ns: int, tag: object = None) -> bool:
         """Record an observation; True iff unchanged for >= ``settle_seconds``.
 
         The first observation starts the window; any change in size or
-        mtime restarts it.
+        mtime restarts it. ``tag`` is kept with it for :meth:`unchanged` (what
+        else the caller tells files apart by) and never restarts the window.
         """
         now = self._clock()
         seen = self._seen.get(key)
         if seen is None:
-            seen = self._seen[key] = _Seen(size, mtime_ns, first_seen=now, changed_at=now)
-        elif (seen.size, seen.mtime_ns) != (size, mtime_ns):
-            seen.size, seen.mtime_ns, seen.changed_at = size, mtime_ns, now
+            seen = self._seen[key] = _Seen(size, mtime_ns, now, now, tag)
+        else:
+            if (seen.size, seen.mtime_ns) != (size, mtime_ns):
+                seen.size, seen.mtime_ns, seen.changed_at = size, mtime_ns, now
+            seen.tag = tag
         return now - seen.changed_at >= self._settle
+
+    def unchanged(self, key: str, size: int, mtime_ns: int, tag: object = None) -> bool:
+        """True iff ``key``'s last observation had this size, mtime and tag."""
+        seen = self._seen.get(key)
+        return seen is not None and (seen.size, seen.mtime_ns, seen.tag) == (size, mtime_ns, tag)
+
+    def mtime_ns(self, key: str) -> int | None:
+        """``key``'s last observed mtime; None if unknown."""
+        seen = self._seen.get(key)
+        return None if seen is None else seen.mtime_ns
 
     def settled_at(self, key: str) -> float | None:
         """Clock time ``key`` is (or was) stable if nothing changes meanwhile."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,44 @@ def test_a_big_inbox_is_taken_in_bounded_slices_oldest_first(
     oldest = sorted((f"{i:05d}.pdf" for i in range(n)), reverse=True)[: len(taken)]
     assert taken == sorted(oldest)
     assert all(j.state == JobState.QUEUED for j in loop.jobs())
+
+
+def _held_by_daemon() -> int:
+    """Bytes allocated by chartdrop's code (and namedtuples' ``<string>`` constructors)
+    that are still alive; not the interpreter's own tables (pathlib interns every
+    name it joins, in a table that never shrinks)."""
+    ours = [tracemalloc.Filter(True, "*/daemon/*"), tracemalloc.Filter(True, "<string>")]
+    traces = tracemalloc.take_snapshot().filter_traces(ours)
+    return sum(stat.size for stat in traces.statistics("filename"))
+
+
+def test_a_backlog_costs_a_few_hundred_bytes_a_name(make_loop: Callable[..., Loop]) -> None:
+    """What intake keeps per waiting name (pairing index, lstat, settle window, due
+    time) is what a 20,000-pair backlog costs in RSS: it was 1,350 bytes a name
+    (≈55 MB for 40,000 names), and the daemon's target is 100 MB in all. Once the
+    names are gone, so is what was kept for them."""
+    loop = make_loop()
+    n = 5_000
+    for i in range(n):
+        (loop.inbox / f"scan {i:05d}.pdf").write_bytes(PDF)
+        (loop.inbox / f"scan {i:05d}.pdf.json").write_text(SIDECAR)
+    tracemalloc.start()
+    try:
+        before = _held_by_daemon()
+        for _ in range(100):  # the rescan, in slices, as the daemon does it
+            if loop.at(0) > 0:
+                break
+        assert loop.at(0) == pytest.approx(5.0)  # all listed, none due before the window ends
+        assert len(loop.intake._inboxes["consents"].index) == 2 * n
+        per_name = (_held_by_daemon() - before) / (2 * n)
+        for path in loop.inbox.iterdir():
+            path.unlink()
+        assert loop.intake.rescan(loop.dest) == 0
+        left = (_held_by_daemon() - before) / (2 * n)
+    finally:
+        tracemalloc.stop()
+    assert 100 < per_name < 700, per_name
+    assert left < 150, left  # the tables' own slots, which dicts never give back
 
 
 def test_events_for_a_missing_inbox_do_not_spin_the_loop(make_loop: Callable[..., Loop]) -> None:

@@ -185,10 +185,25 @@ def test_updates_leave_the_index_as_a_fresh_one(ops: list[tuple[bool, str, str]]
             index.discard(name)
             present.discard(name)
     fresh = index_of(*sorted(present))
-    assert set(index) == present
+    assert sorted(index) == sorted(present)  # each name once
+    assert len(index) == len(present)
+    for _, part, suffix in ops:
+        assert (part + suffix in index) == (part + suffix in present)
     for name in present:
         if is_sidecar(name):
             assert index.documents_for(name) == fresh.documents_for(name)
         else:
             assert index.sidecar_for(name) == fresh.sidecar_for(name)
             assert index.sidecars_naming(name) == fresh.sidecars_naming(name)
+
+
+@pytest.mark.parametrize("document_first", [True, False])
+def test_a_sidecar_is_filed_under_its_document_s_own_string(document_first: bool) -> None:
+    """A backlog keeps every name: ``scan.pdf.json``'s base is not a second copy
+    of ``scan.pdf`` (whichever was listed first)."""
+    document = "".join(["scan", ".pdf"])  # made at run time, as a listing's names are
+    sidecar = document + ".json"
+    index = index_of(*([document, sidecar] if document_first else [sidecar, document]))
+    (key,) = index._sidecars_by_base
+    assert key is document
+    assert index.sidecar_for(document) == sidecar

@@ -40,6 +40,26 @@ def test_stable_only_after_settle(tracker: StabilityTracker, clock: FakeClock) -
     assert tracker.observe("a", 10, 111) is True
 
 
+def test_a_tag_is_compared_but_never_restarts_the_window(
+    tracker: StabilityTracker, clock: FakeClock
+) -> None:
+    """The caller's tag (intake: inode, mode, link count) tells a replaced file
+    from the same one; only size and mtime make it settle again."""
+    assert tracker.unchanged("a", 10, 111, tag=1) is False  # never seen
+    assert tracker.mtime_ns("a") is None
+    tracker.observe("a", 10, 111, tag=1)
+    assert tracker.unchanged("a", 10, 111, tag=1) is True
+    assert tracker.unchanged("a", 10, 111, tag=2) is False
+    assert tracker.unchanged("a", 10, 112, tag=1) is False
+    clock.advance(4)
+    assert tracker.observe("a", 10, 111, tag=2) is False
+    assert tracker.unchanged("a", 10, 111, tag=2) is True
+    assert tracker.settled_at("a") == pytest.approx(1005.0)  # the window stands
+    assert tracker.mtime_ns("a") == 111
+    clock.advance(1)
+    assert tracker.observe("a", 10, 111, tag=2) is True
+
+
 def test_size_change_restarts_window(tracker: StabilityTracker, clock: FakeClock) -> None:
     tracker.observe("a", 10, 111)
     clock.advance(4)

@@ -58,16 +58,25 @@ RESCAN_SLICE_SECONDS = 0.2  # listing per tick: a 20,000-name inbox takes a few 
 HAND_OVER_BATCH = 32
 
 
+def _identity(st: os.stat_result) -> int:
+    """The rest of what tells an unchanged name from a replaced one, besides the
+    size and mtime its :class:`~daemon.readiness.StabilityTracker` entry keeps:
+    inode, mode and link count, packed into one exact int (64 bits each) and kept
+    as that entry's tag. A backlog keeps one per name; an ``os.stat_result``
+    costs ~640 bytes with its number objects, a tuple of the three ~120, this 48."""
+    return (st.st_ino << 128) | (st.st_mode << 64) | st.st_nlink
+
+
 class _Inbox:
     """What intake knows of one inbox between looks: its names (the pairing
-    index), their last ``lstat``, their settle windows, and when each is next
+    index), their last ``lstat`` and settle windows (both in ``tracker``: one
+    entry a name, as a backlog has tens of thousands), and when each is next
     worth looking at. Only the main loop touches it, except ``dirty`` (names
     from watchdog events), which is guarded by the intake's lock."""
 
     def __init__(self, settle_seconds: float, clock: Callable[[], float]) -> None:
         self.index = PairIndex()
         self.tracker = StabilityTracker(settle_seconds, clock)
-        self.stats: dict[str, os.stat_result] = {}
         self.due: dict[str, float] = {}  # name -> clock time to look at it again
         self.judged: dict[str, tuple[int, int, str]] = {}  # incomplete: (size, mtime_ns, reason)
         self.incomplete_since: dict[str, float] = {}  # wall clock, for the report
@@ -83,12 +92,6 @@ class _Inbox:
     def schedule(self, name: str, at: float) -> None:
         if at < self.due.get(name, math.inf):
             self.due[name] = at
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_mode, a.st_nlink) == (
-        b.st_size, b.st_mtime_ns, b.st_ino, b.st_mode, b.st_nlink,
-    )  # fmt: skip
 
 
 class Intake:
@@ -252,12 +255,11 @@ class Intake:
         its settle window ends; a sidecar that changed makes its documents due too
         (a pair's window ends when the later of the two stopped changing)."""
         inbox = self._inboxes[dest.name]
-        before = inbox.stats.get(name)
-        if before is not None and _same_file(before, st):
+        identity = _identity(st)
+        if inbox.tracker.unchanged(name, st.st_size, st.st_mtime_ns, identity):
             return  # known and unchanged: its window and its due time stand
-        inbox.stats[name] = st
         new = inbox.index.add(name)
-        inbox.tracker.observe(name, st.st_size, st.st_mtime_ns)
+        inbox.tracker.observe(name, st.st_size, st.st_mtime_ns, identity)
         at = inbox.tracker.settled_at(name)
         assert at is not None
         if is_sidecar(name):
@@ -277,7 +279,6 @@ class Intake:
         inbox = self._inboxes[dest.name]
         known = name in inbox.index
         inbox.index.discard(name)
-        inbox.stats.pop(name, None)
         inbox.due.pop(name, None)
         inbox.judged.pop(name, None)
         inbox.incomplete_since.pop(name, None)
@@ -345,8 +346,8 @@ class Intake:
             self._refresh_dirty(dest)
             for name, at in inbox.due.items():
                 if at <= now:
-                    st = inbox.stats.get(name)
-                    ready.append((0 if st is None else st.st_mtime_ns, name, dest.name))
+                    mtime_ns = inbox.tracker.mtime_ns(name)
+                    ready.append((0 if mtime_ns is None else mtime_ns, name, dest.name))
         heapq.heapify(ready)  # oldest first, across every inbox (no full sort: a slice
         first = True  # takes a few dozen of a backlog of thousands)
         self._batch = []
