@@ -62,6 +62,21 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1 << 20
 
 
+def unit_environment() -> dict[str, str]:
+    """The ``Environment=`` settings of the shipped systemd unit: the daemon is
+    measured as it runs in production (e.g. glibc's ``MALLOC_ARENA_MAX``)."""
+    unit = Path(__file__).resolve().parent.parent / "systemd" / "chartdrop.service"
+    pairs = (
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit.read_text().splitlines()
+        if line.startswith("Environment=")
+    )
+    return {name: value for name, value in pairs}
+
+
+UNIT_ENVIRONMENT = unit_environment()
+
+
 # --------------------------------------------------------------------------- the peer
 
 
@@ -308,7 +323,7 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
-            env={**os.environ, **self.env},
+            env={**os.environ, **UNIT_ENVIRONMENT, **self.env},
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -832,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         peer = Peer(root, args.peer)
         report.line(f"peer: {args.peer} at {peer.url}")
+        unit_env = " ".join(f"{k}={v}" for k, v in UNIT_ENVIRONMENT.items())
+        report.line(f"chartdrop runs with the unit's environment: {unit_env or '(none)'}")
         try:
             steps: list[tuple[str, Callable[..., None]]] = [
                 ("throughput", throughput),
