@@ -693,8 +693,8 @@ def latency(report: Report, d: Daemon, peer: Peer, args: argparse.Namespace, dat
 
 
 def idle(report: Report, d: Daemon, args: argparse.Namespace) -> None:
-    report.line(f"\n== idle: {args.idle:.0f} s with nothing to do ==")
-    time.sleep(2.0)
+    report.line(f"\n== idle: {args.idle:.0f} s with nothing to do (from 5 s after the last one) ==")
+    time.sleep(5.0)  # the last document's tail (its log line, the next STATUS=) is not idle
     cpu0, t0 = proc_cpu(d.pid), time.monotonic()
     time.sleep(args.idle)
     share = 100 * (proc_cpu(d.pid) - cpu0) / (time.monotonic() - t0)
@@ -819,7 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.5, help="settle_seconds (0.5)")
     p.add_argument("--latency-docs", type=int, help="documents in the pickup run (40; quick 15)")
     p.add_argument("--latency-gap", type=float, default=0.3, help="seconds between them")
-    p.add_argument("--idle", type=float, default=10.0, help="idle measurement, seconds")
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=30.0,
+        help="idle measurement, seconds (30: /proc counts CPU in 10 ms ticks)",
+    )
     p.add_argument("--backlog", type=int, help="pairs in the start-up backlog (20000; quick 1000)")
     p.add_argument("--backlog-delay", type=float, default=0.0, help="peer delay for the backlog")
     p.add_argument("--backlog-timeout", type=float, help="give up after (900 s; quick 90 s)")
