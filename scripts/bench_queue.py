@@ -36,6 +36,18 @@ from daemon.queue import JobState, Queue
 T0 = time.time()
 
 
+# n invented rows of one destination and state, in one statement (bench_status uses it too)
+FILL = """
+WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)
+INSERT INTO jobs (id, destination, state, attempts, next_attempt_at, document_id,
+                  original_name, created_at, queued_at, updated_at, sent_at, finished_at)
+SELECT lower(hex(randomblob(16))), ?, ?, ?, ? + i * 0.0001, lower(hex(randomblob(16))),
+       'bulk.pdf', ? - 86400 + i * 0.0001, ? - 86400 + i * 0.0001, ? - 1,
+       CASE WHEN ? = 'done' THEN ? - 60 END, CASE WHEN ? IN ('done', 'failed') THEN ? END
+FROM k
+"""
+
+
 def fill(
     q: Queue,
     n: int,
@@ -45,18 +57,9 @@ def fill(
     due_in: float = -1.0,
     attempts: int = 0,
 ) -> None:
-    sql = """
-        WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)
-        INSERT INTO jobs (id, destination, state, attempts, next_attempt_at, document_id,
-                          original_name, created_at, queued_at, updated_at, sent_at, finished_at)
-        SELECT lower(hex(randomblob(16))), ?, ?, ?, ? + i * 0.0001, lower(hex(randomblob(16))),
-               'bulk.pdf', ? - 86400 + i * 0.0001, ? - 86400 + i * 0.0001, ? - 1,
-               CASE WHEN ? = 'done' THEN ? - 60 END, CASE WHEN ? IN ('done', 'failed') THEN ? END
-        FROM k
-    """
     with q._write() as conn:  # the bench's bulk load; every timed call goes through the API
         conn.execute(
-            sql,
+            FILL,
             (n, destination, state, attempts, T0 + due_in, T0, T0, T0, state, T0, state, T0 - 1),
         )
 

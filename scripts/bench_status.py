@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_queue import CONFIG as QUEUE_CONFIG  # scripts/ is on sys.path when run as a script
+from bench_queue import CONFIG as QUEUE_CONFIG
+from bench_queue import FILL  # scripts/ is on sys.path when run as a script
 
 from daemon.queue import Queue
 
@@ -34,16 +35,6 @@ from daemon.queue import Queue
 CONFIG = QUEUE_CONFIG.replace(
     "[[destination]]", 'private_key_file = "redox-key.pem"\n[[destination]]', 1
 )
-
-FILL = """
-    WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)
-    INSERT INTO jobs (id, destination, state, attempts, next_attempt_at, document_id,
-                      original_name, created_at, queued_at, updated_at, sent_at, finished_at)
-    SELECT lower(hex(randomblob(16))), ?, ?, ?, ? + i * 0.0001, lower(hex(randomblob(16))),
-           'bulk.pdf', ? - 86400 + i * 0.0001, ? - 86400 + i * 0.0001, ? - 1,
-           CASE WHEN ? = 'done' THEN ? - 60 END, CASE WHEN ? IN ('done', 'failed') THEN ? END
-    FROM k
-"""
 
 
 def build(root: Path, rows: int) -> Path:
