@@ -18,6 +18,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from daemon.errors import ConfigError, NotRegularFileError
+from daemon.killpoints import killpoint
 
 FileKindName = Literal[
     "file", "symlink", "fifo", "socket", "device", "directory", "missing", "other"
@@ -322,6 +324,10 @@ def ensure_private_dir(path: Path) -> None:
             )
 
 
+TEMP_PREFIX, TEMP_SUFFIX = ".chartdrop-", ".tmp"
+_OWN_TEMP = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{16}}{re.escape(TEMP_SUFFIX)}")
+
+
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a new file at ``path``, all or nothing, never overwriting.
 
@@ -330,7 +336,7 @@ def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     :func:`rename_noreplace` (``FileExistsError`` if ``path`` exists), and the
     folder is fsynced. The file gets exactly ``mode`` (umask not applied).
     """
-    tmp = path.with_name(f".chartdrop-{secrets.token_hex(8)}.tmp")
+    tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
     with _no_names():
         fd = os.open(
             tmp,
@@ -347,6 +353,7 @@ def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            killpoint("mid_note")
             rename_noreplace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -371,3 +378,24 @@ def sha256_file(f: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
         digest.update(block)
         size += len(block)
     return digest.hexdigest(), size
+
+
+def remove_own_temps(folder: Path) -> int:
+    """Remove the temp files :func:`write_file_atomic` left in ``folder`` when the
+    process died between writing one and renaming it (start-up only: no write
+    is in progress then). Only regular files with exactly its name pattern go;
+    the folder is not searched below its top. Returns how many were removed."""
+    removed = 0
+    try:
+        paths = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in paths:
+        if not _OWN_TEMP.fullmatch(path.name) or lstat_kind(path) != "file":
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    if removed:
+        fsync_dir(folder)
+    return removed

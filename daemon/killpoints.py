@@ -16,6 +16,7 @@ The points (each is one call at the moment it names):
     after_send         delivery: HTTP 2xx received, ``sent`` not yet committed
     after_commit       delivery: ``sent`` committed, files not yet moved
     mid_move           filing: document in done/ or failed/, sidecar not yet moved
+    mid_note           failed/ note: its hidden temp file written, not yet renamed
 
 The variable is read on every call, so a test can set it per subprocess.
 """
@@ -36,6 +37,7 @@ POINTS = frozenset(
         "after_send",
         "after_commit",
         "mid_move",
+        "mid_note",
     }
 )
 

@@ -81,6 +81,7 @@ SAFE_KEYS = frozenset(
         "intake_finished",
         "intake_abandoned",
         "moves_finished",
+        "temp_files_removed",
         "stalled",
         "problems",
         "added",

@@ -45,7 +45,7 @@ from daemon.delivery import Deliverer
 from daemon.errors import ConfigError
 from daemon.fhir import FhirClient
 from daemon.filing import Filer
-from daemon.fsutil import ensure_private_dir
+from daemon.fsutil import ensure_private_dir, remove_own_temps
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.http import http_client, make_http_client
 from daemon.inbox_lock import lock_inbox
@@ -346,6 +346,8 @@ class Service:
         reset = self.queue.reset_all_leases()
         recovered = self.intake.recover()
         moved = self.filer.finish_pending()
+        # a note's temp file a crash left half-way (after the notes above are written)
+        temps = sum(remove_own_temps(dest.failed) for dest in self.settings.destination)
         orphans = reconcile_spool(self.settings, self.queue)  # issue 12 item 3: a lost -wal
         if orphans.requeued or orphans.failed or orphans.problems:
             self.log.warning(
@@ -360,6 +362,7 @@ class Service:
             intake_finished=recovered["finished"],
             intake_abandoned=recovered["abandoned"],
             moves_finished=moved,
+            temp_files_removed=temps,
         )
         self._report_unconfigured()
         self._start_observer()

@@ -103,12 +103,14 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def run(root: Path, peer: Peer, docs: int, profile: bool) -> tuple[float, list[cProfile.Profile]]:
+def run(
+    root: Path, peer: Peer, docs: int, profile: bool, workers: int = 4
+) -> tuple[float, list[cProfile.Profile]]:
     from daemon import logs
     from daemon.config import load_settings
     from daemon.service import Service
 
-    d = Daemon(root, peer, workers=4, settle=0.2)
+    d = Daemon(root, peer, workers=workers, settle=0.2)
     settings = load_settings(d.config)
     log = (root / "daemon.log").open("w")
     logs.configure(level=settings.log_level, fmt="json", stream=log)
@@ -179,13 +181,14 @@ def main() -> int:
     p.add_argument("--docs", type=int, default=200)
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--profile", action="store_true", help="profile (else: measure CPU only)")
+    p.add_argument("--workers", type=int, default=4, help="the daemon's workers")
     p.add_argument("--out", type=Path, help="also write the merged stats here (pstats file)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="chartdrop-profile-") as tmp:
         peer = Peer(Path(tmp))
         try:
             peer.set_delay(0.0)
-            per_doc, profiles = run(Path(tmp) / "run", peer, args.docs, args.profile)
+            per_doc, profiles = run(Path(tmp) / "run", peer, args.docs, args.profile, args.workers)
         finally:
             peer.stop()
     print(f"CPU per document (whole process, 0 ms peer, {args.docs} docs): {per_doc:.2f} ms")

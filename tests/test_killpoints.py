@@ -42,7 +42,8 @@ CASES = [
 
 
 def test_every_kill_point_has_a_case() -> None:
-    assert {point for point, _, _ in CASES} == POINTS
+    # mid_note: test_crash_while_writing_a_failed_note_leaves_no_temp_file
+    assert {point for point, _, _ in CASES} | {"mid_note"} == POINTS
 
 
 @pytest.mark.parametrize(("point", "size", "deliveries"), CASES)
@@ -131,3 +132,45 @@ def test_killpoint_kills_its_own_process_with_sigkill(read_twice: bool) -> None:
     )
     assert result.returncode == -signal.SIGKILL
     assert result.stdout == "first chunk read\n"
+
+
+def test_crash_while_writing_a_failed_note_leaves_no_temp_file(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Killed between the note's temp file and its rename: the restarted daemon
+    writes the note and removes the half-done temp file (hidden, but in the
+    admin's failed/ folder), and nothing else there."""
+    config = soak_config(tmp_path, sandbox, embed_max_bytes=EMBED_MAX)
+    inbox, failed = tmp_path / "consents" / "inbox", tmp_path / "consents" / "failed"
+    db = tmp_path / "state" / "chartdrop.sqlite3"
+    failed.mkdir(parents=True, exist_ok=True)
+    # not ours (another name pattern, or not a regular file): left alone
+    (failed / ".chartdrop-notes.tmp").write_text("an admin's file")
+    (failed / f".chartdrop-{'b' * 16}.tmp").mkdir()
+    pdf = sample_pdf("kill point")
+    with daemon(config, tmp_path / "logs") as d:
+        d.start(killpoint="mid_note")
+        (inbox / "CANARY scan.pdf.json").write_text("{not json")
+        (inbox / "CANARY scan.pdf").write_bytes(pdf)
+        assert d.wait(timeout=60) == -signal.SIGKILL, d.log_text()
+        temps = [p.name for p in failed.iterdir() if len(p.name) == len(".chartdrop-") + 20]
+        assert len(temps) == 2  # the half-done note and the directory
+
+        d.start()
+        wait_until(lambda: unfinished(db) == 0 and (failed / "CANARY scan.pdf.error.txt").exists())
+        assert d.terminate() == 0
+        log = d.log_text()
+
+    assert sorted(p.name for p in failed.iterdir()) == sorted(
+        [
+            ".chartdrop-notes.tmp",
+            f".chartdrop-{'b' * 16}.tmp",
+            "CANARY scan.pdf",
+            "CANARY scan.pdf.error.txt",
+            "CANARY scan.pdf.json",
+        ]
+    )
+    assert (failed / "CANARY scan.pdf").read_bytes() == pdf
+    assert "sidecar" in (failed / "CANARY scan.pdf.error.txt").read_text()
+    assert '"temp_files_removed": 1' in log
+    assert "CANARY" not in log and "Traceback" not in log
