@@ -26,6 +26,7 @@ from daemon.errors import (
     DuplicateError,
     ErrorKind,
     PermanentDeliveryError,
+    SidecarError,
     TransientDeliveryError,
 )
 from daemon.filing import Filer
@@ -33,7 +34,7 @@ from daemon.fsutil import open_document, sha256_file
 from daemon.http import SendResult
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
-from daemon.outgoing import Sender, is_sidecar_only, patient_key
+from daemon.outgoing import Sender, effective_sidecar, is_sidecar_only, patient_key_of
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
 from daemon.sidecar import read_sidecar
@@ -91,8 +92,9 @@ class Deliverer:
             return "queued"
         try:
             sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
-            key = self._hold_duplicates(job, dest, sidecar)
-            result = self._deliver(job, dest, sidecar)
+            fields = self._fields(job, dest, sidecar)
+            key = self._hold_duplicates(job, dest, fields)
+            result = self._deliver(job, dest, sidecar, fields)
         except Throttled as exc:
             # Nothing was sent: the job waits unburnt, its quota's destinations are held.
             self.queue.release(job.id, job.lease_token)
@@ -259,8 +261,22 @@ class Deliverer:
             return read_sidecar(Path(job.spool_sidecar))
         return None
 
+    @staticmethod
+    def _fields(
+        job: Job, dest: Destination, sidecar: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The effective sidecar (file-name fields under the sidecar's), made once for
+        the duplicate hold and the body; None for a Delete, or when there is none
+        (the send raises that SidecarError in its own order)."""
+        if is_sidecar_only(job):
+            return None
+        try:
+            return effective_sidecar(dest, sidecar, job.original_name)
+        except SidecarError:
+            return None
+
     def _hold_duplicates(
-        self, job: Job, dest: Destination, sidecar: dict[str, Any] | None
+        self, job: Job, dest: Destination, fields: dict[str, Any] | None
     ) -> str | None:
         """The job's patient key; DuplicateError when ``duplicates = "hold"`` and the
         same bytes were sent for the same patient within the window, unless the job
@@ -269,7 +285,7 @@ class Deliverer:
         assert job.lease_token is not None
         if is_sidecar_only(job) or not job.sha256:
             return None
-        key = patient_key(dest, sidecar, job.original_name)
+        key = None if fields is None else patient_key_of(dest, fields)
         if key is None or dest.duplicates == "send":
             return key
         since = self.clock() - dest.duplicate_window_days * 86400
@@ -292,7 +308,13 @@ class Deliverer:
             f"on {when} (job {earlier_id}), so it was not sent again"
         )
 
-    def _deliver(self, job: Job, dest: Destination, sidecar: dict[str, Any] | None) -> SendResult:
+    def _deliver(
+        self,
+        job: Job,
+        dest: Destination,
+        sidecar: dict[str, Any] | None,
+        fields: dict[str, Any] | None = None,
+    ) -> SendResult:
         assert job.spool_document is not None and job.lease_token is not None
         if self.limits.settings is not self.settings:  # a reload: new rates, same buckets
             self.limits.configure(self.settings)
@@ -316,13 +338,14 @@ class Deliverer:
         if snap is not None and snap.data is not None:
             with self.limits.sending(dest):
                 return self.sender.send(
-                    job, dest, io.BytesIO(snap.data), sidecar, upload, stat=(snap.size, snap.mtime)
-                )
+                    job, dest, io.BytesIO(snap.data), sidecar, upload,
+                    stat=(snap.size, snap.mtime), fields=fields,
+                )  # fmt: skip
         with self.limits.sending(dest), open_document(Path(job.spool_document)) as fh:
             if job.sha256 and snap is None:  # what goes out must be what intake hashed
                 self._unchanged(job, sha256_file(fh)[0])  # (a snapshot was checked as copied)
                 fh.seek(0)
-            return self.sender.send(job, dest, fh, sidecar, upload)
+            return self.sender.send(job, dest, fh, sidecar, upload, fields=fields)
 
     @staticmethod
     def _unchanged(job: Job, digest: str) -> None:

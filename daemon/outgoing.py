@@ -78,10 +78,21 @@ def patient_key(dest: Destination, sidecar: dict[str, Any] | None, file_name: st
     after file-name fields and defaults), for the duplicate hold; None without one.
     The hash, not the identifier, is kept on the job."""
     try:
-        fields = merge(dest.defaults, effective_sidecar(dest, sidecar, file_name))
+        fields = effective_sidecar(dest, sidecar, file_name)
     except SidecarError:
         return None
-    patient = fields.get("Patient")
+    return patient_key_of(dest, fields)
+
+
+def patient_key_of(dest: Destination, fields: dict[str, Any]) -> str | None:
+    """:func:`patient_key` of an effective sidecar (:func:`effective_sidecar`'s
+    result). Only ``Patient`` is merged over the defaults (``merge`` merges each
+    top-level key on its own), not the whole sidecar; ``fields`` is not changed."""
+    defaults = dest.defaults
+    if "Patient" in fields:
+        patient = merge(defaults.get("Patient"), fields["Patient"])
+    else:
+        patient = defaults.get("Patient")  # read only: no copy needed
     ids = patient.get("Identifiers") if isinstance(patient, dict) else None
     first = ids[0] if isinstance(ids, list) and ids else None
     if not isinstance(first, dict) or not isinstance(first.get("ID"), str):
@@ -265,9 +276,12 @@ class Sender:
         upload: Callable[[BinaryIO, FileKind], str],
         *,
         stat: tuple[int, float] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> SendResult:
         """``stat``: the document's size and mtime when ``fh`` is not a file (the
-        snapshot's checked bytes, in memory); else they come from ``fstat``."""
+        snapshot's checked bytes, in memory); else they come from ``fstat``.
+        ``fields``: :func:`effective_sidecar` of ``sidecar``, when the caller has it
+        already (None: made here)."""
         if stat is None:
             st = os.fstat(fh.fileno())
             stat = (st.st_size, st.st_mtime)
@@ -279,7 +293,8 @@ class Sender:
         if size > limit:
             raise TooLargeError(f"the file is {size:,} bytes; the limit is {limit:,} bytes")
         kind = check_kind(dest, detect(fh), job.original_name)
-        fields = effective_sidecar(dest, sidecar, job.original_name)
+        if fields is None:
+            fields = effective_sidecar(dest, sidecar, job.original_name)
         created = datetime.fromtimestamp(mtime, UTC)
         if dest.model == "FHIR":
             return self._send_fhir(job, dest, fh, fields, kind, size, created)
