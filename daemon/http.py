@@ -149,10 +149,15 @@ def read_capped(
                 chunks.append(chunk)
     finally:
         response.close()
-    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
-    return httpx.Response(
-        response.status_code, headers=headers, content=b"".join(chunks), request=request
-    )
+    # The same response, made the complete one a Response(content=...) would be (not
+    # a second Response built): the wire headers go, Content-Length is the body's.
+    content = b"".join(chunks)
+    headers = response.headers
+    for key in [k for k in headers if k.lower() in _WIRE_HEADERS]:
+        del headers[key]
+    headers["Content-Length"] = str(len(content))
+    response._content = content
+    return response
 
 
 def remote_log_id(response: httpx.Response) -> str | None:
