@@ -53,8 +53,7 @@ def snapshot(spool_document: Path, sha256: str, *, keep_bytes: int = 0) -> Snaps
     back: it goes out from the spool file as before, still checked against
     ``sha256`` just before it is read (returns None then).
     """
-    tmp = spool_document.with_name(spool_document.name + SNAPSHOT_SUFFIX)
-    tmp.unlink(missing_ok=True)  # a crash's leftover
+    tmp = Path(f"{spool_document}{SNAPSHOT_SUFFIX}")  # (a crash's leftover: see _create)
     try:
         snap = _copy_checked(spool_document, tmp, sha256, keep_bytes)
     except OSError as exc:
@@ -75,7 +74,7 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int)
         kept = src.read(st.st_size + 1) if keep else b""
         size = 0
         digest = hashlib.sha256()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = _create(tmp)
         try:
             with os.fdopen(fd, "wb") as out:
                 for block in itertools.chain((kept,), iter(lambda: src.read(1 << 20), b"")):
@@ -94,3 +93,14 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int)
             tmp.unlink(missing_ok=True)
             raise
     return Snapshot(size=size, mtime=st.st_mtime, data=kept if keep and size == len(kept) else None)
+
+
+def _create(tmp: Path) -> int:
+    """``tmp``, new and private (0600). A crash's leftover there is removed first:
+    only then, not with an unlink before every copy (one syscall fewer per job)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(tmp, flags, 0o600)
+    except FileExistsError:
+        tmp.unlink()
+        return os.open(tmp, flags, 0o600)
