@@ -270,6 +270,10 @@ class Deliverer:
         (the send raises that SidecarError in its own order)."""
         if is_sidecar_only(job):
             return None
+        if sidecar is not None and dest.filename_pattern is None:
+            # effective_sidecar would return a copy of it: this job's own parsed
+            # sidecar, which nothing changes from here on (the body is built from a copy)
+            return sidecar
         try:
             return effective_sidecar(dest, sidecar, job.original_name)
         except SidecarError:
