@@ -9,6 +9,7 @@ enormous numbers are all refused with a reason. Messages never quote values.
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date, datetime
 from pathlib import Path
@@ -93,7 +94,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     """Read a sidecar without following links and without reading past the size limit."""
     try:
         with open_document(path) as fh:
-            raw = fh.read(MAX_SIDECAR_BYTES + 1)
+            # Read what fstat says is there (plus one byte: a file that grew since is
+            # read on up to the limit). ``read(MAX_SIDECAR_BYTES + 1)`` alone costs a
+            # megabyte allocation for each few-hundred-byte sidecar.
+            want = min(os.fstat(fh.fileno()).st_size, MAX_SIDECAR_BYTES) + 1
+            raw = fh.read(want)
+            if len(raw) == want and want <= MAX_SIDECAR_BYTES:
+                raw += fh.read(MAX_SIDECAR_BYTES + 1 - want)
     except NotRegularFileError as exc:
         raise SidecarError(f"the sidecar cannot be read: {exc}") from None
     return parse_sidecar(raw)
