@@ -40,7 +40,7 @@ from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.names import is_sidecar
 from daemon.queue import Job, Queue
-from daemon.reuse import earlier_document_id
+from daemon.reuse import earlier_document_ids
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,17 @@ class HandOver:
         results: list[Job | Exception | None] = [None] * len(takes)
         spool = self.spool_dir
         try:
+            documents = [
+                (i, (take.dest.name, take.dest.inbox / take.doc_name))
+                for i, take in enumerate(takes)
+                if not is_sidecar(take.doc_name)
+            ]
+            document_ids: list[str | None] = [None] * len(takes)
+            found = earlier_document_ids(self.queue, [doc for _, doc in documents])
+            for (i, _), document_id in zip(documents, found, strict=True):
+                document_ids[i] = document_id
             rows: list[dict[str, Any]] = []
-            for take in takes:
+            for take, document_id in zip(takes, document_ids, strict=True):
                 token = uuid.uuid4().hex
                 rows.append(
                     {
@@ -104,11 +113,7 @@ class HandOver:
                         "spool_sidecar": str(spool / f"{token}.sidecar")
                         if take.sidecar_name
                         else None,
-                        "document_id": None
-                        if is_sidecar(take.doc_name)
-                        else earlier_document_id(
-                            self.queue, take.dest.name, take.dest.inbox / take.doc_name
-                        ),
+                        "document_id": document_id,
                     }
                 )
             jobs = self.queue.begin_intake_many(rows)
