@@ -40,23 +40,21 @@ def _reject_constant(_name: str) -> Any:
     raise ValueError("NaN and Infinity are not allowed")
 
 
+# A JSON string (to its closing quote, or to the end of an unterminated one), and
+# what is left of the text once strings are gone: :func:`_depth` counts brackets
+# outside strings with two passes in C, not a Python loop over every character.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
 def _depth(text: str) -> int:
+    """How deep brackets nest outside JSON strings (the deepest ``[``/``{`` count)."""
     depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif ch in "]}":
+        else:
             depth -= 1
     return deepest
 
