@@ -909,22 +909,43 @@ class Queue:
             ).fetchall()
         return [_job(row) for row in rows]
 
+    # The failed jobs :meth:`unknown_outcome_failures` and :meth:`unknown_outcome_sizes`
+    # look among. The unary + keeps SQLite off jobs_destination_sha256 (every hashed job
+    # of the destination, scanned at each intake): it seeks (destination, state).
+    _UNKNOWN_OUTCOME = (
+        "state = ? AND destination = ? AND +sha256 IS NOT NULL AND +sha256 != ''"
+        " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
+        " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
+    )
+
     def unknown_outcome_failures(self, destination: str, size: int) -> list[Job]:
         """Failed jobs of ``destination`` with a file of ``size`` bytes, newest first,
         whose tries ended at least once without knowing whether it arrived (so it may
         have been filed): a copy moved back by hand must reuse their DocumentID."""
         sql = (
-            "SELECT * FROM jobs j WHERE state = ? AND destination = ? AND size = ?"
-            # The unary + keeps SQLite off jobs_destination_sha256 (every hashed job of
-            # the destination, scanned at each intake): it seeks (destination, state).
-            " AND +sha256 IS NOT NULL AND +sha256 != ''"
-            " AND (error_kind = 'unknown_outcome' OR EXISTS (SELECT 1 FROM events e"
-            " WHERE e.job_id = j.id AND e.error_kind = 'unknown_outcome'))"
+            f"SELECT * FROM jobs j WHERE {self._UNKNOWN_OUTCOME} AND size = ?"  # noqa: S608
             " ORDER BY finished_at DESC LIMIT 20"
         )
         with self._lock:
             rows = self._conn.execute(sql, (JobState.FAILED, destination, size)).fetchall()
         return [_job(row) for row in rows]
+
+    def unknown_outcome_sizes(self, destination: str, sizes: Collection[int]) -> set[int]:
+        """Which of ``sizes`` :meth:`unknown_outcome_failures` finds a job of: one
+        query for a batch of intake's documents (it nearly always finds none)."""
+        found: set[int] = set()
+        wanted = list(dict.fromkeys(sizes))
+        for start in range(0, len(wanted), 500):  # under SQLite's limit on parameters
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            sql = (
+                f"SELECT DISTINCT size FROM jobs j WHERE {self._UNKNOWN_OUTCOME}"  # noqa: S608
+                f" AND size IN ({marks})"
+            )
+            with self._lock:
+                rows = self._conn.execute(sql, (JobState.FAILED, destination, *chunk)).fetchall()
+            found.update(row[0] for row in rows)
+        return found
 
     def requeue(
         self,

@@ -6,7 +6,7 @@ carries the failed one's DocumentID; once it is done, :func:`remove_earlier_note
 removes the old ``.error.txt`` left in failed/.
 
 Only a file whose size matches such a failed job is hashed, so ordinary intake
-pays one indexed query.
+pays one indexed query per batch (:func:`earlier_document_ids`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,29 @@ def earlier_document_id(queue: Queue, destination: str, path: Path) -> str | Non
         if job.sha256 == digest:
             return job.document_id
     return None
+
+
+def earlier_document_ids(queue: Queue, documents: list[tuple[str, Path]]) -> list[str | None]:
+    """:func:`earlier_document_id` of each ``(destination, path)``, with one query per
+    destination for the lot: only a document whose size some such failed job has is
+    looked at one by one (hashed)."""
+    sizes: list[int | None] = []
+    for _destination, path in documents:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(None)  # intake's own checks report an unreadable file
+    wanted: dict[str, set[int]] = {}
+    for (destination, _path), size in zip(documents, sizes, strict=True):
+        if size is not None:
+            wanted.setdefault(destination, set()).add(size)
+    found = {d: queue.unknown_outcome_sizes(d, s) for d, s in wanted.items()}
+    return [
+        earlier_document_id(queue, destination, path)
+        if size is not None and size in found[destination]
+        else None
+        for (destination, path), size in zip(documents, sizes, strict=True)
+    ]
 
 
 def remove_earlier_note(settings: Settings, queue: Queue, job: Job) -> None:

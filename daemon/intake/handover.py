@@ -40,7 +40,7 @@ from daemon.killpoints import killpoint
 from daemon.logs import get_logger
 from daemon.names import is_sidecar
 from daemon.queue import Job, Queue
-from daemon.reuse import earlier_document_id
+from daemon.reuse import earlier_document_ids
 
 
 @dataclass(frozen=True)
@@ -90,25 +90,29 @@ class HandOver:
         left the inbox before the rename, or the exception that stopped it (the
         caller holds that name back, as it would a lone hand-over that raised)."""
         results: list[Job | Exception | None] = [None] * len(takes)
-        spool = self.spool_dir
+        spool = str(self.spool_dir)  # str(spool_dir / name), without a Path for each
+        spool = spool if spool.endswith("/") else f"{spool}/"
         try:
+            documents = [
+                (i, (take.dest.name, take.dest.inbox / take.doc_name))
+                for i, take in enumerate(takes)
+                if not is_sidecar(take.doc_name)
+            ]
+            document_ids: list[str | None] = [None] * len(takes)
+            found = earlier_document_ids(self.queue, [doc for _, doc in documents])
+            for (i, _), document_id in zip(documents, found, strict=True):
+                document_ids[i] = document_id
             rows: list[dict[str, Any]] = []
-            for take in takes:
+            for take, document_id in zip(takes, document_ids, strict=True):
                 token = uuid.uuid4().hex
                 rows.append(
                     {
                         "destination": take.dest.name,
                         "original_name": storable(take.doc_name),
                         "sidecar_name": storable(take.sidecar_name) if take.sidecar_name else None,
-                        "spool_document": str(spool / f"{token}.document"),
-                        "spool_sidecar": str(spool / f"{token}.sidecar")
-                        if take.sidecar_name
-                        else None,
-                        "document_id": None
-                        if is_sidecar(take.doc_name)
-                        else earlier_document_id(
-                            self.queue, take.dest.name, take.dest.inbox / take.doc_name
-                        ),
+                        "spool_document": f"{spool}{token}.document",
+                        "spool_sidecar": f"{spool}{token}.sidecar" if take.sidecar_name else None,
+                        "document_id": document_id,
                     }
                 )
             jobs = self.queue.begin_intake_many(rows)
@@ -129,7 +133,7 @@ class HandOver:
         if not moved:
             return results
         try:
-            fsync_dir(spool)
+            fsync_dir(self.spool_dir)
             for inbox in inboxes:
                 fsync_dir(inbox)
         except Exception as exc:  # noqa: BLE001 - not durable: recovery finishes them
@@ -182,8 +186,12 @@ class HandOver:
         """Check the spool copies (hash them) and commit every outcome in one
         transaction; then log and announce each."""
         completions: list[tuple[str, str, int, InputError | None]] = []
+        limits: dict[int, int] = {}  # by id(dest): Destination.timing is built at each call
         for job, dest, verdict in items:
-            digest, size, rejection = self._check(job, dest, verdict)
+            limit = limits.get(id(dest))
+            if limit is None:
+                limit = limits[id(dest)] = dest.timing.upload_max_bytes
+            digest, size, rejection = self._check(job, limit, verdict)
             completions.append((job.id, digest, size, rejection))
         done = self.queue.complete_intake_many(completions)
         for (_, dest, _), (_, digest, size, rejection), job in zip(
@@ -207,14 +215,14 @@ class HandOver:
         return done
 
     @staticmethod
-    def _check(job: Job, dest: Destination, verdict: Verdict) -> tuple[str, int, InputError | None]:
+    def _check(job: Job, limit: int, verdict: Verdict) -> tuple[str, int, InputError | None]:
         assert job.spool_document is not None
         digest, size = "", 0
         rejection = verdict.rejection
         try:
             with open_document(Path(job.spool_document)) as fh:
                 size = os.fstat(fh.fileno()).st_size
-                if size <= dest.timing.upload_max_bytes:  # never hash what cannot go
+                if size <= limit:  # never hash what cannot go
                     digest, size = sha256_file(fh)
         except NotRegularFileError as exc:  # swapped for a link after the checks
             rejection = rejection or exc

@@ -162,14 +162,20 @@ class Intake:
             dest = self.settings.get_destination(dest_name)
         except KeyError:  # an event from before a reload removed the destination
             return
-        p = Path(path)
-        if p.parent != dest.inbox or is_junk(p.name):
+        folder, _, name = path.rpartition("/")
+        if folder != str(dest.inbox) or name in ("", ".", ".."):
+            # not the plain "<inbox>/<name>" watchdog reports: let pathlib decide
+            p = Path(path)
+            if p.parent != dest.inbox:
+                return
+            name = p.name
+        if is_junk(name):
             return
         with self._lock:
             inbox = self._inboxes.get(dest_name)
             if inbox is None:
                 return
-            inbox.dirty.add(p.name)
+            inbox.dirty.add(name)
         self.wake.set()
 
     def rescan(self, dest: Destination) -> int:
@@ -232,7 +238,7 @@ class Intake:
         """``lstat`` one name (from an event, or missing from a listing)."""
         inbox = self._inboxes[dest.name]
         try:
-            st = self._lstat(dest.inbox / name)
+            st = self._lstat(_in_inbox(dest, name))
         except OSError:
             inbox.index.add(name)
             inbox.schedule(name, self.clock())
@@ -472,9 +478,12 @@ class Intake:
             )
         return until
 
-    def _lstat(self, path: Path) -> os.stat_result | None:
+    def _lstat(self, path: str) -> os.stat_result | None:
+        """``lstat`` of an inbox name's path (a plain string: a ``Path`` built and
+        parsed for each of the several looks a document gets costs more than the
+        system call)."""
         try:
-            return path.lstat()
+            return os.lstat(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -533,8 +542,7 @@ class Intake:
             return held
         inbox = self._inboxes[dest.name]
         tracker = inbox.tracker
-        path = dest.inbox / name
-        st = self._lstat(path)
+        st = self._lstat(_in_inbox(dest, name))
         if st is None or stat.S_ISDIR(st.st_mode):
             self._forget(dest, name)
             return None
@@ -567,13 +575,14 @@ class Intake:
             timeout = dest.timing.sidecar_timeout_seconds
             if deadline < timeout:
                 return now + timeout - deadline
-            verdict = judge(dest, self.settings, path, None)  # says why, in the staff's words
+            # says why, in the staff's words
+            verdict = judge(dest, self.settings, dest.inbox / name, None)
             if verdict.rejection is None:  # incomplete, so the sidecar was not even looked at
                 verdict = Verdict(rejection=MissingSidecarError("no sidecar (.json) file came"))
             self._take(dest, name, None, verdict)
             return None
         if sidecar is not None:
-            side_st = self._lstat(dest.inbox / sidecar)
+            side_st = self._lstat(_in_inbox(dest, sidecar))
             if side_st is None:
                 self._forget(dest, sidecar)
                 return now  # another sidecar, or none: decided at the next tick
@@ -654,6 +663,12 @@ class Intake:
     def recover(self) -> dict[str, int]:
         """Finish or abandon hand-overs a crash interrupted (at start-up)."""
         return recover(self.settings, self.handover)
+
+
+def _in_inbox(dest: Destination, name: str) -> str:
+    """``str(dest.inbox / name)`` for a bare name, without building a ``Path``."""
+    folder = str(dest.inbox)
+    return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
 
 
 def _bases(dest: Destination, name: str) -> set[tuple[str, str]]:
