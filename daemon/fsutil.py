@@ -153,7 +153,7 @@ def open_document(path: Path, *, expected_dev: int | None = None) -> BinaryIO:
     returned file (it is a context manager). A vanished file raises
     ``FileNotFoundError``.
     """
-    try:  # what _no_names() does, inline: intake opens three files a document
+    with _no_names():
         if expected_dev is None:
             expected_dev = path.parent.stat().st_dev
         _precheck(path, expected_dev)
@@ -175,10 +175,6 @@ def open_document(path: Path, *, expected_dev: int | None = None) -> BinaryIO:
         except BaseException:
             os.close(fd)
             raise
-    except OSError as exc:
-        if exc.filename is None and exc.filename2 is None:
-            raise
-        raise _scrubbed(exc) from None
 
 
 def _load_renameat2() -> Callable[[bytes, bytes], int] | None:
