@@ -137,10 +137,16 @@ def read_capped(
     """
     response = http.send(request, stream=True, follow_redirects=False)
     try:
+        declared = response.headers.get("Content-Length", "")
+        fits = declared.isdigit() and int(declared) <= limit
+        if fits and "Content-Encoding" not in response.headers:
+            # Framed by its Content-Length (h11 reads no byte past it) and not
+            # decoded: reading it whole stays within the limit. The usual answer.
+            response.read()
+            return response
         chunks: list[bytes] = []
         size = 0
-        declared = response.headers.get("Content-Length", "")
-        if not (declared.isdigit() and int(declared) > limit):
+        if fits or not declared.isdigit():  # decoded or unframed: counted as it comes
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > limit:
@@ -149,15 +155,10 @@ def read_capped(
                 chunks.append(chunk)
     finally:
         response.close()
-    # The same response, made the complete one a Response(content=...) would be (not
-    # a second Response built): the wire headers go, Content-Length is the body's.
-    content = b"".join(chunks)
-    headers = response.headers
-    for key in [k for k in headers if k.lower() in _WIRE_HEADERS]:
-        del headers[key]
-    headers["Content-Length"] = str(len(content))
-    response._content = content
-    return response
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"".join(chunks), request=request
+    )
 
 
 def remote_log_id(response: httpx.Response) -> str | None:
