@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.config import Settings
+from daemon.errors import InputError
 from daemon.fsutil import fsync_dir, lstat_kind, open_document, rename_noreplace, sha256_file
 from daemon.intake import judge
 from daemon.names import error_note_name, is_sidecar, paired_sidecar_name, sidecar_candidates
@@ -76,8 +77,11 @@ def retry_job(
     if job.sidecar_name and (side is None or lstat_kind(side) != "file"):
         return _refused(job, "the sidecar is no longer in failed/ next to the document")
     if job.sha256:
-        with open_document(doc) as fh:
-            digest, _size = sha256_file(fh)
+        try:
+            with open_document(doc) as fh:
+                digest, _size = sha256_file(fh)
+        except InputError as exc:  # e.g. linked back into the inbox: never opened
+            return _refused(job, *exc.problems)
         if digest != job.sha256:
             return _refused(
                 job,

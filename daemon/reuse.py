@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.config import Settings
+from daemon.errors import InputError
 from daemon.fsutil import fsync_dir, lstat_kind, open_document, sha256_file
 from daemon.names import error_note_name
 from daemon.queue import Job, Queue
@@ -25,14 +26,16 @@ def earlier_document_id(queue: Queue, destination: str, path: Path) -> str | Non
     moved back into the inbox by hand is sent under the same ID, never a second one.
     Only a file whose size matches such a job is hashed."""
     try:
-        size = path.stat().st_size
+        size = path.lstat().st_size  # a link is never followed, not even for its size
         candidates = queue.unknown_outcome_failures(destination, size)
         if not candidates:
             return None
         with open_document(path) as fh:
             digest, _size = sha256_file(fh)
-    except OSError:
-        return None  # intake's own checks report an unreadable file
+    except (OSError, InputError):
+        # a link, or an unreadable file: intake's own checks refuse or report it
+        # (it must not hold back the pairs handed over with it)
+        return None
     for job in candidates:
         if job.sha256 == digest:
             return job.document_id
@@ -46,7 +49,7 @@ def earlier_document_ids(queue: Queue, documents: list[tuple[str, Path]]) -> lis
     sizes: list[int | None] = []
     for _destination, path in documents:
         try:
-            sizes.append(path.stat().st_size)
+            sizes.append(path.lstat().st_size)
         except OSError:
             sizes.append(None)  # intake's own checks report an unreadable file
     wanted: dict[str, set[int]] = {}

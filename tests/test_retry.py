@@ -4,6 +4,7 @@ DocumentID, run as a subprocess beside a real daemon on the real sandbox."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,35 @@ def test_a_pair_moved_back_by_hand_after_an_unknown_outcome_keeps_its_document_i
             lambda: [j for j in r.jobs(JobState.DONE) if j.original_name == "other.pdf"]
         )
         assert new[0].document_id != job.document_id
+
+
+def test_a_hard_link_back_after_an_unknown_outcome_is_refused_without_holding_others_back(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Staff link the document back instead of moving it: the inbox file is then
+    hard-linked (refused, never opened) while its size matches the failed job's.
+    It goes to failed/ with its reason, and a document dropped beside it is sent."""
+    config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5, give_up_after_hours=0.0003)
+    with running(config) as r:
+        sandbox.state.set_faults(latency_seconds=1.5)
+        r.drop("CANARY_slow.pdf", sample_pdf("slow"), sample_sidecar())
+        (job,) = r.finished(1)
+        assert (job.state, job.error_kind) == (JobState.FAILED, "gave_up")
+        sandbox.state.set_faults(latency_seconds=0)
+        (r.inbox / "CANARY_linked.pdf.json").write_text(json.dumps(sample_sidecar()))
+        os.link(r.failed / "CANARY_slow.pdf", r.inbox / "CANARY_linked.pdf")
+        r.drop("beside.pdf", sample_pdf("beside"), sample_sidecar())
+        jobs = r.finished(3)  # held back, the linked one and beside.pdf would never finish
+        by_name = {j.original_name: j for j in jobs}
+        assert by_name["beside.pdf"].state == JobState.DONE
+        linked = by_name["CANARY_linked.pdf"]
+        assert (linked.state, linked.error_kind) == (JobState.FAILED, "not_a_regular_file")
+        note = (r.failed / "CANARY_linked.pdf.error.txt").read_text()
+        assert "link" in note
+        # both failed jobs' copies are now one hard-linked file: retry refuses each
+        # in words, and goes on to the next after the first
+        result = retry(config, "--failed")
+        assert result.returncode != 0
+        assert result.stdout.count("not retried") == 2, result.stdout + result.stderr
+        assert "link" in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
