@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Sandbox, run_cli, running, wait_until, write_config
+from conftest import Running, Sandbox, run_cli, running, wait_until, write_config
 
-from daemon.queue import JobState
+from daemon.queue import Job, JobState
 from daemon.samples import sample_pdf, sample_sidecar
 
 CHARTDROP = str(Path(sys.executable).with_name("chartdrop"))
@@ -122,16 +122,23 @@ def test_bad_arguments_are_one_sentence(tmp_path: Path, sandbox: Sandbox) -> Non
         assert text in result.stderr and "Traceback" not in result.stderr
 
 
+def _gave_up_with_unknown_outcome(r: Running, sandbox: Sandbox) -> Job:
+    """CANARY_slow.pdf in failed/: every send timed out after the request went out
+    (the config's 0.5 s read timeout against 1.5 s of latency) until it gave up."""
+    sandbox.state.set_faults(latency_seconds=1.5)
+    r.drop("CANARY_slow.pdf", sample_pdf("slow"), sample_sidecar())
+    (job,) = r.finished(1)
+    assert (job.state, job.error_kind) == (JobState.FAILED, "gave_up")
+    sandbox.state.set_faults(latency_seconds=0)
+    return job
+
+
 def test_a_pair_moved_back_by_hand_after_an_unknown_outcome_keeps_its_document_id(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5, give_up_after_hours=0.0003)
     with running(config) as r:
-        sandbox.state.set_faults(latency_seconds=1.5)
-        r.drop("CANARY_slow.pdf", sample_pdf("slow"), sample_sidecar())
-        (job,) = r.finished(1)
-        assert (job.state, job.error_kind) == (JobState.FAILED, "gave_up")
-        sandbox.state.set_faults(latency_seconds=0)
+        job = _gave_up_with_unknown_outcome(r, sandbox)
         # staff move the pair back by hand (the documented way), leaving the note
         (r.failed / "CANARY_slow.pdf.json").rename(r.inbox / "CANARY_slow.pdf.json")
         (r.failed / "CANARY_slow.pdf").rename(r.inbox / "CANARY_slow.pdf")
@@ -160,11 +167,7 @@ def test_a_hard_link_back_after_an_unknown_outcome_is_refused_without_holding_ot
     It goes to failed/ with its reason, and a document dropped beside it is sent."""
     config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5, give_up_after_hours=0.0003)
     with running(config) as r:
-        sandbox.state.set_faults(latency_seconds=1.5)
-        r.drop("CANARY_slow.pdf", sample_pdf("slow"), sample_sidecar())
-        (job,) = r.finished(1)
-        assert (job.state, job.error_kind) == (JobState.FAILED, "gave_up")
-        sandbox.state.set_faults(latency_seconds=0)
+        _gave_up_with_unknown_outcome(r, sandbox)
         (r.inbox / "CANARY_linked.pdf.json").write_text(json.dumps(sample_sidecar()))
         os.link(r.failed / "CANARY_slow.pdf", r.inbox / "CANARY_linked.pdf")
         r.drop("beside.pdf", sample_pdf("beside"), sample_sidecar())
