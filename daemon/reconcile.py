@@ -18,11 +18,13 @@ job that is not finished; any other file is an orphan:
 * ``*.snapshot`` (a copy delivery was making when the process died): deleted.
 
 Every move is a same-filesystem ``rename_noreplace`` followed by an fsync of
-both folders. It is logged as counts (``spool.reconciled``), never names.
+both folders; an orphan bound for failed/ gets its note before its files
+move. It is logged as counts (``spool.reconciled``), never names.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -99,6 +101,22 @@ def _extension(document: Path) -> str:
     return kind.extension if kind is not None else "bin"
 
 
+def _free_in_failed(folder: Path, name: str, document: bool, sidecar: bool) -> str:
+    """The first of ``name``, ``name (1)``, … under which an orphan's files are free
+    in ``folder`` (its document, and its sidecar as ``<that>.json``). Its note may
+    exist already: written by a start that died before the files moved (``name``
+    carries the orphan's own spool token, so the note is that orphan's)."""
+    n = 0
+    while True:
+        base = suffixed(name, n)
+        taken = [base] if document else []
+        if sidecar or not document:
+            taken.append(f"{base}.json")
+        if not any(os.path.lexists(folder / x) for x in taken):
+            return base
+        n += 1
+
+
 def _move_free(src: Path, folder: Path, name: str) -> Path:
     n = 0
     while True:
@@ -147,16 +165,24 @@ def reconcile_spool(settings: Settings, queue: Queue) -> Reconciled:
             fsync_dir(only.inbox)
             result.requeued += 1
             continue
-        placed = _move_free(document, dest.failed, name) if document is not None else None
+        # The note first, then the files: a crash in between leaves the note alone
+        # (the next start finds it and files the same orphan under its name), never
+        # a document in failed/ without its reason.
+        base = _free_in_failed(dest.failed, name, document is not None, sidecar is not None)
+        note_for = base if document is not None else f"{base}.json"
+        note = dest.failed / error_note_name(note_for)
+        if not note.exists():
+            write_file_atomic(note, NOTE.format(now=now).encode("utf-8"), mode=settings.files_mode)
+        placed = _move_free(document, dest.failed, base) if document is not None else None
+        if placed is not None and placed.name != base:  # taken meanwhile (by hand)
+            write_file_atomic(
+                dest.failed / error_note_name(placed.name),
+                NOTE.format(now=now).encode("utf-8"),
+                mode=settings.files_mode,
+            )
         if sidecar is not None:
-            side_name = f"{placed.name}.json" if placed is not None else f"{name}.json"
+            side_name = f"{placed.name}.json" if placed is not None else f"{base}.json"
             _move_free(sidecar, dest.failed, side_name)
-        note_for = placed.name if placed is not None else f"{name}.json"
-        write_file_atomic(
-            dest.failed / error_note_name(note_for),
-            NOTE.format(now=now).encode("utf-8"),
-            mode=settings.files_mode,
-        )
         fsync_dir(dest.failed)
         result.failed += 1
     fsync_dir(spool)

@@ -8,11 +8,15 @@ failed/ with a note."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
-from conftest import Sandbox, in_inbox, wait_until
+from conftest import Sandbox, in_inbox, wait_until, write_config
 from crash_harness import count_filed, daemon, soak_config
 
+from daemon.config import load_settings
+from daemon.queue import Queue
+from daemon.reconcile import reconcile_spool
 from daemon.samples import sample_pdf, sample_sidecar
 
 KNOWN_ID = "5f2b8e0c-55a3-4a57-9a0e-8b5c3f0e9d11"
@@ -41,14 +45,19 @@ def test_spool_files_without_a_job_after_the_wal_is_deleted_are_reconciled(
         for suffix in ("-wal", "-shm"):
             db.with_name(db.name + suffix).unlink(missing_ok=True)
         sandbox.state.set_faults(outage=False)
+        # the first start after it dies writing the first orphan's note in failed/
+        d.start(killpoint="mid_note")
+        assert d.wait(timeout=60) == -signal.SIGKILL, d.log_text()
         d.start()
         assert d.wait_started()
         wait_until(lambda: count_filed(done) + count_filed(failed) == 3, timeout=30)
         assert d.terminate() == 0
         events = d.events()
     assert not any(spool.iterdir())
-    (line,) = [e for e in events if e["event"] == "spool.reconciled"]
-    assert (line["requeued"], line["moved_to_failed"]) == (1, 2)
+    (line,) = [e for e in events if e["event"] == "spool.reconciled"]  # the killed start's died
+    # all of the failed/ pair at this start; the requeued one, if its token came first,
+    # went back to the inbox at the start that was killed
+    assert line["moved_to_failed"] == 2 and line["requeued"] in (0, 1)
     (received,) = sandbox.state.received()
     assert received.body["Media"]["DocumentID"] == KNOWN_ID  # the same ID as before
     assert count_filed(done) == 1 and count_filed(failed) == 2
@@ -56,4 +65,36 @@ def test_spool_files_without_a_job_after_the_wal_is_deleted_are_reconciled(
     assert len(notes) == 2 and all("lost its record" in n.read_text() for n in notes)
     for doc in failed.glob("recovered-*.pdf"):
         assert (failed / f"{doc.name}.json").is_file()  # its sidecar beside it
+        assert (failed / f"{doc.name}.error.txt").is_file()  # and its note
+    assert len(list(failed.iterdir())) == 6  # no temp file, no note without its document
     assert "CANARY" not in "".join(json.dumps(e) for e in events)
+
+
+def test_an_orphan_whose_note_a_dead_start_wrote_is_filed_under_that_note(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A start died after the orphan's note and before its files moved: the next
+    one files it under the note's name (no second name, no note left alone)."""
+    settings = load_settings(write_config(tmp_path, sandbox))
+    settings.spool_dir.mkdir(parents=True, mode=0o700)
+    token = "0123456789abcdef0123456789abcdef"
+    pdf = sample_pdf("orphan")
+    (settings.spool_dir / f"{token}.document").write_bytes(pdf)
+    (settings.spool_dir / f"{token}.sidecar").write_text(json.dumps(sample_sidecar()))
+    failed = settings.destination[0].failed
+    (failed / f"recovered-{token}.pdf.error.txt").write_text("the dead start's note")
+    (failed / "recovered-ffff.pdf").write_bytes(b"staff's own file")  # another name: kept
+    with Queue(settings.database_path) as queue:
+        result = reconcile_spool(settings, queue)
+    assert result.failed == 1
+    assert sorted(p.name for p in failed.iterdir()) == sorted(
+        [
+            "recovered-ffff.pdf",
+            f"recovered-{token}.pdf",
+            f"recovered-{token}.pdf.error.txt",
+            f"recovered-{token}.pdf.json",
+        ]
+    )
+    assert (failed / f"recovered-{token}.pdf.error.txt").read_text() == "the dead start's note"
+    assert (failed / f"recovered-{token}.pdf").read_bytes() == pdf
+    assert not any(settings.spool_dir.iterdir())
