@@ -32,6 +32,7 @@ from pathlib import Path
 from daemon.config import Destination, Settings
 from daemon.errors import ErrorKind
 from daemon.fsutil import (
+    child,
     fsync_dir,
     lstat_kind,
     rename_noreplace,
@@ -158,11 +159,10 @@ class Filer:
         if len(base.encode()) + extra > NAME_MAX:  # leave room for the note and " (n)"
             base = shortened(base, NAME_MAX - extra - len(" (9999)"))
         n = 0
-        where = os.fspath(folder)  # names joined as text: no Path built per look
         while True:
             doc_name = suffixed(base, n)
             if not any(
-                os.path.lexists(f"{where}/{name}") for name in self._names(job, doc_name, failed)
+                os.path.lexists(child(folder, name)) for name in self._names(job, doc_name, failed)
             ):
                 return folder / doc_name
             n += 1

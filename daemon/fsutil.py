@@ -90,6 +90,13 @@ def _no_names() -> _NoNames:
     return _NO_NAMES
 
 
+def child(folder: Path | str, name: str) -> str:
+    """``str(Path(folder) / name)`` for a bare ``name``, without building a ``Path``
+    (the hot paths join a folder and a name several times a document)."""
+    base = os.fspath(folder)
+    return f"{base}{name}" if base.endswith("/") else f"{base}/{name}"
+
+
 def _kind_of(mode: int) -> FileKindName:
     if stat.S_ISREG(mode):
         return "file"

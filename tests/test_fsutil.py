@@ -415,3 +415,10 @@ def test_rename_rejects_embedded_nul(tmp_path: Path, rename_impl: str) -> None:
         fsutil.rename_noreplace(src, tmp_path / "b\0c")
     assert src.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize("folder", ["/srv/inbox", "/", "relative/dir", Path("/srv/a b")])
+def test_child_joins_like_pathlib(folder: str | Path) -> None:
+    from daemon.fsutil import child
+
+    assert child(folder, "scan 1.pdf") == str(Path(folder) / "scan 1.pdf")

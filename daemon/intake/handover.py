@@ -34,7 +34,7 @@ from daemon.errors import (
     NotRegularFileError,
     UnreadableError,
 )
-from daemon.fsutil import fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
+from daemon.fsutil import child, fsync_dir, open_document, rename_noreplace, set_mode, sha256_file
 from daemon.intake.judging import Verdict, storable
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
@@ -90,8 +90,6 @@ class HandOver:
         left the inbox before the rename, or the exception that stopped it (the
         caller holds that name back, as it would a lone hand-over that raised)."""
         results: list[Job | Exception | None] = [None] * len(takes)
-        spool = str(self.spool_dir)  # str(spool_dir / name), without a Path for each
-        spool = spool if spool.endswith("/") else f"{spool}/"
         try:
             documents = [
                 (i, (take.dest.name, take.dest.inbox / take.doc_name))
@@ -110,8 +108,10 @@ class HandOver:
                         "destination": take.dest.name,
                         "original_name": storable(take.doc_name),
                         "sidecar_name": storable(take.sidecar_name) if take.sidecar_name else None,
-                        "spool_document": f"{spool}{token}.document",
-                        "spool_sidecar": f"{spool}{token}.sidecar" if take.sidecar_name else None,
+                        "spool_document": child(self.spool_dir, f"{token}.document"),
+                        "spool_sidecar": child(self.spool_dir, f"{token}.sidecar")
+                        if take.sidecar_name
+                        else None,
                         "document_id": document_id,
                     }
                 )
@@ -186,12 +186,8 @@ class HandOver:
         """Check the spool copies (hash them) and commit every outcome in one
         transaction; then log and announce each."""
         completions: list[tuple[str, str, int, InputError | None]] = []
-        limits: dict[int, int] = {}  # by id(dest): Destination.timing is built at each call
         for job, dest, verdict in items:
-            limit = limits.get(id(dest))
-            if limit is None:
-                limit = limits[id(dest)] = dest.timing.upload_max_bytes
-            digest, size, rejection = self._check(job, limit, verdict)
+            digest, size, rejection = self._check(job, dest.timing.upload_max_bytes, verdict)
             completions.append((job.id, digest, size, rejection))
         done = self.queue.complete_intake_many(completions)
         for (_, dest, _), (_, digest, size, rejection), job in zip(

@@ -38,6 +38,7 @@ from daemon.errors import (
     OrphanSidecarError,
     UnreadableError,
 )
+from daemon.fsutil import child
 from daemon.inboxes import InboxGuard, IntakeReport
 from daemon.intake.handover import HandOver, Take
 from daemon.intake.judging import Verdict, is_delete, judge, storable
@@ -238,7 +239,7 @@ class Intake:
         """``lstat`` one name (from an event, or missing from a listing)."""
         inbox = self._inboxes[dest.name]
         try:
-            st = self._lstat(_in_inbox(dest, name))
+            st = self._lstat(child(dest.inbox, name))
         except OSError:
             inbox.index.add(name)
             inbox.schedule(name, self.clock())
@@ -542,7 +543,7 @@ class Intake:
             return held
         inbox = self._inboxes[dest.name]
         tracker = inbox.tracker
-        st = self._lstat(_in_inbox(dest, name))
+        st = self._lstat(child(dest.inbox, name))
         if st is None or stat.S_ISDIR(st.st_mode):
             self._forget(dest, name)
             return None
@@ -582,7 +583,7 @@ class Intake:
             self._take(dest, name, None, verdict)
             return None
         if sidecar is not None:
-            side_st = self._lstat(_in_inbox(dest, sidecar))
+            side_st = self._lstat(child(dest.inbox, sidecar))
             if side_st is None:
                 self._forget(dest, sidecar)
                 return now  # another sidecar, or none: decided at the next tick
@@ -663,12 +664,6 @@ class Intake:
     def recover(self) -> dict[str, int]:
         """Finish or abandon hand-overs a crash interrupted (at start-up)."""
         return recover(self.settings, self.handover)
-
-
-def _in_inbox(dest: Destination, name: str) -> str:
-    """``str(dest.inbox / name)`` for a bare name, without building a ``Path``."""
-    folder = str(dest.inbox)
-    return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
 
 
 def _bases(dest: Destination, name: str) -> set[tuple[str, str]]:
