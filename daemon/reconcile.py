@@ -117,6 +117,13 @@ def _free_in_failed(folder: Path, name: str, document: bool, sidecar: bool) -> s
         n += 1
 
 
+def _note_once(folder: Path, name: str, note: bytes, settings: Settings) -> None:
+    """``name``'s ``.error.txt`` in ``folder``, unless an earlier start wrote it."""
+    path = folder / error_note_name(name)
+    if not path.exists():
+        write_file_atomic(path, note, mode=settings.files_mode)
+
+
 def _move_free(src: Path, folder: Path, name: str) -> Path:
     n = 0
     while True:
@@ -169,17 +176,11 @@ def reconcile_spool(settings: Settings, queue: Queue) -> Reconciled:
         # (the next start finds it and files the same orphan under its name), never
         # a document in failed/ without its reason.
         base = _free_in_failed(dest.failed, name, document is not None, sidecar is not None)
-        note_for = base if document is not None else f"{base}.json"
-        note = dest.failed / error_note_name(note_for)
-        if not note.exists():
-            write_file_atomic(note, NOTE.format(now=now).encode("utf-8"), mode=settings.files_mode)
+        note = NOTE.format(now=now).encode("utf-8")
+        _note_once(dest.failed, base if document is not None else f"{base}.json", note, settings)
         placed = _move_free(document, dest.failed, base) if document is not None else None
         if placed is not None and placed.name != base:  # taken meanwhile (by hand)
-            write_file_atomic(
-                dest.failed / error_note_name(placed.name),
-                NOTE.format(now=now).encode("utf-8"),
-                mode=settings.files_mode,
-            )
+            _note_once(dest.failed, placed.name, note, settings)
         if sidecar is not None:
             side_name = f"{placed.name}.json" if placed is not None else f"{base}.json"
             _move_free(sidecar, dest.failed, side_name)

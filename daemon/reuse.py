@@ -20,13 +20,12 @@ from daemon.names import error_note_name
 from daemon.queue import Job, Queue
 
 
-def earlier_document_id(queue: Queue, destination: str, path: Path) -> str | None:
+def earlier_document_id(queue: Queue, destination: str, path: Path, size: int) -> str | None:
     """For intake: the DocumentID of a failed job of ``destination`` whose bytes are
     ``path``'s and whose outcome was unknown (it may have been filed), so a pair
     moved back into the inbox by hand is sent under the same ID, never a second one.
-    Only a file whose size matches such a job is hashed."""
+    Only a file whose size (``lstat``, by the caller) matches such a job is hashed."""
     try:
-        size = path.lstat().st_size  # a link is never followed, not even for its size
         candidates = queue.unknown_outcome_failures(destination, size)
         if not candidates:
             return None
@@ -49,7 +48,7 @@ def earlier_document_ids(queue: Queue, documents: list[tuple[str, Path]]) -> lis
     sizes: list[int | None] = []
     for _destination, path in documents:
         try:
-            sizes.append(path.lstat().st_size)
+            sizes.append(path.lstat().st_size)  # a link is never followed, not even for its size
         except OSError:
             sizes.append(None)  # intake's own checks report an unreadable file
     wanted: dict[str, set[int]] = {}
@@ -58,7 +57,7 @@ def earlier_document_ids(queue: Queue, documents: list[tuple[str, Path]]) -> lis
             wanted.setdefault(destination, set()).add(size)
     found = {d: queue.unknown_outcome_sizes(d, s) for d, s in wanted.items()}
     return [
-        earlier_document_id(queue, destination, path)
+        earlier_document_id(queue, destination, path, size)
         if size is not None and size in found[destination]
         else None
         for (destination, path), size in zip(documents, sizes, strict=True)
