@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -38,6 +39,7 @@ from daemon.outgoing import Sender, effective_sidecar, is_sidecar_only, patient_
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
 from daemon.sidecar import read_sidecar
+from daemon.slots import NotNow, SendSlots, Slot
 from daemon.snapshot import CHANGED, snapshot
 
 # A local error committing ``sent`` after a successful send is retried promptly,
@@ -46,6 +48,9 @@ from daemon.snapshot import CHANGED, snapshot
 COMMIT_RETRY_FIRST_SECONDS = 0.1
 COMMIT_RETRY_MAX_SECONDS = 2.0
 COMMIT_MARGIN_SECONDS = 5.0
+# A document up to this size is copied (and held in memory) before its thread
+# waits for a send slot; a larger one waits first (see daemon.slots).
+PREPARE_AHEAD_MAX_BYTES = 1_000_000
 
 
 class Deliverer:
@@ -60,8 +65,11 @@ class Deliverer:
         limits: RateLimits | None = None,
         clock: Callable[[], float] = time.time,
         beat: Callable[[], None] | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
-        self.beat = beat  # the worker's heartbeat, while it retries a commit
+        self.beat = beat  # the worker's heartbeat, while it retries a commit or waits for a slot
+        self.stopping = stopping  # set at shutdown: a thread waiting for a slot gives up
+        self.slots = SendSlots(settings.workers)  # resized by a reload that changes ``workers``
         self.settings = settings
         self.queue = queue
         self.sender = sender
@@ -90,38 +98,60 @@ class Deliverer:
         if not self.breakers.admit(dest.name):
             self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
             return "queued"
-        try:
-            sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
-            fields = self._fields(job, dest, sidecar)
-            key = self._hold_duplicates(job, dest, fields)
-            result = self._deliver(job, dest, sidecar, fields)
-        except Throttled as exc:
-            # Nothing was sent: the job waits unburnt, its quota's destinations are held.
-            self.queue.release(job.id, job.lease_token)
-            self.breakers.hold(self.limits.sharing(dest), exc.wait, "rate limit reached")
-            log.info("job.waiting", error_kind=ErrorKind.RATE_LIMITED, retry_in=round(exc.wait, 1))
-            return "queued"
-        except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
-            return self._failed(job, dest, exc, log)
-        self.breakers.success(dest.name)
-        killpoint("after_send")
-        # The move to done/ is claimed before the send is recorded, so the job this
-        # commit returns is current (no other path can file it meanwhile) and is
-        # filed without reading it again; its target in done/ is committed with the
-        # send (one transaction, one fsync), durable before the rename as before.
-        with self.filer.claimed(job.id) as mine:
-            target = self.filer.done_target(job) if mine else None
-            sent = self._commit_sent(job, result, log, key, target)
-            if sent is None:
-                log.error("job.lease_lost_after_send", remote_id=result.log_id)
-                return "lease_lost"
-            killpoint("after_commit")
-            log.info("job.sent", remote_id=result.log_id, http_status=result.status)
-            if mine:
-                self.filer.finish_claimed(sent)
+        with Slot(self.slots, stopping=self.stopping, beat=self.beat) as slot:
+            try:
+                sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
+                fields = self._fields(job, dest, sidecar)
+                key = self._hold_duplicates(job, dest, fields)
+                result = self._deliver(job, dest, sidecar, fields, slot)
+            except Throttled as exc:
+                # Nothing was sent: the job waits unburnt, its quota's destinations are held.
+                self.queue.release(job.id, job.lease_token)
+                self.breakers.hold(self.limits.sharing(dest), exc.wait, "rate limit reached")
+                log.info(
+                    "job.waiting", error_kind=ErrorKind.RATE_LIMITED, retry_in=round(exc.wait, 1)
+                )
+                return "queued"
+            except NotNow as exc:  # nothing was sent: back to the queue, no attempt counted
+                self.queue.release(job.id, job.lease_token)
+                log.info("job.put_back", reason=exc.reason)
+                return "queued"
+            except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
+                return self._failed(job, dest, exc, log)
+            self.breakers.success(dest.name)
+            killpoint("after_send")
+            # The move to done/ is claimed before the send is recorded, so the job this
+            # commit returns is current (no other path can file it meanwhile) and is
+            # filed without reading it again; its target in done/ is committed with the
+            # send (one transaction, one fsync), durable before the rename as before.
+            with self.filer.claimed(job.id) as mine:
+                target = self.filer.done_target(job) if mine else None
+                sent = self._commit_sent(job, result, log, key, target)
+                slot.give_back()  # the outcome is durable: another document may go out
+                if sent is None:
+                    log.error("job.lease_lost_after_send", remote_id=result.log_id)
+                    return "lease_lost"
+                killpoint("after_commit")
+                log.info("job.sent", remote_id=result.log_id, http_status=result.status)
+                if mine:
+                    self.filer.finish_claimed(sent)
         if not mine:  # (never expected) another thread has its move: files it or retries
             self._finish(job)
         return "sent"
+
+    def _take_slot(self, job: Job, slot: Slot) -> None:
+        """Take a send slot for ``job`` (see :mod:`daemon.slots`). A job whose lease
+        is more than half gone by then is not sent: the rest may not cover the
+        send, and a job whose lease ran out may be claimed again meanwhile."""
+        if slot.held:
+            return
+        slot.take()
+        expires = job.lease_expires_at
+        if expires is None:
+            return
+        lease = expires - job.updated_at  # the claim set both
+        if expires - self.clock() < lease / 2:
+            raise NotNow("its lease ran low while it waited to be sent")
 
     # -- issue 12 item 4: a local error after a successful send ----------------
     def _commit_sent(
@@ -317,13 +347,18 @@ class Deliverer:
         job: Job,
         dest: Destination,
         sidecar: dict[str, Any] | None,
-        fields: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None,
+        slot: Slot,
     ) -> SendResult:
+        """Snapshot and send ``job``, taking its send slot just before the first
+        request (or before the snapshot, for a document not kept in memory)."""
         assert job.spool_document is not None and job.lease_token is not None
         if self.limits.settings is not self.settings:  # a reload: new rates, same buckets
             self.limits.configure(self.settings)
         for client in {id(c): c for c in self.sender.http_clients()}.values():
             self.limits.watch(client)  # the sender's clients are new after a reload
+        if job.size is None or job.size > PREPARE_AHEAD_MAX_BYTES:
+            self._take_slot(job, slot)  # its copy is not held in memory while it waits
         snap = None
         if job.sha256 and not is_sidecar_only(job):
             # an embedded document's bytes are kept as copied and checked: sent from memory
@@ -339,6 +374,7 @@ class Deliverer:
         def upload(fh: BinaryIO, kind: FileKind) -> str:
             return self._upload(job, fh, kind)
 
+        self._take_slot(job, slot)
         if snap is not None and snap.data is not None:
             with self.limits.sending(dest):
                 return self.sender.send(

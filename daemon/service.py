@@ -61,6 +61,7 @@ from daemon.reconcile import reconcile_spool
 from daemon.redox import RedoxClient
 from daemon.reloading import secret_fingerprints, write_result
 from daemon.retention import Retention
+from daemon.slots import THREADS_PER_SLOT
 from daemon.wakeup import Wakeup
 
 TICK_SECONDS = 0.25  # after a failed tick, the next one comes this soon
@@ -334,7 +335,7 @@ class Service:
         self.retention = Retention(self.settings, self.queue)
         self.deliverer = Deliverer(
             self.settings, self.queue, self._new_sender(self.settings), self.filer,
-            breakers=self.breakers, beat=self.health.beat_here,
+            breakers=self.breakers, beat=self.health.beat_here, stopping=self.stopping,
         )  # fmt: skip
         self.intake = Intake(
             self.settings,
@@ -408,9 +409,15 @@ class Service:
         self._client_inputs = inputs
         return sender
 
+    def _threads(self) -> int:
+        """Delivery threads: ``THREADS_PER_SLOT`` per send slot (``workers``), so one
+        prepares a document while another's is at the peer (:mod:`daemon.slots`)."""
+        return THREADS_PER_SLOT * self.settings.workers
+
     def _start_workers(self) -> None:
-        """Start the workers the config asks for that are not running (start and reload)."""
-        for i in range(self.settings.workers):
+        """Start the delivery threads the config asks for that are not running (start
+        and reload)."""
+        for i in range(self._threads()):
             running = self._workers.get(i)
             if running is None or not running.is_alive():
                 t = threading.Thread(
@@ -426,7 +433,7 @@ class Service:
         polled = False  # the last wait ended on its timeout, not on an announced job
         try:
             # a reload that lowers ``workers`` ends the surplus after their current job
-            while not self.stopping.is_set() and index < self.settings.workers:
+            while not self.stopping.is_set() and index < self._threads():
                 self.health.beat(name)
                 try:
                     job = self.queue.claim(
@@ -711,6 +718,7 @@ class Service:
         self.filer.settings = new
         self.retention.settings = new
         self.deliverer.settings = new
+        self.deliverer.slots.resize(new.workers)
         if sender is not None:
             self._retired.append(self.deliverer.sender)  # in-flight sends may still use it
             self.deliverer.sender = sender
@@ -773,6 +781,8 @@ class Service:
             self.log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
         self.stopping.set()
         self.work.wake_all()
+        if self.deliverer is not None:
+            self.deliverer.slots.wake_all()  # a thread waiting to send gives its job back
         self.notifier.stopping("stopping: finishing in-flight sends")
         self._stop_observers()
         if self.metrics is not None:

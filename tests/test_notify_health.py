@@ -22,6 +22,7 @@ from daemon.http import make_http_client
 from daemon.notify import Notifier, socket_address, watchdog_seconds
 from daemon.redox import RedoxClient
 from daemon.service import Service
+from daemon.slots import THREADS_PER_SLOT
 
 
 @pytest.fixture
@@ -193,16 +194,20 @@ def test_reload_changes_workers_and_refuses_a_new_state_dir(
     def workers() -> set[str]:
         return {t.name for t in threading.enumerate() if t.name.startswith("worker-")}
 
+    def threads(n: int) -> set[str]:  # THREADS_PER_SLOT delivery threads per send slot
+        return {f"worker-{i}" for i in range(THREADS_PER_SLOT * n)}
+
     service = Service(load_settings(config), config_path=config)
     service.start()
     try:
-        assert workers() == {"worker-0", "worker-1"}
+        assert workers() == threads(2) and service.deliverer.slots.limit == 2
         config.write_text(config.read_text().replace("workers = 2", "workers = 3"))
         assert service.reload()
-        assert workers() == {"worker-0", "worker-1", "worker-2"}
+        assert workers() == threads(3) and service.deliverer.slots.limit == 3
         config.write_text(config.read_text().replace("workers = 3", "workers = 1"))
         assert service.reload()
-        wait_until(lambda: workers() == {"worker-0"})
+        wait_until(lambda: workers() == threads(1))
+        assert service.deliverer.slots.limit == 1
         text = config.read_text()
         config.write_text(text.replace('state_dir = "state"', 'state_dir = "elsewhere"'))
         assert service.reload() is False

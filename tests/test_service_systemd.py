@@ -116,13 +116,15 @@ def test_a_wedged_worker_stops_the_watchdog_pings_until_it_recovers(
             drop(tmp_path / "consents" / "inbox", "scan.pdf")
             wait_until(lambda: peer.connections >= 1)
             (unhealthy,) = wait_until(lambda: daemon.logs("daemon.unhealthy"), timeout=30)
-            assert unhealthy["stalled"] == ["worker-0"]
+            (stalled,) = unhealthy["stalled"]  # one of the two delivery threads (1 worker)
+            assert stalled in ("worker-0", "worker-1")
             stalled_at = time.monotonic()
             time.sleep(3)  # six ping intervals
             late = notify.with_key("WATCHDOG", since=stalled_at + 0.6)
             assert late == [], "pinged the watchdog while a worker was wedged"
             assert any(
-                "not responding: worker-0" in m.fields["STATUS"] for m in notify.with_key("STATUS")
+                f"not responding: {stalled}" in m.fields["STATUS"]
+                for m in notify.with_key("STATUS")
             )
             assert daemon.proc.poll() is None  # still running: systemd decides what to do
             peer.release()

@@ -91,8 +91,12 @@ def read_json(raw: bytes | None) -> object:
 async def inject_fault(state: SandboxState) -> InjectedFault | None:
     """Wait the configured latency, then decide whether this sending request fails."""
     latency = state.latency()
-    if latency > 0:
-        await asyncio.sleep(latency)
+    state.sending_started()
+    try:
+        if latency > 0:
+            await asyncio.sleep(latency)
+    finally:
+        state.sending_ended()
     return state.next_fault()
 
 

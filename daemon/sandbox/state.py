@@ -144,6 +144,8 @@ class SandboxState:
         self._attempts: list[AttemptRecord] = []
         self._blobs: dict[str, _Blob] = {}
         self._blob_order: list[str] = []
+        self._in_flight = 0  # sending requests inside their latency wait now
+        self._most_in_flight = 0  # the most there were at once
 
     # ---- clients and tokens -------------------------------------------------
 
@@ -381,6 +383,22 @@ class SandboxState:
         with self._lock:
             self._attempts.append(AttemptRecord(path, status, document_id, time.time()))
 
+    def sending_started(self) -> None:
+        """A request to a sending route entered its latency wait."""
+        with self._lock:
+            self._in_flight += 1
+            self._most_in_flight = max(self._most_in_flight, self._in_flight)
+
+    def sending_ended(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most sending requests the sandbox held at once (in their latency wait)."""
+        with self._lock:
+            return self._most_in_flight
+
     def received(self) -> list[Received]:
         """Every accepted ``/endpoint`` request, oldest first."""
         with self._lock:
@@ -397,6 +415,7 @@ class SandboxState:
         with self._lock:
             self._received.clear()
             self._attempts.clear()
+            self._most_in_flight = self._in_flight
         self._fhir.clear_received()
 
     # ---- FHIR ---------------------------------------------------------------

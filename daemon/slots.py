@@ -1,0 +1,131 @@
+"""Send slots: how many documents are out at their destination at once.
+
+``workers`` is the number of documents chartdrop has at the peer at any moment:
+the requests in flight, and so the resends a crash can cause. The daemon runs
+``THREADS_PER_SLOT`` delivery threads per slot, so that while one thread's
+document waits for the peer's answer, another does the next document's local
+steps (the claim, the snapshot copy, the body): with a peer that answers in
+tens of milliseconds, every slot is kept busy instead of idling while its
+thread works on disk.
+
+A thread takes a slot just before its job's first request (before the
+snapshot, for a document too large to be held in memory while it waits) and
+gives it back once the outcome is committed (``sent``, or the retry or the
+rejection). So at most ``workers`` documents are ever between "the first
+request started" and "its outcome is durable", and a crash resends at most
+``workers`` documents, as it did with one thread per worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+__all__ = ["THREADS_PER_SLOT", "NotNow", "SendSlots", "Slot"]
+
+THREADS_PER_SLOT = 2
+# While it waits for a slot a thread beats its heartbeat (and sees a shutdown)
+# at least this often.
+WAIT_STEP_SECONDS = 1.0
+
+
+class NotNow(Exception):  # noqa: N818 - nothing was sent: the job goes back unburnt
+    """The job was not sent: the daemon is stopping, or its lease ran low while it
+    waited for a slot."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SendSlots:
+    """A counting gate whose size follows the ``workers`` setting (a reload may
+    change it: a smaller limit is reached as the slots in use are given back)."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._limit = limit
+        self._used = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        return self._used
+
+    def resize(self, limit: int) -> None:
+        with self._cond:
+            self._limit = limit
+            self._cond.notify_all()
+
+    def acquire(
+        self,
+        *,
+        stopping: threading.Event | None = None,
+        beat: Callable[[], None] | None = None,
+    ) -> bool:
+        """Take a slot, waiting for one; False (none taken) if ``stopping`` is set."""
+        with self._cond:
+            while self._used >= self._limit:
+                if stopping is not None and stopping.is_set():
+                    return False
+                if beat is not None:
+                    beat()
+                self._cond.wait(WAIT_STEP_SECONDS)
+            self._used += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            assert self._used > 0, "a slot given back that was not taken"
+            self._used -= 1
+            self._cond.notify()
+
+    def wake_all(self) -> None:
+        """Wake every waiting thread (shutdown: they see ``stopping`` and give up)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class Slot:
+    """One delivery's use of a slot: taken at most once, given back once (at the
+    latest when the ``with`` block ends)."""
+
+    def __init__(
+        self,
+        slots: SendSlots,
+        *,
+        stopping: threading.Event | None = None,
+        beat: Callable[[], None] | None = None,
+    ) -> None:
+        self._slots = slots
+        self._stopping = stopping
+        self._beat = beat
+        self.held = False
+
+    def take(self) -> None:
+        """Take the slot (a no-op if held); NotNow if the daemon is stopping."""
+        if self.held:
+            return
+        if not self._slots.acquire(stopping=self._stopping, beat=self._beat):
+            raise NotNow("the daemon is stopping")
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.release()
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.give_back()

@@ -1,0 +1,232 @@
+"""Send slots (daemon/slots.py): ``workers`` documents at the peer at once, while
+the other delivery threads prepare the next ones; a thread that waits for a slot
+beats its heartbeat, gives its job back unburnt at shutdown, and does not send a
+job whose lease ran low while it waited."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox, running, wait_until, write_config
+
+from daemon.config import load_settings
+from daemon.delivery import Deliverer
+from daemon.fhir import FhirClient
+from daemon.filing import Filer
+from daemon.http import make_http_client
+from daemon.outgoing import Sender
+from daemon.queue import JobState, Queue
+from daemon.redox import RedoxClient
+from daemon.samples import sample_pdf, sample_sidecar
+from daemon.slots import NotNow, SendSlots, Slot
+
+
+def _hold(slots: SendSlots, n: int) -> None:
+    for _ in range(n):
+        assert slots.acquire()
+
+
+def test_no_more_holders_than_the_limit_and_each_release_lets_one_in() -> None:
+    slots = SendSlots(2)
+    _hold(slots, 2)
+    got: list[int] = []
+
+    def taker(i: int) -> None:
+        slots.acquire()
+        got.append(i)
+
+    threads = [threading.Thread(target=taker, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    assert got == [] and slots.in_use == 2
+    slots.release()
+    wait_until(lambda: len(got) == 1)
+    time.sleep(0.1)
+    assert len(got) == 1 and slots.in_use == 2
+    slots.release()  # the main thread's other slot
+    slots.release()  # (the first taker's)
+    wait_until(lambda: len(got) == 3)
+    assert slots.in_use == 2 and sorted(got) == [0, 1, 2]
+
+
+def test_resize_up_lets_waiters_in_and_down_holds_new_takers_back() -> None:
+    slots = SendSlots(1)
+    _hold(slots, 1)
+    done = threading.Event()
+
+    def take() -> None:
+        slots.acquire()
+        done.set()
+
+    t = threading.Thread(target=take, daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert not done.is_set()
+    slots.resize(2)  # a reload raising workers
+    assert done.wait(5)
+    slots.resize(1)  # lowering it: the two in use finish, nobody new until below 1
+    slots.release()
+    assert slots.acquire(stopping=_set_event()) is False
+    slots.release()
+    assert slots.acquire() and slots.in_use == 1
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+def test_a_waiting_thread_beats_and_gives_up_when_stopping() -> None:
+    slots = SendSlots(1)
+    _hold(slots, 1)
+    stopping = threading.Event()
+    beats: list[float] = []
+    outcome: list[str] = []
+
+    def wait_for_slot() -> None:
+        slot = Slot(slots, stopping=stopping, beat=lambda: beats.append(time.monotonic()))
+        try:
+            slot.take()
+            outcome.append("took")
+        except NotNow as exc:
+            outcome.append(exc.reason)
+
+    t = threading.Thread(target=wait_for_slot, daemon=True)
+    t.start()
+    wait_until(lambda: len(beats) >= 2, timeout=5)  # one beat per wait step (1 s)
+    stopping.set()
+    slots.wake_all()
+    t.join(5)
+    assert outcome == ["the daemon is stopping"]
+    assert slots.in_use == 1  # nothing taken by the one that gave up
+
+
+def test_a_slot_is_given_back_once_and_at_the_end_of_its_block() -> None:
+    slots = SendSlots(1)
+    with Slot(slots) as slot:
+        slot.take()
+        slot.take()  # held already: not a second slot
+        assert slots.in_use == 1
+        slot.give_back()
+        slot.give_back()
+        assert slots.in_use == 0
+        slot.take()
+    assert slots.in_use == 0
+
+
+def test_the_peer_never_has_more_than_workers_documents_while_threads_prepare_ahead(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A real daemon, 2 workers (4 delivery threads), a peer answering in 0.3 s:
+    at most 2 requests are ever at the peer, both slots are used, more than 2
+    jobs are leased at once (the other threads prepared theirs), and every
+    document is delivered exactly once."""
+    sandbox.state.set_faults(latency_seconds=0.3)
+    leased_most = 0
+    with running(write_config(tmp_path, sandbox, workers=2)) as r:
+        for i in range(10):
+            r.drop(f"doc{i}.pdf", sample_pdf(f"Doc {i}"), sample_sidecar(mrn=f"{i:010d}"))
+
+        def all_done() -> bool:
+            nonlocal leased_most
+            leased_most = max(leased_most, len(r.jobs(JobState.LEASED)))
+            return len(r.jobs(JobState.DONE)) == 10
+
+        wait_until(all_done, timeout=60, interval=0.02)
+    assert sandbox.state.most_in_flight == 2
+    assert leased_most > 2
+    document_ids = [
+        x.body["Media"]["DocumentID"] for x in sandbox.state.received() if "Media" in x.body
+    ]
+    assert len(document_ids) == 10 and len(set(document_ids)) == 10
+
+
+def test_shutdown_gives_a_waiting_job_back_unburnt(tmp_path: Path, sandbox: Sandbox) -> None:
+    """1 worker (2 threads), a peer answering in 1.5 s: at a stop, the document at
+    the peer finishes within the grace; the one prepared and waiting for the slot
+    goes back to the queue with no attempt counted and was never sent."""
+    sandbox.state.set_faults(latency_seconds=1.5)
+    config = write_config(tmp_path, sandbox, workers=1, shutdown_grace_seconds=10)
+    with running(config) as r:
+        r.drop("a.pdf", sample_pdf("A"), sample_sidecar(mrn="0000000001"))
+        r.drop("b.pdf", sample_pdf("B"), sample_sidecar(mrn="0000000002"))
+        wait_until(lambda: len(r.jobs(JobState.LEASED)) == 2 and sandbox.state.most_in_flight)
+        r.stop()
+    with Queue(r.settings.database_path) as queue:
+        jobs = queue.jobs(limit=10)
+    assert sorted(j.state for j in jobs) == [JobState.DONE, JobState.QUEUED]
+    waiting = next(j for j in jobs if j.state == JobState.QUEUED)
+    assert waiting.attempts == 0
+    sent = [x.body["Media"]["DocumentID"] for x in sandbox.state.received()]
+    assert sent == [next(j for j in jobs if j.state == JobState.DONE).document_id]
+    assert waiting.document_id not in sent
+
+
+def test_a_job_whose_lease_ran_low_while_waiting_is_not_sent(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The deliverer on an injected clock: the only slot is held elsewhere while
+    the clock passes half the lease; given the slot, the job goes back unburnt
+    (another thread may claim it once the lease ends: sending it now could send
+    it twice)."""
+    now = [1_800_000_000.0]
+    settings = load_settings(write_config(tmp_path, sandbox, workers=1, lease_seconds=60))
+    settings.spool_dir.mkdir(parents=True)
+    pdf = sample_pdf("Lease")
+    (settings.spool_dir / "d").write_bytes(pdf)
+    (settings.spool_dir / "s").write_text(json.dumps(sample_sidecar()))
+    with Queue(settings.database_path, clock=lambda: now[0]) as queue:
+        job = queue.begin_intake(
+            destination="consents", original_name="lease.pdf", sidecar_name="lease.pdf.json",
+            spool_document=str(settings.spool_dir / "d"),
+            spool_sidecar=str(settings.spool_dir / "s"),
+        )  # fmt: skip
+        queue.complete_intake(job.id, sha256=hashlib.sha256(pdf).hexdigest(), size=len(pdf))
+        http = make_http_client(settings)
+        try:
+            sender = Sender(
+                settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http)
+            )
+            deliverer = Deliverer(
+                settings, queue, sender, Filer(settings, queue), clock=lambda: now[0]
+            )
+            deliverer.slots.acquire()  # another thread's document is at the peer
+            first = queue.claim(lease_seconds=60)
+            assert first is not None
+            result: list[str] = []
+            t = threading.Thread(target=lambda: result.append(deliverer.process(first)))
+            t.start()
+            time.sleep(0.3)
+            assert result == []  # waiting for the slot
+            now[0] += 31  # more than half of the 60 s lease
+            deliverer.slots.release()
+            t.join(10)
+            assert result == ["queued"]
+            again = queue.get(job.id)
+            assert again is not None and again.state == JobState.QUEUED
+            assert again.attempts == 0 and sandbox.state.received() == []
+            assert deliverer.slots.in_use == 0
+            # with a fresh lease it goes, under the same DocumentID
+            leased = queue.claim(lease_seconds=60)
+            assert leased is not None and deliverer.process(leased) == "sent"
+        finally:
+            http.close()
+    (received,) = sandbox.state.received()
+    assert received.body["Media"]["DocumentID"] == job.document_id
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_daemon_runs_threads_per_slot_and_the_slots_follow_workers(
+    tmp_path: Path, sandbox: Sandbox, workers: int
+) -> None:
+    with running(write_config(tmp_path, sandbox, workers=workers)) as r:
+        names = {t.name for t in threading.enumerate() if t.name.startswith("worker-")}
+        assert len(names) == 2 * workers
+        assert r.service.deliverer.slots.limit == workers
