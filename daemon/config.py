@@ -501,7 +501,12 @@ class Settings(BaseSettings, Timing):
         description="Where queued documents wait (0700); default state_dir/spool. Documents "
         "move in and out by rename, so it must be on the same mount as the inboxes.",
     )
-    workers: int = Field(4, ge=1, le=64, description="Concurrent deliveries.")
+    workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Documents sent at once (requests in flight); two delivery threads each.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON unless stderr is a terminal."
     )
