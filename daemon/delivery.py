@@ -95,9 +95,6 @@ class Deliverer:
             )
             log.warning("job.retry", error_kind=ErrorKind.DESTINATION_REMOVED)
             return "queued"
-        if not self.breakers.admit(dest.name):
-            self.queue.release(job.id, job.lease_token)  # paused: no attempt counted
-            return "queued"
         with Slot(self.slots, stopping=self.stopping, beat=self.beat) as slot:
             try:
                 sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
@@ -114,7 +111,8 @@ class Deliverer:
                 return "queued"
             except NotNow as exc:  # nothing was sent: back to the queue, no attempt counted
                 self.queue.release(job.id, job.lease_token)
-                log.info("job.put_back", reason=exc.reason)
+                if not exc.quiet:
+                    log.info("job.put_back", reason=exc.reason)
                 return "queued"
             except Exception as exc:  # noqa: BLE001 - every failure is decided by type below
                 return self._failed(job, dest, exc, log)
@@ -139,19 +137,22 @@ class Deliverer:
             self._finish(job)
         return "sent"
 
-    def _take_slot(self, job: Job, slot: Slot) -> None:
-        """Take a send slot for ``job`` (see :mod:`daemon.slots`). A job whose lease
+    def _take_slot(self, job: Job, dest: Destination, slot: Slot) -> None:
+        """Take a send slot for ``job`` (see :mod:`daemon.slots`), then ask the
+        destination's circuit whether it may go (right before its first request,
+        so a circuit that opened while it waited holds it back). A job whose lease
         is more than half gone by then is not sent: the rest may not cover the
         send, and a job whose lease ran out may be claimed again meanwhile."""
         if slot.held:
             return
         slot.take()
         expires = job.lease_expires_at
-        if expires is None:
-            return
-        lease = expires - job.updated_at  # the claim set both
-        if expires - self.clock() < lease / 2:
-            raise NotNow("its lease ran low while it waited to be sent")
+        if expires is not None:
+            lease = expires - job.updated_at  # the claim set both
+            if expires - self.clock() < lease / 2:
+                raise NotNow("its lease ran low while it waited to be sent")
+        if not self.breakers.admit(dest.name):  # paused (or another job is the probe)
+            raise NotNow("its destination is paused", quiet=True)
 
     # -- issue 12 item 4: a local error after a successful send ----------------
     def _commit_sent(
@@ -358,7 +359,7 @@ class Deliverer:
         for client in {id(c): c for c in self.sender.http_clients()}.values():
             self.limits.watch(client)  # the sender's clients are new after a reload
         if job.size is None or job.size > PREPARE_AHEAD_MAX_BYTES:
-            self._take_slot(job, slot)  # its copy is not held in memory while it waits
+            self._take_slot(job, dest, slot)  # its copy is not held in memory while it waits
         snap = None
         if job.sha256 and not is_sidecar_only(job):
             # an embedded document's bytes are kept as copied and checked: sent from memory
@@ -374,7 +375,7 @@ class Deliverer:
         def upload(fh: BinaryIO, kind: FileKind) -> str:
             return self._upload(job, fh, kind)
 
-        self._take_slot(job, slot)
+        self._take_slot(job, dest, slot)
         if snap is not None and snap.data is not None:
             with self.limits.sending(dest):
                 return self.sender.send(

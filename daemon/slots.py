@@ -31,12 +31,13 @@ WAIT_STEP_SECONDS = 1.0
 
 
 class NotNow(Exception):  # noqa: N818 - nothing was sent: the job goes back unburnt
-    """The job was not sent: the daemon is stopping, or its lease ran low while it
-    waited for a slot."""
+    """The job was not sent: the daemon is stopping, its lease ran low while it
+    waited for a slot, or its destination is paused."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, quiet: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.quiet = quiet  # an ordinary hold (a paused destination): not logged
 
 
 class SendSlots:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Sandbox, running, wait_until, write_config
 
+from daemon.breaker import AUTH, Breakers
 from daemon.config import load_settings
 from daemon.delivery import Deliverer
 from daemon.fhir import FhirClient
@@ -169,22 +170,24 @@ def test_shutdown_gives_a_waiting_job_back_unburnt(tmp_path: Path, sandbox: Sand
     assert waiting.document_id not in sent
 
 
-def test_a_job_whose_lease_ran_low_while_waiting_is_not_sent(
-    tmp_path: Path, sandbox: Sandbox
+@pytest.mark.parametrize("meanwhile", ["lease_ran_low", "circuit_opened"])
+def test_a_job_held_back_while_it_waited_for_its_slot_is_not_sent(
+    tmp_path: Path, sandbox: Sandbox, meanwhile: str
 ) -> None:
-    """The deliverer on an injected clock: the only slot is held elsewhere while
-    the clock passes half the lease; given the slot, the job goes back unburnt
-    (another thread may claim it once the lease ends: sending it now could send
-    it twice)."""
+    """The deliverer on an injected clock, the only slot held elsewhere. While the
+    job waits, the clock passes half its lease (another thread may claim it once
+    the lease ends: sending it now could send it twice), or its destination's
+    circuit opens (refused credentials). Given the slot, the job goes back to the
+    queue unburnt and nothing is sent; later it goes under its DocumentID."""
     now = [1_800_000_000.0]
     settings = load_settings(write_config(tmp_path, sandbox, workers=1, lease_seconds=60))
     settings.spool_dir.mkdir(parents=True)
-    pdf = sample_pdf("Lease")
+    pdf = sample_pdf("Held")
     (settings.spool_dir / "d").write_bytes(pdf)
     (settings.spool_dir / "s").write_text(json.dumps(sample_sidecar()))
     with Queue(settings.database_path, clock=lambda: now[0]) as queue:
         job = queue.begin_intake(
-            destination="consents", original_name="lease.pdf", sidecar_name="lease.pdf.json",
+            destination="consents", original_name="held.pdf", sidecar_name="held.pdf.json",
             spool_document=str(settings.spool_dir / "d"),
             spool_sidecar=str(settings.spool_dir / "s"),
         )  # fmt: skip
@@ -194,9 +197,11 @@ def test_a_job_whose_lease_ran_low_while_waiting_is_not_sent(
             sender = Sender(
                 settings, RedoxClient(settings.redox, http), FhirClient(settings.fhir, http)
             )
+            breakers = Breakers(queue, clock=lambda: now[0])
             deliverer = Deliverer(
-                settings, queue, sender, Filer(settings, queue), clock=lambda: now[0]
-            )
+                settings, queue, sender, Filer(settings, queue), breakers=breakers,
+                clock=lambda: now[0],
+            )  # fmt: skip
             deliverer.slots.acquire()  # another thread's document is at the peer
             first = queue.claim(lease_seconds=60)
             assert first is not None
@@ -205,7 +210,11 @@ def test_a_job_whose_lease_ran_low_while_waiting_is_not_sent(
             t.start()
             time.sleep(0.3)
             assert result == []  # waiting for the slot
-            now[0] += 31  # more than half of the 60 s lease
+            dest = settings.destination[0]
+            if meanwhile == "lease_ran_low":
+                now[0] += 31  # more than half of the 60 s lease
+            else:
+                breakers.failure(dest, AUTH, "credentials refused")
             deliverer.slots.release()
             t.join(10)
             assert result == ["queued"]
@@ -213,7 +222,8 @@ def test_a_job_whose_lease_ran_low_while_waiting_is_not_sent(
             assert again is not None and again.state == JobState.QUEUED
             assert again.attempts == 0 and sandbox.state.received() == []
             assert deliverer.slots.in_use == 0
-            # with a fresh lease it goes, under the same DocumentID
+            if meanwhile == "circuit_opened":
+                breakers.success(dest.name)  # the credentials were fixed
             leased = queue.claim(lease_seconds=60)
             assert leased is not None and deliverer.process(leased) == "sent"
         finally:
