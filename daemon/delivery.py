@@ -39,7 +39,7 @@ from daemon.outgoing import Sender, effective_sidecar, is_sidecar_only, patient_
 from daemon.queue import Job, Queue
 from daemon.ratelimit import RateLimits, Throttled
 from daemon.sidecar import read_sidecar
-from daemon.slots import NotNow, SendSlots, Slot
+from daemon.slots import InFlightKeys, NotNow, SendSlots, Slot
 from daemon.snapshot import CHANGED, snapshot
 
 # A local error committing ``sent`` after a successful send is retried promptly,
@@ -70,6 +70,7 @@ class Deliverer:
         self.beat = beat  # the worker's heartbeat, while it retries a commit or waits for a slot
         self.stopping = stopping  # set at shutdown: a thread waiting for a slot gives up
         self.slots = SendSlots(settings.workers)  # resized by a reload that changes ``workers``
+        self.in_flight = InFlightKeys()  # the duplicate keys of the jobs being sent
         self.settings = settings
         self.queue = queue
         self.sender = sender
@@ -95,11 +96,12 @@ class Deliverer:
             )
             log.warning("job.retry", error_kind=ErrorKind.DESTINATION_REMOVED)
             return "queued"
-        with Slot(self.slots, stopping=self.stopping, beat=self.beat) as slot:
+        slot = Slot(self.slots, keys=self.in_flight, stopping=self.stopping, beat=self.beat)
+        with slot:
             try:
                 sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body
                 fields = self._fields(job, dest, sidecar)
-                key = self._hold_duplicates(job, dest, fields)
+                key = self._hold_duplicates(job, dest, fields, slot)
                 result = self._deliver(job, dest, sidecar, fields, slot)
             except Throttled as exc:
                 # Nothing was sent: the job waits unburnt, its quota's destinations are held.
@@ -125,7 +127,7 @@ class Deliverer:
             with self.filer.claimed(job.id) as mine:
                 target = self.filer.done_target(job) if mine else None
                 sent = self._commit_sent(job, result, log, key, target)
-                slot.give_back()  # the outcome is durable: another document may go out
+                slot.give_back()  # durable: another document (or its copy's check) may go
                 if sent is None:
                     log.error("job.lease_lost_after_send", remote_id=result.log_id)
                     return "lease_lost"
@@ -311,18 +313,20 @@ class Deliverer:
             return None
 
     def _hold_duplicates(
-        self, job: Job, dest: Destination, fields: dict[str, Any] | None
+        self, job: Job, dest: Destination, fields: dict[str, Any] | None, slot: Slot
     ) -> str | None:
         """The job's patient key; DuplicateError when ``duplicates = "hold"`` and the
         same bytes were sent for the same patient within the window, unless the job
         is allowed through (``allow_duplicate``, set by ``chartdrop retry
-        --allow-duplicate``): then the send is audited as a duplicate."""
+        --allow-duplicate``): then the send is audited as a duplicate. A copy being
+        sent by another thread is waited for first (``slot.hold_key``)."""
         assert job.lease_token is not None
         if is_sidecar_only(job) or not job.sha256:
             return None
         key = None if fields is None else patient_key_of(dest, fields)
         if key is None or dest.duplicates == "send":
             return key
+        slot.hold_key((dest.name, job.sha256, key))
         since = self.clock() - dest.duplicate_window_days * 86400
         earlier = self.queue.earlier_duplicate(job, patient_key=key, since=since)
         if earlier is None:

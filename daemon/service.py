@@ -783,6 +783,7 @@ class Service:
         self.work.wake_all()
         if self.deliverer is not None:
             self.deliverer.slots.wake_all()  # a thread waiting to send gives its job back
+            self.deliverer.in_flight.wake_all()
         self.notifier.stopping("stopping: finishing in-flight sends")
         self._stop_observers()
         if self.metrics is not None:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-__all__ = ["THREADS_PER_SLOT", "NotNow", "SendSlots", "Slot"]
+__all__ = ["THREADS_PER_SLOT", "InFlightKeys", "NotNow", "SendSlots", "Slot"]
 
 THREADS_PER_SLOT = 2
 # While it waits for a slot a thread beats its heartbeat (and sees a shutdown)
@@ -91,21 +91,73 @@ class SendSlots:
             self._cond.notify_all()
 
 
+class InFlightKeys:
+    """The duplicate keys (destination, sha256, patient) of the jobs between their
+    duplicate check and their committed outcome. Two copies of one document for
+    one patient, dropped together, are claimed by two threads at once: without
+    this, each would check before the other's send is recorded, and both would
+    go. The second waits for the first's outcome, then checks: it finds it sent
+    (and is held), or retried later (and goes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._keys: set[tuple[str, ...]] = set()
+
+    def acquire(
+        self,
+        key: tuple[str, ...],
+        *,
+        stopping: threading.Event | None = None,
+        beat: Callable[[], None] | None = None,
+    ) -> bool:
+        """Hold ``key``, waiting while another job holds it; False if ``stopping``."""
+        with self._cond:
+            while key in self._keys:
+                if stopping is not None and stopping.is_set():
+                    return False
+                if beat is not None:
+                    beat()
+                self._cond.wait(WAIT_STEP_SECONDS)
+            self._keys.add(key)
+            return True
+
+    def release(self, key: tuple[str, ...]) -> None:
+        with self._cond:
+            self._keys.discard(key)
+            self._cond.notify_all()
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
 class Slot:
-    """One delivery's use of a slot: taken at most once, given back once (at the
-    latest when the ``with`` block ends)."""
+    """One delivery's use of a slot (taken at most once) and of its duplicate key;
+    both are given back once (at the latest when the ``with`` block ends)."""
 
     def __init__(
         self,
         slots: SendSlots,
         *,
+        keys: InFlightKeys | None = None,
         stopping: threading.Event | None = None,
         beat: Callable[[], None] | None = None,
     ) -> None:
         self._slots = slots
+        self._keys = keys
         self._stopping = stopping
         self._beat = beat
         self.held = False
+        self._key: tuple[str, ...] | None = None
+
+    def hold_key(self, key: tuple[str, ...]) -> None:
+        """Hold the job's duplicate key (see :class:`InFlightKeys`), waiting for
+        another job's outcome if it has it; NotNow if the daemon is stopping."""
+        if self._keys is None or self._key is not None:
+            return
+        if not self._keys.acquire(key, stopping=self._stopping, beat=self._beat):
+            raise NotNow("the daemon is stopping")
+        self._key = key
 
     def take(self) -> None:
         """Take the slot (a no-op if held); NotNow if the daemon is stopping."""
@@ -119,6 +171,10 @@ class Slot:
         if self.held:
             self.held = False
             self._slots.release()
+        if self._key is not None:
+            assert self._keys is not None
+            key, self._key = self._key, None
+            self._keys.release(key)
 
     def __enter__(self) -> Slot:
         return self

@@ -264,7 +264,7 @@ def test_legacy_api_key_auth(tmp_path: Path, sandbox: Sandbox, pdf: bytes) -> No
     config = write_config(tmp_path, sandbox, redox=redox)
     with running(config) as r:
         r.drop("a.pdf", pdf, sample_sidecar())
-        r.drop("b.pdf", pdf, sample_sidecar())
+        r.drop("b.pdf", pdf, sample_sidecar(mrn="0000000002"))  # another patient: no duplicate
         jobs = r.finished(2)
     assert {j.state for j in jobs} == {JobState.DONE}
     assert sandbox.state.token_requests == 1  # one token, cached for both documents

@@ -24,7 +24,7 @@ from daemon.outgoing import Sender
 from daemon.queue import JobState, Queue
 from daemon.redox import RedoxClient
 from daemon.samples import sample_pdf, sample_sidecar
-from daemon.slots import NotNow, SendSlots, Slot
+from daemon.slots import InFlightKeys, NotNow, SendSlots, Slot
 
 
 def _hold(slots: SendSlots, n: int) -> None:
@@ -240,3 +240,37 @@ def test_the_daemon_runs_threads_per_slot_and_the_slots_follow_workers(
         names = {t.name for t in threading.enumerate() if t.name.startswith("worker-")}
         assert len(names) == 2 * workers
         assert r.service.deliverer.slots.limit == workers
+
+
+def test_a_duplicate_key_is_held_by_one_job_at_a_time() -> None:
+    keys = InFlightKeys()
+    stopping = threading.Event()
+    first, other = ("consents", "ab12", "p1"), ("consents", "ab12", "p2")
+    assert keys.acquire(first) and keys.acquire(other)  # another patient: no wait
+    got: list[bool] = []
+    beats: list[float] = []
+    t = threading.Thread(
+        target=lambda: got.append(
+            keys.acquire(first, stopping=stopping, beat=lambda: beats.append(time.monotonic()))
+        ),
+        daemon=True,
+    )
+    t.start()
+    time.sleep(0.2)
+    assert got == [] and beats  # waiting, and beating while it waits
+    keys.release(first)
+    t.join(5)
+    assert got == [True]
+    stopping.set()  # held again (by the waiter): a new waiter gives up at shutdown
+    assert keys.acquire(first, stopping=stopping) is False
+
+
+def test_a_slot_gives_back_its_duplicate_key_with_it() -> None:
+    slots, keys = SendSlots(1), InFlightKeys()
+    key = ("consents", "ab12", "p1")
+    with Slot(slots, keys=keys) as slot:
+        slot.hold_key(key)
+        slot.take()
+        assert keys.acquire(key, stopping=_set_event()) is False  # held by the slot
+        slot.give_back()
+        assert slots.in_use == 0 and keys.acquire(key)
