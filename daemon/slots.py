@@ -18,6 +18,8 @@ request started" and "its outcome is durable", and a crash resends at most
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -42,12 +44,18 @@ class NotNow(Exception):  # noqa: N818 - nothing was sent: the job goes back unb
 
 class SendSlots:
     """A counting gate whose size follows the ``workers`` setting (a reload may
-    change it: a smaller limit is reached as the slots in use are given back)."""
+    change it: a smaller limit is reached as the slots in use are given back).
+
+    A free slot goes to the waiting thread whose job was claimed first (its
+    ``order``), not to whichever thread the scheduler wakes: documents prepared
+    ahead go out in the order they were claimed, the order they arrived."""
 
     def __init__(self, limit: int) -> None:
         self._cond = threading.Condition()
         self._limit = limit
         self._used = 0
+        self._waiting: list[int] = []  # a heap of the waiters' orders
+        self._orders = itertools.count()
 
     @property
     def limit(self) -> int:
@@ -57,6 +65,10 @@ class SendSlots:
     def in_use(self) -> int:
         return self._used
 
+    def next_order(self) -> int:
+        """An order for a job just claimed (increasing)."""
+        return next(self._orders)
+
     def resize(self, limit: int) -> None:
         with self._cond:
             self._limit = limit
@@ -65,25 +77,34 @@ class SendSlots:
     def acquire(
         self,
         *,
+        order: int | None = None,
         stopping: threading.Event | None = None,
         beat: Callable[[], None] | None = None,
     ) -> bool:
-        """Take a slot, waiting for one; False (none taken) if ``stopping`` is set."""
+        """Take a slot, waiting for one (and for the waiters claimed before ``order``:
+        None, after them all); False (none taken) if ``stopping`` is set."""
         with self._cond:
-            while self._used >= self._limit:
-                if stopping is not None and stopping.is_set():
-                    return False
-                if beat is not None:
-                    beat()
-                self._cond.wait(WAIT_STEP_SECONDS)
-            self._used += 1
-            return True
+            mine = self.next_order() if order is None else order
+            heapq.heappush(self._waiting, mine)
+            try:
+                while self._used >= self._limit or self._waiting[0] != mine:
+                    if stopping is not None and stopping.is_set():
+                        return False
+                    if beat is not None:
+                        beat()
+                    self._cond.wait(WAIT_STEP_SECONDS)
+                self._used += 1
+                return True
+            finally:
+                self._waiting.remove(mine)
+                heapq.heapify(self._waiting)
+                self._cond.notify_all()  # the next in order may be free to go
 
     def release(self) -> None:
         with self._cond:
             assert self._used > 0, "a slot given back that was not taken"
             self._used -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def wake_all(self) -> None:
         """Wake every waiting thread (shutdown: they see ``stopping`` and give up)."""
@@ -144,6 +165,7 @@ class Slot:
         beat: Callable[[], None] | None = None,
     ) -> None:
         self._slots = slots
+        self._order = slots.next_order()  # made when the job is claimed: its turn
         self._keys = keys
         self._stopping = stopping
         self._beat = beat
@@ -163,7 +185,7 @@ class Slot:
         """Take the slot (a no-op if held); NotNow if the daemon is stopping."""
         if self.held:
             return
-        if not self._slots.acquire(stopping=self._stopping, beat=self._beat):
+        if not self._slots.acquire(order=self._order, stopping=self._stopping, beat=self._beat):
             raise NotNow("the daemon is stopping")
         self.held = True
 

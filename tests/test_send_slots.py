@@ -274,3 +274,28 @@ def test_a_slot_gives_back_its_duplicate_key_with_it() -> None:
         assert keys.acquire(key, stopping=_set_event()) is False  # held by the slot
         slot.give_back()
         assert slots.in_use == 0 and keys.acquire(key)
+
+
+def test_a_free_slot_goes_to_the_job_claimed_first() -> None:
+    """Threads wait in the order 3, 1, 2 (their jobs' claim order): the slots go
+    out 1, 2, 3, so documents prepared ahead keep their arrival order."""
+    slots = SendSlots(1)
+    _hold(slots, 1)
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def waiter(order: int) -> None:
+        assert slots.acquire(order=order)
+        with lock:
+            granted.append(order)
+
+    threads = []
+    for order in (103, 101, 102):
+        t = threading.Thread(target=waiter, args=(order,), daemon=True)
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)  # each is waiting before the next comes
+    for n in range(1, 4):
+        slots.release()
+        wait_until(lambda n=n: len(granted) == n)  # type: ignore[misc]
+    assert granted == [101, 102, 103]
