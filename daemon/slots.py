@@ -42,7 +42,45 @@ class NotNow(Exception):  # noqa: N818 - nothing was sent: the job goes back unb
         self.quiet = quiet  # an ordinary hold (a paused destination): not logged
 
 
-class SendSlots:
+class _Gate:
+    """What both gates share: a condition to wait on, in steps that beat the
+    caller's heartbeat and see a shutdown."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiters = 0
+
+    @property
+    def waiting(self) -> int:
+        """How many threads are waiting now."""
+        return self._waiters
+
+    def _wait(
+        self,
+        blocked: Callable[[], bool],
+        stopping: threading.Event | None,
+        beat: Callable[[], None] | None,
+    ) -> bool:
+        """With ``self._cond`` held: wait while ``blocked()``; False if ``stopping``."""
+        self._waiters += 1
+        try:
+            while blocked():
+                if stopping is not None and stopping.is_set():
+                    return False
+                if beat is not None:
+                    beat()
+                self._cond.wait(WAIT_STEP_SECONDS)
+            return True
+        finally:
+            self._waiters -= 1
+
+    def wake_all(self) -> None:
+        """Wake every waiting thread (shutdown: they see ``stopping`` and give up)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class SendSlots(_Gate):
     """A counting gate whose size follows the ``workers`` setting (a reload may
     change it: a smaller limit is reached as the slots in use are given back).
 
@@ -51,7 +89,7 @@ class SendSlots:
     ahead go out in the order they were claimed, the order they arrived."""
 
     def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
+        super().__init__()
         self._limit = limit
         self._used = 0
         self._waiting: list[int] = []  # a heap of the waiters' orders
@@ -87,12 +125,12 @@ class SendSlots:
             mine = self.next_order() if order is None else order
             heapq.heappush(self._waiting, mine)
             try:
-                while self._used >= self._limit or self._waiting[0] != mine:
-                    if stopping is not None and stopping.is_set():
-                        return False
-                    if beat is not None:
-                        beat()
-                    self._cond.wait(WAIT_STEP_SECONDS)
+
+                def blocked() -> bool:
+                    return self._used >= self._limit or self._waiting[0] != mine
+
+                if not self._wait(blocked, stopping, beat):
+                    return False
                 self._used += 1
                 return True
             finally:
@@ -106,13 +144,8 @@ class SendSlots:
             self._used -= 1
             self._cond.notify_all()
 
-    def wake_all(self) -> None:
-        """Wake every waiting thread (shutdown: they see ``stopping`` and give up)."""
-        with self._cond:
-            self._cond.notify_all()
 
-
-class InFlightKeys:
+class InFlightKeys(_Gate):
     """The duplicate keys (destination, sha256, patient) of the jobs between their
     duplicate check and their committed outcome. Two copies of one document for
     one patient, dropped together, are claimed by two threads at once: without
@@ -121,7 +154,7 @@ class InFlightKeys:
     (and is held), or retried later (and goes)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        super().__init__()
         self._keys: set[tuple[str, ...]] = set()
 
     def acquire(
@@ -133,22 +166,14 @@ class InFlightKeys:
     ) -> bool:
         """Hold ``key``, waiting while another job holds it; False if ``stopping``."""
         with self._cond:
-            while key in self._keys:
-                if stopping is not None and stopping.is_set():
-                    return False
-                if beat is not None:
-                    beat()
-                self._cond.wait(WAIT_STEP_SECONDS)
+            if not self._wait(lambda: key in self._keys, stopping, beat):
+                return False
             self._keys.add(key)
             return True
 
     def release(self, key: tuple[str, ...]) -> None:
         with self._cond:
             self._keys.discard(key)
-            self._cond.notify_all()
-
-    def wake_all(self) -> None:
-        with self._cond:
             self._cond.notify_all()
 
 

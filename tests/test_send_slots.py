@@ -44,12 +44,11 @@ def test_no_more_holders_than_the_limit_and_each_release_lets_one_in() -> None:
     threads = [threading.Thread(target=taker, args=(i,), daemon=True) for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    wait_until(lambda: slots.waiting == 3)
     assert got == [] and slots.in_use == 2
     slots.release()
     wait_until(lambda: len(got) == 1)
-    time.sleep(0.1)
-    assert len(got) == 1 and slots.in_use == 2
+    assert slots.waiting == 2 and slots.in_use == 2  # the other two wait on
     slots.release()  # the main thread's other slot
     slots.release()  # (the first taker's)
     wait_until(lambda: len(got) == 3)
@@ -67,7 +66,7 @@ def test_resize_up_lets_waiters_in_and_down_holds_new_takers_back() -> None:
 
     t = threading.Thread(target=take, daemon=True)
     t.start()
-    time.sleep(0.1)
+    wait_until(lambda: slots.waiting == 1)
     assert not done.is_set()
     slots.resize(2)  # a reload raising workers
     assert done.wait(5)
@@ -208,7 +207,7 @@ def test_a_job_held_back_while_it_waited_for_its_slot_is_not_sent(
             result: list[str] = []
             t = threading.Thread(target=lambda: result.append(deliverer.process(first)))
             t.start()
-            time.sleep(0.3)
+            wait_until(lambda: deliverer.slots.waiting == 1)
             assert result == []  # waiting for the slot
             dest = settings.destination[0]
             if meanwhile == "lease_ran_low":
@@ -256,8 +255,8 @@ def test_a_duplicate_key_is_held_by_one_job_at_a_time() -> None:
         daemon=True,
     )
     t.start()
-    time.sleep(0.2)
-    assert got == [] and beats  # waiting, and beating while it waits
+    wait_until(lambda: keys.waiting == 1 and beats)  # waiting, and beating while it waits
+    assert got == []
     keys.release(first)
     t.join(5)
     assert got == [True]
@@ -294,7 +293,7 @@ def test_a_free_slot_goes_to_the_job_claimed_first() -> None:
         t = threading.Thread(target=waiter, args=(order,), daemon=True)
         t.start()
         threads.append(t)
-        time.sleep(0.05)  # each is waiting before the next comes
+        wait_until(lambda: slots.waiting == len(threads))  # each waits before the next comes
     for n in range(1, 4):
         slots.release()
         wait_until(lambda n=n: len(granted) == n)  # type: ignore[misc]
