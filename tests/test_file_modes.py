@@ -10,9 +10,11 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,16 @@ def drop_open(inbox: Path, name: str, data: bytes, sidecar: dict[str, Any]) -> N
         tmp.rename(final)
 
 
+def _job_states(database: Path) -> list[str]:
+    """The jobs' states, read without writing anything (no file of ours appears);
+    none while the daemon is still making its schema."""
+    with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+        try:
+            return [state for (state,) in db.execute("SELECT state FROM jobs")]
+        except sqlite3.OperationalError:
+            return []
+
+
 def test_everything_the_daemon_creates_is_private(tmp_path: Path, sandbox: Sandbox) -> None:
     """A real `chartdrop run` started with umask 000 and a state_dir left 0755."""
     config = write_config(tmp_path, sandbox)
@@ -64,7 +76,10 @@ def test_everything_the_daemon_creates_is_private(tmp_path: Path, sandbox: Sandb
         wait_until(lambda: (state / "chartdrop.sqlite3-wal").exists())
         drop_open(inbox, "Bixby_Timothy.pdf", sample_pdf("x"), sample_sidecar())
         spool = state / "spool"
-        wait_until(lambda: len(list(spool.iterdir())) == 2)
+        # Queued: the hand-over is over (the renamed files get their mode right after
+        # the rename, inside the 0700 spool; the test must not look in between).
+        wait_until(lambda: _job_states(state / "chartdrop.sqlite3") == ["queued"])
+        assert len(list(spool.iterdir())) == 2
         created = {
             state: 0o700,
             spool: 0o700,
