@@ -15,7 +15,7 @@ from pathlib import Path
 from daemon.errors import (
     ChangedError,
 )
-from daemon.fsutil import fsync_dir, open_document
+from daemon.fsutil import READ_CHUNK, fsync_dir, open_document
 
 CHANGED = (
     "the file changed after chartdrop had taken it (something was still writing it), "
@@ -77,7 +77,7 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int)
         fd = _create(tmp)
         try:
             with os.fdopen(fd, "wb") as out:
-                for block in itertools.chain((kept,), iter(lambda: src.read(1 << 20), b"")):
+                for block in itertools.chain((kept,), iter(lambda: src.read(READ_CHUNK), b"")):
                     digest.update(block)
                     out.write(block)
                     size += len(block)

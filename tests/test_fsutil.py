@@ -374,14 +374,15 @@ def test_write_file_atomic_large(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- sha256_file
 
 
-@pytest.mark.parametrize("size", [0, 1, 1000, (1 << 20) + 7])
-def test_sha256_file(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("chunk", [4096, fsutil.READ_CHUNK])
+@pytest.mark.parametrize("size", [0, 1, 1000, fsutil.READ_CHUNK, (1 << 20) + 7])
+def test_sha256_file(tmp_path: Path, size: int, chunk: int) -> None:
     data = os.urandom(size)
     p = tmp_path / "f"
     p.write_bytes(data)
     with fsutil.open_document(p) as f:
         f.read(3)  # position does not matter: the whole file is hashed
-        assert fsutil.sha256_file(f, chunk=4096) == (hashlib.sha256(data).hexdigest(), size)
+        assert fsutil.sha256_file(f, chunk=chunk) == (hashlib.sha256(data).hexdigest(), size)
 
 
 def test_rename_fallback_undoes_link_when_unlink_fails(
