@@ -80,13 +80,16 @@ class Deliverer:
         self.clock = clock
         self.log = get_logger()
 
-    def process(self, job: Job) -> str:
-        """Deliver one leased job; returns the state it ended in."""
+    def process(self, job: Job, *, order: int | None = None) -> str:
+        """Deliver one leased job; returns the state it ended in. ``order``: its place
+        in the line for a send slot, taken with its claim (None: joins it now)."""
         assert job.lease_token is not None
         log = self.log.bind(job_id=job.id, destination=job.destination, attempt=job.attempts + 1)
         try:
             dest = self.settings.get_destination(job.destination)
         except KeyError:
+            if order is not None:
+                self.slots.withdraw(order)
             self.queue.retry_later(
                 job.id,
                 job.lease_token,
@@ -96,7 +99,9 @@ class Deliverer:
             )
             log.warning("job.retry", error_kind=ErrorKind.DESTINATION_REMOVED)
             return "queued"
-        slot = Slot(self.slots, keys=self.in_flight, stopping=self.stopping, beat=self.beat)
+        slot = Slot(
+            self.slots, order=order, keys=self.in_flight, stopping=self.stopping, beat=self.beat
+        )
         with slot:
             try:
                 sidecar = self._sidecar(job)  # read once: for the duplicate hold and the body

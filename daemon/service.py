@@ -246,6 +246,7 @@ class Service:
         self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
         self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
         self._poll_token = threading.Lock()  # held by the one idle worker that polls
+        self._claim_lock = threading.Lock()  # a claim and its place in the send line
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
@@ -436,27 +437,31 @@ class Service:
             while not self.stopping.is_set() and index < self._threads():
                 self.health.beat(name)
                 try:
-                    job = self.queue.claim(
-                        lease_seconds=self.settings.lease_seconds,
-                        exclude_destinations=self.breakers.blocked(),
-                    )
+                    # The claim and the job's place in line for a send slot in one
+                    # step: the line is the claim order (see daemon.slots).
+                    with self._claim_lock:
+                        job = self.queue.claim(
+                            lease_seconds=self.settings.lease_seconds,
+                            exclude_destinations=self.breakers.blocked(),
+                        )
+                        order = self.deliverer.slots.enlist() if job is not None else None
                 except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
                     self.log.error(
                         "worker.claim_failed", exc_type=type(exc).__name__, frames=where(exc)
                     )
                     self.stopping.wait(1.0)
                     continue
-                if job is None:
+                if job is None or order is None:
                     polled = not self._idle_wait()
                     continue
-                self.work.take()  # this job's announcement, so no other worker wakes for it
-                if polled:  # nobody announced it (backoff ended, a pause lifted): more may be
-                    self.work.set()  # due at once, so another idle worker looks (or polls next)
-                    polled = False
-                self.health.beat(name)
-                started = time.monotonic()
                 try:
-                    self.deliverer.process(job)
+                    self.work.take()  # this job's announcement: no other worker wakes for it
+                    if polled:  # nobody announced it (backoff ended, a pause lifted): more
+                        self.work.set()  # may be due, so another idle worker looks (or polls)
+                        polled = False
+                    self.health.beat(name)
+                    started = time.monotonic()
+                    self.deliverer.process(job, order=order)
                     if self.metrics is not None:
                         self.metrics.observe_send(job.destination, time.monotonic() - started)
                 except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
@@ -466,6 +471,8 @@ class Service:
                         exc_type=type(exc).__name__,
                         frames=where(exc),
                     )
+                finally:
+                    self.deliverer.slots.withdraw(order)  # whatever happened: out of the line
         finally:
             self.health.forget(name)
 

@@ -14,6 +14,15 @@ gives it back once the outcome is committed (``sent``, or the retry or the
 rejection). So at most ``workers`` documents are ever between "the first
 request started" and "its outcome is durable", and a crash resends at most
 ``workers`` documents, as it did with one thread per worker.
+
+Documents go out in the order they were claimed (the queue's order: the order
+they arrived): a job joins the line for a slot when it is claimed (``enlist``,
+in the same step as the claim), not when its thread is ready to send, so a job
+prepared quickly cannot overtake one claimed before it whose thread was slower
+(on a loaded machine, the probe after an outage went out as the second oldest
+document). A job leaves the line when it takes its slot or goes back to the
+queue, and steps out while it waits for a duplicate key another job holds (that
+job may be behind it in the line: neither would ever go).
 """
 
 from __future__ import annotations
@@ -92,7 +101,7 @@ class SendSlots(_Gate):
         super().__init__()
         self._limit = limit
         self._used = 0
-        self._waiting: list[int] = []  # a heap of the waiters' orders
+        self._line: list[int] = []  # a heap of the orders of the jobs in line
         self._orders = itertools.count()
 
     @property
@@ -103,9 +112,33 @@ class SendSlots(_Gate):
     def in_use(self) -> int:
         return self._used
 
-    def next_order(self) -> int:
-        """An order for a job just claimed (increasing)."""
-        return next(self._orders)
+    @property
+    def in_line(self) -> int:
+        """How many jobs are in line for a slot (waiting, or still being prepared)."""
+        return len(self._line)
+
+    def enlist(self) -> int:
+        """Join the line for a slot (with the claim of a job): its order, to be
+        given to :meth:`acquire` or :meth:`withdraw`."""
+        with self._cond:
+            order = next(self._orders)
+            heapq.heappush(self._line, order)
+            return order
+
+    def withdraw(self, order: int) -> None:
+        """Leave the line without a slot (the job went back, or waits for its key);
+        nothing if ``order`` is not in it."""
+        with self._cond:
+            if order in self._line:
+                self._line.remove(order)
+                heapq.heapify(self._line)
+                self._cond.notify_all()  # the next in line may be free to go
+
+    def rejoin(self, order: int) -> None:
+        """Back in line at ``order``'s place (after waiting for a duplicate key)."""
+        with self._cond:
+            if order not in self._line:
+                heapq.heappush(self._line, order)
 
     def resize(self, limit: int) -> None:
         with self._cond:
@@ -119,24 +152,26 @@ class SendSlots(_Gate):
         stopping: threading.Event | None = None,
         beat: Callable[[], None] | None = None,
     ) -> bool:
-        """Take a slot, waiting for one (and for the waiters claimed before ``order``:
-        None, after them all); False (none taken) if ``stopping`` is set."""
+        """Take a slot, waiting for one and for every job in line before ``order``
+        (None: join the line now, after them all); False (none taken) if
+        ``stopping`` is set. Either way ``order`` leaves the line."""
         with self._cond:
-            mine = self.next_order() if order is None else order
-            heapq.heappush(self._waiting, mine)
+            mine = next(self._orders) if order is None else order
+            if mine not in self._line:
+                heapq.heappush(self._line, mine)
             try:
 
                 def blocked() -> bool:
-                    return self._used >= self._limit or self._waiting[0] != mine
+                    return self._used >= self._limit or self._line[0] != mine
 
                 if not self._wait(blocked, stopping, beat):
                     return False
                 self._used += 1
                 return True
             finally:
-                self._waiting.remove(mine)
-                heapq.heapify(self._waiting)
-                self._cond.notify_all()  # the next in order may be free to go
+                self._line.remove(mine)
+                heapq.heapify(self._line)
+                self._cond.notify_all()  # the next in line may be free to go
 
     def release(self) -> None:
         with self._cond:
@@ -163,9 +198,14 @@ class InFlightKeys(_Gate):
         *,
         stopping: threading.Event | None = None,
         beat: Callable[[], None] | None = None,
+        before_waiting: Callable[[], None] | None = None,
     ) -> bool:
-        """Hold ``key``, waiting while another job holds it; False if ``stopping``."""
+        """Hold ``key``, waiting while another job holds it (``before_waiting`` is
+        called first, under this gate's lock, so no one takes the key in between);
+        False if ``stopping``."""
         with self._cond:
+            if key in self._keys and before_waiting is not None:
+                before_waiting()
             if not self._wait(lambda: key in self._keys, stopping, beat):
                 return False
             self._keys.add(key)
@@ -179,18 +219,22 @@ class InFlightKeys(_Gate):
 
 class Slot:
     """One delivery's use of a slot (taken at most once) and of its duplicate key;
-    both are given back once (at the latest when the ``with`` block ends)."""
+    both are given back once (at the latest when the ``with`` block ends), and its
+    place in the line is given up then if the slot was never taken."""
 
     def __init__(
         self,
         slots: SendSlots,
         *,
+        order: int | None = None,
         keys: InFlightKeys | None = None,
         stopping: threading.Event | None = None,
         beat: Callable[[], None] | None = None,
     ) -> None:
+        """``order``: the job's place in line, from :meth:`SendSlots.enlist` with its
+        claim (None: it joins the line now)."""
         self._slots = slots
-        self._order = slots.next_order()  # made when the job is claimed: its turn
+        self._order = slots.enlist() if order is None else order
         self._keys = keys
         self._stopping = stopping
         self._beat = beat
@@ -202,9 +246,21 @@ class Slot:
         another job's outcome if it has it; NotNow if the daemon is stopping."""
         if self._keys is None or self._key is not None:
             return
-        if not self._keys.acquire(key, stopping=self._stopping, beat=self._beat):
+        stepped_out = False
+
+        def step_out() -> None:  # the key's holder may be behind us in the line
+            nonlocal stepped_out
+            stepped_out = True
+            self._slots.withdraw(self._order)
+
+        held = self._keys.acquire(
+            key, stopping=self._stopping, beat=self._beat, before_waiting=step_out
+        )
+        if not held:
             raise NotNow("the daemon is stopping")
         self._key = key
+        if stepped_out and not self.held:
+            self._slots.rejoin(self._order)  # its place: claimed before the ones behind
 
     def take(self) -> None:
         """Take the slot (a no-op if held); NotNow if the daemon is stopping."""
@@ -218,6 +274,8 @@ class Slot:
         if self.held:
             self.held = False
             self._slots.release()
+        else:
+            self._slots.withdraw(self._order)  # never taken: out of the line
         if self._key is not None:
             assert self._keys is not None
             key, self._key = self._key, None

@@ -298,3 +298,63 @@ def test_a_free_slot_goes_to_the_job_claimed_first() -> None:
         slots.release()
         wait_until(lambda n=n: len(granted) == n)  # type: ignore[misc]
     assert granted == [101, 102, 103]
+
+
+def test_a_job_claimed_first_goes_first_even_when_its_thread_is_slower() -> None:
+    """The place in line is taken with the claim (enlist), not when the thread asks:
+    on a loaded machine the thread of the job claimed second was ready first and
+    sent the probe after an outage ahead of the oldest document."""
+    slots = SendSlots(1)
+    first, second = slots.enlist(), slots.enlist()
+    granted: list[str] = []
+    t = threading.Thread(
+        target=lambda: granted.append("second") if slots.acquire(order=second) else None,
+        daemon=True,
+    )
+    t.start()
+    wait_until(lambda: slots.waiting == 1)
+    assert granted == [] and slots.in_use == 0  # a free slot, but the first is still in line
+    assert slots.acquire(order=first)  # no wait: first in line
+    granted.append("first")
+    slots.release()
+    t.join(5)
+    assert granted == ["first", "second"] and slots.in_line == 0
+
+
+def test_a_job_that_goes_back_unsent_leaves_the_line() -> None:
+    slots = SendSlots(1)
+    with Slot(slots):  # claimed first, then put back (nothing taken)
+        second = slots.enlist()
+        assert slots.in_line == 2
+    assert slots.in_line == 1
+    assert slots.acquire(order=second, stopping=_set_event())  # free, and first in line now
+    slots.release()
+
+
+def test_a_job_waiting_for_its_duplicate_key_steps_out_of_the_line() -> None:
+    """The copy claimed first waits for the key the copy claimed second holds: it
+    steps out of the line (else neither would ever go) and back in, at its place,
+    once it has the key."""
+    slots, keys = SendSlots(1), InFlightKeys()
+    key = ("consents", "sha", "patient")
+    early, late = Slot(slots, keys=keys), Slot(slots, keys=keys)
+    late.hold_key(key)
+    early_done: list[bool] = []
+
+    def early_copy() -> None:
+        early.hold_key(key)  # waits for the late copy's outcome
+        early.take()
+        early_done.append(True)
+        early.give_back()
+
+    t = threading.Thread(target=early_copy, daemon=True)
+    t.start()
+    wait_until(lambda: keys.waiting == 1)
+    taker = threading.Thread(target=late.take, daemon=True)
+    taker.start()
+    taker.join(5)
+    assert late.held  # not held back by the early copy waiting for the key
+    assert early_done == []
+    late.give_back()  # its outcome is committed: the key and the slot are free
+    t.join(5)
+    assert early_done == [True] and slots.in_use == 0 and slots.in_line == 0
