@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Sandbox, running, wait_until, write_config
@@ -358,3 +359,30 @@ def test_a_job_waiting_for_its_duplicate_key_steps_out_of_the_line() -> None:
     late.give_back()  # its outcome is committed: the key and the slot are free
     t.join(5)
     assert early_done == [True] and slots.in_use == 0 and slots.in_line == 0
+
+
+def test_a_job_whose_delivery_crashed_leaves_the_line(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job joins the line with its claim; if its delivery fails before it ever
+    asks for a slot (a bug: ``worker.crashed_job``), the worker takes it out of
+    the line, or every job claimed after it would wait for ever."""
+    real = Deliverer.process
+    crashed: list[str] = []
+
+    def crash_once(self: Deliverer, job: Any, *, order: int | None = None) -> str:
+        if not crashed:
+            crashed.append(job.id)
+            raise RuntimeError("a bug before the slot")
+        return real(self, job, order=order)
+
+    monkeypatch.setattr(Deliverer, "process", crash_once)
+    config = write_config(tmp_path, sandbox, workers=1)
+    with running(config) as r:
+        r.drop("a.pdf", sample_pdf("A"), sample_sidecar(mrn="0000000001"))
+        wait_until(lambda: crashed)
+        r.drop("b.pdf", sample_pdf("B"), sample_sidecar(mrn="0000000002"))
+        wait_until(
+            lambda: [j.original_name for j in r.jobs(JobState.DONE)] == ["b.pdf"], timeout=20
+        )
+    assert [x.body["Media"]["FileName"] for x in sandbox.state.received()] == ["b.pdf"]
