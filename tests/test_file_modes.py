@@ -10,11 +10,9 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +45,14 @@ def drop_open(inbox: Path, name: str, data: bytes, sidecar: dict[str, Any]) -> N
         tmp.rename(final)
 
 
-def _job_states(database: Path) -> list[str]:
+def _job_states(database: Path) -> list[JobState]:
     """The jobs' states, read without writing anything (no file of ours appears);
     none while the daemon is still making its schema."""
-    with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
-        try:
-            return [state for (state,) in db.execute("SELECT state FROM jobs")]
-        except sqlite3.OperationalError:
-            return []
+    try:
+        with Queue.open_readonly(database) as queue:
+            return [job.state for job in queue.jobs()]
+    except ConfigError:  # not a current chartdrop queue yet
+        return []
 
 
 def test_everything_the_daemon_creates_is_private(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -78,7 +76,7 @@ def test_everything_the_daemon_creates_is_private(tmp_path: Path, sandbox: Sandb
         spool = state / "spool"
         # Queued: the hand-over is over (the renamed files get their mode right after
         # the rename, inside the 0700 spool; the test must not look in between).
-        wait_until(lambda: _job_states(state / "chartdrop.sqlite3") == ["queued"])
+        wait_until(lambda: _job_states(state / "chartdrop.sqlite3") == [JobState.QUEUED])
         assert len(list(spool.iterdir())) == 2
         created = {
             state: 0o700,
