@@ -82,14 +82,14 @@ class Deliverer:
 
     def process(self, job: Job, *, order: int | None = None) -> str:
         """Deliver one leased job; returns the state it ended in. ``order``: its place
-        in the line for a send slot, taken with its claim (None: joins it now)."""
+        in the line for a send slot, taken with its claim (None: joins it now); the
+        caller withdraws it if it is still in line afterwards (the worker does, in a
+        ``finally``)."""
         assert job.lease_token is not None
         log = self.log.bind(job_id=job.id, destination=job.destination, attempt=job.attempts + 1)
         try:
             dest = self.settings.get_destination(job.destination)
         except KeyError:
-            if order is not None:
-                self.slots.withdraw(order)
             self.queue.retry_later(
                 job.id,
                 job.lease_token,

@@ -75,7 +75,6 @@ def fsync_dir(path: str, durable: bool) -> None:
 def hash_of(path: str) -> tuple[bytes, str]:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        data = b""
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
