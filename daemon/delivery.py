@@ -32,6 +32,7 @@ from daemon.errors import (
 )
 from daemon.filing import Filer
 from daemon.fsutil import open_document, sha256_file
+from daemon.gate import GATE
 from daemon.http import SendResult
 from daemon.killpoints import killpoint
 from daemon.logs import get_logger
@@ -152,7 +153,8 @@ class Deliverer:
         send, and a job whose lease ran out may be claimed again meanwhile."""
         if slot.held:
             return
-        slot.take()
+        with GATE.released():  # (daemon.gate) a wait for the other sends
+            slot.take()
         expires = job.lease_expires_at
         if expires is not None:
             lease = expires - job.updated_at  # the claim set both
@@ -198,7 +200,8 @@ class Deliverer:
                     raise  # the lease ends: the resend keeps the DocumentID
             if self.beat is not None:
                 self.beat()
-            time.sleep(delay)
+            with GATE.released():  # (daemon.gate)
+                time.sleep(delay)
             delay = min(delay * 2, COMMIT_RETRY_MAX_SECONDS)
 
     def _failed(self, job: Job, dest: Destination, exc: Exception, log: Any) -> str:
@@ -331,7 +334,8 @@ class Deliverer:
         key = None if fields is None else patient_key_of(dest, fields)
         if key is None or dest.duplicates == "send":
             return key
-        slot.hold_key((dest.name, job.sha256, key))
+        with GATE.released():  # (daemon.gate) a wait for its copy's outcome
+            slot.hold_key((dest.name, job.sha256, key))
         since = self.clock() - dest.duplicate_window_days * 86400
         earlier = self.queue.earlier_duplicate(job, patient_key=key, since=since)
         if earlier is None:

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import BinaryIO, Literal
 
 from daemon.errors import ConfigError, NotRegularFileError
+from daemon.gate import GATE
 from daemon.killpoints import killpoint
 
 FileKindName = Literal[
@@ -236,6 +237,12 @@ def rename_noreplace(src: Path, dst: Path) -> None:
             raise
 
 
+def fsync(fd: int) -> None:
+    """``os.fsync``, a wait for the disk: the gate is free meanwhile (:mod:`daemon.gate`)."""
+    with GATE.released():
+        os.fsync(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so renames into or out of it survive a power cut.
 
@@ -245,7 +252,7 @@ def fsync_dir(path: Path) -> None:
     with _no_names():
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
+            fsync(fd)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
@@ -372,7 +379,7 @@ def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                os.fsync(fd)
+                fsync(fd)
             finally:
                 os.close(fd)
             killpoint("mid_note")

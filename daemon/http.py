@@ -44,6 +44,7 @@ from daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from daemon.gate import GATE
 
 RENEW_BEFORE_SECONDS = 60
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -133,8 +134,14 @@ def read_capped(
     the server sent (or announced) more than ``limit`` bytes: nothing after the
     limit is read, so an endless or huge answer cannot exhaust memory before
     parsing. Status and headers are kept. Redirects are never followed.
-    Raises what ``httpx`` raises for connection and timeout errors.
+    Raises what ``httpx`` raises for connection and timeout errors. A wait for
+    the network: the gate is free meanwhile (:mod:`daemon.gate`).
     """
+    with GATE.released():
+        return _read_capped(http, request, limit)
+
+
+def _read_capped(http: httpx.Client, request: httpx.Request, limit: int) -> httpx.Response:
     response = http.send(request, stream=True, follow_redirects=False)
     try:
         declared = response.headers.get("Content-Length", "")
@@ -286,19 +293,19 @@ class BearerClient:
         return json_object(response)
 
     def token(self) -> str:
-        with self._lock:
+        with GATE.locking(self._lock):  # held while a new token is fetched
             if self._token is None or time.monotonic() > self._expires_at - RENEW_BEFORE_SECONDS:
                 self._token, self._expires_at = self._fetch_token()
             return self._token
 
     def invalidate(self, token: str) -> None:
-        with self._lock:
+        with GATE.locking(self._lock):
             if self._token == token:
                 self._token = None
 
     def check_auth(self) -> None:
         """Authenticate now (``check --online``); raises AuthError."""
-        with self._lock:
+        with GATE.locking(self._lock):
             self._token, self._expires_at = self._fetch_token()
 
     def _headers(self, token: str) -> dict[str, str]:

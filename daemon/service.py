@@ -46,6 +46,7 @@ from daemon.errors import ConfigError
 from daemon.fhir import FhirClient
 from daemon.filing import Filer
 from daemon.fsutil import ensure_private_dir, remove_own_temps
+from daemon.gate import GATE
 from daemon.health import Health, ObserverCheck, allowance_for
 from daemon.http import http_client, make_http_client
 from daemon.inbox_lock import lock_inbox
@@ -55,7 +56,7 @@ from daemon.metrics import Metrics, start_metrics
 from daemon.notify import Notifier
 from daemon.outgoing import Sender
 from daemon.payload import REDOX_MODELS
-from daemon.queue import Queue
+from daemon.queue import Job, Queue
 from daemon.queue_schema import file_intact
 from daemon.reconcile import reconcile_spool
 from daemon.redox import RedoxClient
@@ -436,45 +437,59 @@ class Service:
             # a reload that lowers ``workers`` ends the surplus after their current job
             while not self.stopping.is_set() and index < self._threads():
                 self.health.beat(name)
-                try:
-                    # The claim and the job's place in line for a send slot in one
-                    # step: the line is the claim order (see daemon.slots).
-                    with self._claim_lock:
-                        job = self.queue.claim(
-                            lease_seconds=self.settings.lease_seconds,
-                            exclude_destinations=self.breakers.blocked(),
+                # A job's claim and its delivery are one unit of local work: the gate
+                # is held, and freed at each of its waits (daemon.gate).
+                with GATE.held():
+                    try:
+                        # The claim and the job's place in line for a send slot in one
+                        # step: the line is the claim order (see daemon.slots).
+                        with self._claim_lock:
+                            job = self.queue.claim(
+                                lease_seconds=self.settings.lease_seconds,
+                                exclude_destinations=self.breakers.blocked(),
+                            )
+                            order = self.deliverer.slots.enlist() if job is not None else None
+                    except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
+                        self.log.error(
+                            "worker.claim_failed", exc_type=type(exc).__name__, frames=where(exc)
                         )
-                        order = self.deliverer.slots.enlist() if job is not None else None
-                except Exception as exc:  # noqa: BLE001 - a busy database must not kill a worker
-                    self.log.error(
-                        "worker.claim_failed", exc_type=type(exc).__name__, frames=where(exc)
-                    )
+                        job = order = None
+                        failed = True
+                    else:
+                        failed = False
+                    if job is not None and order is not None:
+                        polled = self._process(name, job, order, polled=polled)
+                        continue
+                if failed:
                     self.stopping.wait(1.0)
-                    continue
-                if job is None or order is None:
+                else:
                     polled = not self._idle_wait()
-                    continue
-                try:
-                    self.work.take()  # this job's announcement: no other worker wakes for it
-                    if polled:  # nobody announced it (backoff ended, a pause lifted): more
-                        self.work.set()  # may be due, so another idle worker looks (or polls)
-                        polled = False
-                    self.health.beat(name)
-                    started = time.monotonic()
-                    self.deliverer.process(job, order=order)
-                    if self.metrics is not None:
-                        self.metrics.observe_send(job.destination, time.monotonic() - started)
-                except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
-                    self.log.error(
-                        "worker.crashed_job",
-                        job_id=job.id,
-                        exc_type=type(exc).__name__,
-                        frames=where(exc),
-                    )
-                finally:
-                    self.deliverer.slots.withdraw(order)  # whatever happened: out of the line
         finally:
             self.health.forget(name)
+
+    def _process(self, name: str, job: Job, order: int, *, polled: bool) -> bool:
+        """Deliver a job the worker ``name`` claimed; returns the worker's new
+        ``polled`` (False: it was the announced job, or it announced the next)."""
+        try:
+            self.work.take()  # this job's announcement: no other worker wakes for it
+            if polled:  # nobody announced it (backoff ended, a pause lifted): more
+                self.work.set()  # may be due, so another idle worker looks (or polls)
+                polled = False
+            self.health.beat(name)
+            started = time.monotonic()
+            self.deliverer.process(job, order=order)
+            if self.metrics is not None:
+                self.metrics.observe_send(job.destination, time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - the lease expires and the job is retried
+            self.log.error(
+                "worker.crashed_job",
+                job_id=job.id,
+                exc_type=type(exc).__name__,
+                frames=where(exc),
+            )
+        finally:
+            self.deliverer.slots.withdraw(order)  # whatever happened: out of the line
+        return polled
 
     def _idle_wait(self) -> bool:
         """An idle worker's wait: True if woken (an announced job, shutdown, reload),
@@ -503,12 +518,13 @@ class Service:
         """One slice of the main loop's work; returns the seconds until intake has
         something due (0 if it left ready documents for the next slice)."""
         assert self.queue is not None and self.intake is not None
-        due = self.intake.tick()
-        now = time.monotonic()
-        if now >= self._next_lease_check:  # a write transaction: not on every tick
-            self._next_lease_check = now + LEASE_CHECK_SECONDS
-            if self.queue.expire_leases():
-                self.work.set()
+        with GATE.held():  # local work, one thread at a time (daemon.gate)
+            due = self.intake.tick()
+            now = time.monotonic()
+            if now >= self._next_lease_check:  # a write transaction: not on every tick
+                self._next_lease_check = now + LEASE_CHECK_SECONDS
+                if self.queue.expire_leases():
+                    self.work.set()
         return due
 
     def run(self, *, until: Callable[[], bool] | None = None) -> int:

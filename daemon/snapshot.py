@@ -15,7 +15,7 @@ from pathlib import Path
 from daemon.errors import (
     ChangedError,
 )
-from daemon.fsutil import READ_CHUNK, fsync_dir, open_document
+from daemon.fsutil import READ_CHUNK, fsync, fsync_dir, open_document
 
 CHANGED = (
     "the file changed after chartdrop had taken it (something was still writing it), "
@@ -85,7 +85,7 @@ def _copy_checked(spool_document: Path, tmp: Path, sha256: str, keep_bytes: int)
                 os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
                 with contextlib.suppress(OSError):  # the staff group the inbox gave it
                     os.fchown(out.fileno(), -1, st.st_gid)
-                os.fsync(out.fileno())
+                fsync(out.fileno())
             if digest.hexdigest() != sha256:
                 raise ChangedError(CHANGED)
             tmp.replace(spool_document)  # atomic, within the spool

@@ -1,0 +1,97 @@
+"""The gate: the daemon's local work runs one thread at a time.
+
+A performance lock, not a correctness one: every guarantee (the queue's
+transactions, the lease tokens, the send slots, the filer's claims) holds
+without it. What it saves is the hand-over of CPython's GIL. Only one thread
+runs Python at a time anyway, and a thread gives the GIL up at every call that
+may block: each stat, open, SQLite step and hash block. With the delivery
+threads, the intake loop and the observer all runnable, each of those short
+calls woke another thread and put the caller to sleep until its turn came back:
+about 130 context switches per document with 4 workers and a peer that answers
+at once, and on a virtual machine the switches were a fifth of the daemon's
+CPU (``perf``; the README's Performance section has the figures). Threads that
+wait for the gate sleep on one lock instead, so the thread holding it keeps
+the GIL through its short calls, and the threads trade places only where one
+of them really waits.
+
+The rules, which keep it free of deadlocks and of a thread idling the others:
+
+- :meth:`Gate.held` is taken at the start of a unit of local work (a worker's
+  claim and delivery of one job, a tick of the intake loop) by a thread that
+  holds no other lock. It is re-entrant for its thread.
+- :meth:`Gate.released` is wrapped around every wait that can be long: the
+  network (each request and its answer, :func:`daemon.http.read_capped`), an
+  fsync (:func:`daemon.fsutil.fsync`), a send slot or a duplicate key
+  (:mod:`daemon.slots`), a back-off sleep. A thread enters it holding no lock
+  that a thread holding the gate may wait for, so the gate's holder never waits
+  for the thread that is waiting for the gate.
+- :meth:`Gate.locking` takes a lock that is held across a released wait (the
+  API token's, renewed over the network) without holding the gate while it
+  waits for it.
+- SQLite's commits keep the gate: the queue's own lock serialises them anyway.
+
+Outside a unit of work (the command line, the sandbox, tests calling the
+functions directly) :meth:`Gate.released` does nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Gate:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def mine(self) -> bool:
+        """Whether the calling thread holds the gate."""
+        held: bool = getattr(self._local, "held", False)
+        return held
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """The calling thread's local work, one thread at a time (re-entrant)."""
+        if self.mine():
+            yield
+            return
+        self._lock.acquire()
+        self._local.held = True
+        try:
+            yield
+        finally:
+            self._local.held = False
+            self._lock.release()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """A wait: the gate is free for the others until it ends (a no-op for a
+        thread that does not hold it)."""
+        if not self.mine():
+            yield
+            return
+        self._local.held = False
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+            self._local.held = True
+
+    @contextmanager
+    def locking(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold ``lock``, a lock that may be held across a released wait; if it is
+        taken, wait for it with the gate released."""
+        if not lock.acquire(blocking=False):
+            with self.released():
+                lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+GATE = Gate()
+"""The process's gate: the GIL it spares is the process's too."""

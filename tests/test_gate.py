@@ -1,0 +1,132 @@
+"""The gate (daemon.gate): the daemon's local work one thread at a time, and
+every wait of that work with the gate free for the others."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Sandbox, running, wait_until, write_config
+
+from daemon.filing import Filer
+from daemon.gate import GATE, Gate
+from daemon.queue import JobState, Queue
+from daemon.samples import sample_pdf, sample_sidecar
+
+
+def _taken_by_another_within(gate: Gate, seconds: float) -> bool:
+    """Whether another thread gets ``gate`` within ``seconds``."""
+    got = threading.Event()
+
+    def take() -> None:
+        with gate.held():
+            got.set()
+
+    t = threading.Thread(target=take, daemon=True)
+    t.start()
+    ok = got.wait(seconds)
+    t.join(5)
+    return ok
+
+
+def test_held_is_one_thread_at_a_time_and_reentrant() -> None:
+    gate = Gate()
+    with gate.held():
+        with gate.held():  # re-entrant: no deadlock with itself
+            assert gate.mine()
+        assert gate.mine()
+        assert not _taken_by_another_within(gate, 0.2)
+    assert not gate.mine()
+    assert _taken_by_another_within(gate, 5)
+
+
+def test_released_frees_the_gate_for_its_length_and_takes_it_back() -> None:
+    gate = Gate()
+    with gate.held():
+        with gate.released():
+            assert not gate.mine()
+            assert _taken_by_another_within(gate, 5)
+        assert gate.mine()
+        assert not _taken_by_another_within(gate, 0.2)
+    with gate.released():  # a thread that does not hold it: nothing to free
+        assert not gate.mine()
+
+
+def test_locking_waits_for_a_lock_without_holding_the_gate() -> None:
+    """A holds ``lock`` across a wait with the gate released (the API token's,
+    renewed over the network), then needs the gate back to finish. B, holding the
+    gate, wants the lock: ``locking`` lets it wait without the gate, so A
+    finishes; a plain ``with lock`` there would leave both waiting for ever."""
+    gate = Gate()
+    lock = threading.Lock()
+    a_waits = threading.Event()
+    b_asks = threading.Event()
+    finished: list[str] = []
+
+    def a() -> None:
+        with gate.held(), gate.locking(lock):
+            with gate.released():
+                a_waits.set()
+                b_asks.wait(5)  # the network answers once B is waiting for the lock
+            finished.append("a")
+
+    def b() -> None:
+        a_waits.wait(5)
+        with gate.held():
+            b_asks.set()
+            with gate.locking(lock):
+                finished.append("b")
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert finished == ["a", "b"]
+
+
+def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real daemon against the sandbox: the claims and the filing of its jobs
+    run holding the gate; every request and every fsync of its threads runs with
+    the gate free; while a document is at a slow peer, another thread takes the
+    gate at once."""
+    holding: dict[str, list[bool]] = {"claim": [], "file": [], "request": [], "fsync": []}
+    daemon_threads: set[int] = set()
+
+    def spy(kind: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() in daemon_threads:
+                holding[kind].append(GATE.mine())
+            return real(*args, **kwargs)
+
+        return call
+
+    real_claim = Queue.claim
+
+    def claim(self: Queue, *args: Any, **kwargs: Any) -> Any:
+        daemon_threads.add(threading.get_ident())  # a worker thread
+        holding["claim"].append(GATE.mine())
+        return real_claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "claim", claim)
+    monkeypatch.setattr(Filer, "finish_claimed", spy("file", Filer.finish_claimed))
+    monkeypatch.setattr(httpx.Client, "send", spy("request", httpx.Client.send))
+    monkeypatch.setattr(os, "fsync", spy("fsync", os.fsync))
+    sandbox.state.set_faults(latency_seconds=1.0)
+    with running(write_config(tmp_path, sandbox, workers=1)) as r:
+        r.drop("a.pdf", sample_pdf("A"), sample_sidecar(mrn="0000000001"))
+        wait_until(lambda: sandbox.state.most_in_flight, timeout=20, interval=0.01)
+        assert _taken_by_another_within(GATE, 0.5)  # the document is at the peer
+        wait_until(lambda: len(r.jobs(JobState.DONE)) == 1, timeout=20)
+        r.drop("b.pdf", sample_pdf("B"), sample_sidecar(mrn="0000000002"))
+        wait_until(lambda: len(r.jobs(JobState.DONE)) == 2, timeout=20)
+    assert holding["claim"] and all(holding["claim"])
+    assert len(holding["file"]) == 2 and all(holding["file"])
+    assert holding["request"] and not any(holding["request"])  # the token's and the sends
+    assert len(holding["fsync"]) >= 4 and not any(holding["fsync"])  # snapshots, done/, spool
