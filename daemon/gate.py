@@ -21,14 +21,15 @@ The rules, which keep it free of deadlocks and of a thread idling the others:
   holds no other lock. It is re-entrant for its thread.
 - :meth:`Gate.released` is wrapped around every wait that can be long: the
   network (each request and its answer, :func:`daemon.http.read_capped`), an
-  fsync (:func:`daemon.fsutil.fsync`), a send slot or a duplicate key
+  fsync (:func:`daemon.fsutil.fsync`, and a SQLite commit that waits for its
+  fsync: ``Queue._write``), a send slot or a duplicate key
   (:mod:`daemon.slots`), a back-off sleep. A thread enters it holding no lock
   that a thread holding the gate may wait for, so the gate's holder never waits
   for the thread that is waiting for the gate.
-- :meth:`Gate.locking` takes a lock that is held across a released wait (the
-  API token's, renewed over the network) without holding the gate while it
-  waits for it.
-- SQLite's commits keep the gate: the queue's own lock serialises them anyway.
+- A lock that is held across a released wait (the queue's, through a commit's
+  fsync; the claim's, around a claim's commit; the API token's, while a new
+  token is fetched) is made with :meth:`Gate.lock`: a thread waits for it with
+  the gate released.
 
 Outside a unit of work (the command line, the sandbox, tests calling the
 functions directly) :meth:`Gate.released` does nothing.
@@ -80,17 +81,28 @@ class Gate:
             self._lock.acquire()
             self._local.held = True
 
-    @contextmanager
-    def locking(self, lock: threading.Lock) -> Iterator[None]:
-        """Hold ``lock``, a lock that may be held across a released wait; if it is
-        taken, wait for it with the gate released."""
-        if not lock.acquire(blocking=False):
-            with self.released():
-                lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
+    def lock(self, *, reentrant: bool = False) -> GateAwareLock:
+        """A lock that may be held across a released wait (see :class:`GateAwareLock`)."""
+        return GateAwareLock(self, threading.RLock() if reentrant else threading.Lock())
+
+
+class GateAwareLock:
+    """A lock that a thread may hold across a wait with the gate released (the
+    queue's, held through a commit's fsync; the API token's, held while a new
+    one is fetched): a thread that finds it taken waits for it with the gate
+    released, so the holder can take the gate back and finish."""
+
+    def __init__(self, gate: Gate, lock: threading.Lock | threading.RLock) -> None:
+        self._gate = gate
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            with self._gate.released():
+                self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 GATE = Gate()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -266,7 +265,7 @@ class BearerClient:
 
     def __init__(self, http: httpx.Client) -> None:
         self.http = http
-        self._lock = threading.Lock()
+        self._lock = GATE.lock()  # held while a new token is fetched (daemon.gate)
         self._token: str | None = None
         self._expires_at = 0.0  # monotonic
 
@@ -293,19 +292,19 @@ class BearerClient:
         return json_object(response)
 
     def token(self) -> str:
-        with GATE.locking(self._lock):  # held while a new token is fetched
+        with self._lock:  # held while a new token is fetched
             if self._token is None or time.monotonic() > self._expires_at - RENEW_BEFORE_SECONDS:
                 self._token, self._expires_at = self._fetch_token()
             return self._token
 
     def invalidate(self, token: str) -> None:
-        with GATE.locking(self._lock):
+        with self._lock:
             if self._token == token:
                 self._token = None
 
     def check_auth(self) -> None:
         """Authenticate now (``check --online``); raises AuthError."""
-        with GATE.locking(self._lock):
+        with self._lock:
             self._token, self._expires_at = self._fetch_token()
 
     def _headers(self, token: str) -> dict[str, str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -40,6 +39,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from daemon.errors import InputError
+from daemon.gate import GATE
 from daemon.names import paired_sidecar_name
 from daemon.queue_schema import JOB_COLUMNS, DestinationStatus, Job, JobState, Pause, connect
 
@@ -82,7 +82,7 @@ class Queue:
         self.path = Path(path)
         self.readonly = readonly
         self._clock = clock
-        self._lock = threading.RLock()
+        self._lock = GATE.lock(reentrant=True)  # held through a commit's fsync (daemon.gate)
         self._conn = connect(self.path, readonly=readonly)
 
     @classmethod
@@ -135,7 +135,11 @@ class Queue:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._conn
-                    self._conn.execute("COMMIT")
+                    if redoable:  # no fsync to wait for
+                        self._conn.execute("COMMIT")
+                    else:
+                        with GATE.released():  # a wait for the disk (daemon.gate)
+                            self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")

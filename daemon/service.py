@@ -247,7 +247,7 @@ class Service:
         self.stop_signal = 0  # the signal that asked to stop (set by the handler, logged later)
         self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
         self._poll_token = threading.Lock()  # held by the one idle worker that polls
-        self._claim_lock = threading.Lock()  # a claim and its place in the send line
+        self._claim_lock = GATE.lock()  # a claim and its place in the send line (daemon.gate)
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)

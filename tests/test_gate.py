@@ -56,29 +56,30 @@ def test_released_frees_the_gate_for_its_length_and_takes_it_back() -> None:
         assert not gate.mine()
 
 
-def test_locking_waits_for_a_lock_without_holding_the_gate() -> None:
-    """A holds ``lock`` across a wait with the gate released (the API token's,
-    renewed over the network), then needs the gate back to finish. B, holding the
-    gate, wants the lock: ``locking`` lets it wait without the gate, so A
-    finishes; a plain ``with lock`` there would leave both waiting for ever."""
+def test_a_gate_aware_lock_is_waited_for_without_the_gate() -> None:
+    """A holds a lock across a wait with the gate released (the queue's through a
+    commit's fsync, the API token's while a new one is fetched), then needs the
+    gate back to finish. B, holding the gate, wants the lock: a lock made with
+    ``Gate.lock`` lets B wait for it without the gate, so A finishes; a plain
+    lock would leave both waiting for ever."""
     gate = Gate()
-    lock = threading.Lock()
+    lock = gate.lock()
     a_waits = threading.Event()
     b_asks = threading.Event()
     finished: list[str] = []
 
     def a() -> None:
-        with gate.held(), gate.locking(lock):
+        with gate.held(), lock:
             with gate.released():
                 a_waits.set()
-                b_asks.wait(5)  # the network answers once B is waiting for the lock
+                b_asks.wait(5)  # the disk answers once B is waiting for the lock
             finished.append("a")
 
     def b() -> None:
         a_waits.wait(5)
         with gate.held():
             b_asks.set()
-            with gate.locking(lock):
+            with lock:
                 finished.append("b")
 
     threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
@@ -87,6 +88,13 @@ def test_locking_waits_for_a_lock_without_holding_the_gate() -> None:
     for t in threads:
         t.join(10)
     assert finished == ["a", "b"]
+
+
+def test_a_reentrant_gate_aware_lock_is_taken_again_by_its_holder() -> None:
+    gate = Gate()
+    lock = gate.lock(reentrant=True)
+    with gate.held(), lock, lock:
+        assert gate.mine()
 
 
 def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
@@ -118,8 +126,15 @@ def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
     monkeypatch.setattr(Filer, "finish_claimed", spy("file", Filer.finish_claimed))
     monkeypatch.setattr(httpx.Client, "send", spy("request", httpx.Client.send))
     monkeypatch.setattr(os, "fsync", spy("fsync", os.fsync))
+    commits: list[bool] = []
+
+    def traced(statement: str) -> None:
+        if statement == "COMMIT" and threading.get_ident() in daemon_threads:
+            commits.append(GATE.mine())
+
     sandbox.state.set_faults(latency_seconds=1.0)
     with running(write_config(tmp_path, sandbox, workers=1)) as r:
+        r.queue._conn.set_trace_callback(traced)
         r.drop("a.pdf", sample_pdf("A"), sample_sidecar(mrn="0000000001"))
         wait_until(lambda: sandbox.state.most_in_flight, timeout=20, interval=0.01)
         assert _taken_by_another_within(GATE, 0.5)  # the document is at the peer
@@ -130,3 +145,6 @@ def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
     assert len(holding["file"]) == 2 and all(holding["file"])
     assert holding["request"] and not any(holding["request"])  # the token's and the sends
     assert len(holding["fsync"]) >= 4 and not any(holding["fsync"])  # snapshots, done/, spool
+    # The claims and `sent` wait for their fsync without the gate; `done` (redoable,
+    # no fsync of its own) keeps it.
+    assert commits.count(False) >= 4 and commits.count(True) >= 2
