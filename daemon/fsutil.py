@@ -238,8 +238,9 @@ def rename_noreplace(src: Path, dst: Path) -> None:
 
 
 def fsync(fd: int) -> None:
-    """``os.fsync``, a wait for the disk: the gate is free meanwhile (:mod:`daemon.gate`)."""
-    with GATE.released():
+    """``os.fsync``, a wait for the disk: the gate is free meanwhile if the disk
+    is slow (:meth:`daemon.gate.Gate.disk_wait`)."""
+    with GATE.disk_wait():
         os.fsync(fd)
 
 

@@ -20,12 +20,13 @@ The rules, which keep it free of deadlocks and of a thread idling the others:
   claim and delivery of one job, a tick of the intake loop) by a thread that
   holds no other lock. It is re-entrant for its thread.
 - :meth:`Gate.released` is wrapped around every wait that can be long: the
-  network (each request and its answer, :func:`daemon.http.read_capped`), an
-  fsync (:func:`daemon.fsutil.fsync`, and a SQLite commit that waits for its
-  fsync: ``Queue._write``), a send slot or a duplicate key
-  (:mod:`daemon.slots`), a back-off sleep. A thread enters it holding no lock
-  that a thread holding the gate may wait for, so the gate's holder never waits
-  for the thread that is waiting for the gate.
+  network (each request and its answer, :func:`daemon.http.read_capped`), a
+  send slot or a duplicate key (:mod:`daemon.slots`), a back-off sleep; and,
+  through :meth:`Gate.disk_wait`, the disk (each fsync,
+  :func:`daemon.fsutil.fsync`, and each SQLite commit that waits for its
+  fsync, ``Queue._write``) when it has been slow. A thread enters it holding
+  no lock that a thread holding the gate may wait for, so the gate's holder
+  never waits for the thread that is waiting for the gate.
 - A lock that is held across a released wait (the queue's, through a commit's
   fsync; the claim's, around a claim's commit; the API token's, while a new
   token is fetched) is made with :meth:`Gate.lock`: a thread waits for it with
@@ -37,15 +38,26 @@ functions directly) :meth:`Gate.released` does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# A wait for the disk frees the gate only when the disk has been slow: while the
+# average of the last fsyncs is above this. A fast disk's fsync (this VM's: ~0.2
+# ms) is over before another thread could use the turn, and handing the gate over
+# and back cost more CPU than it saved; a slow one (a busy disk, a spinning one:
+# several ms) would hold every other thread back for as long.
+SLOW_DISK_SECONDS = 0.001
+DISK_AVERAGE_WEIGHT = 0.2  # of the newest fsync in the moving average
 
 
 class Gate:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.disk_seconds = 0.0  # moving average of the waits for the disk
 
     def mine(self) -> bool:
         """Whether the calling thread holds the gate."""
@@ -80,6 +92,22 @@ class Gate:
         finally:
             self._lock.acquire()
             self._local.held = True
+
+    @contextmanager
+    def disk_wait(self) -> Iterator[None]:
+        """A wait for the disk (an fsync, a commit's): the gate is free meanwhile if
+        the disk has been slow (``SLOW_DISK_SECONDS``), kept otherwise. Every wait
+        is timed into the average, so a disk that slows down is noticed within
+        a few fsyncs."""
+        slow = self.disk_seconds > SLOW_DISK_SECONDS
+        with self.released() if slow else contextlib.nullcontext():
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                took = time.monotonic() - started
+                # (threads may race here: a lost update only delays the average)
+                self.disk_seconds += (took - self.disk_seconds) * DISK_AVERAGE_WEIGHT
 
     def lock(self, *, reentrant: bool = False) -> GateAwareLock:
         """A lock that may be held across a released wait (see :class:`GateAwareLock`)."""

@@ -138,7 +138,7 @@ class Queue:
                     if redoable:  # no fsync to wait for
                         self._conn.execute("COMMIT")
                     else:
-                        with GATE.released():  # a wait for the disk (daemon.gate)
+                        with GATE.disk_wait():  # its fsync (daemon.gate)
                             self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from conftest import Sandbox, running, wait_until, write_config
 
+from daemon import gate as gate_module
 from daemon.filing import Filer
 from daemon.gate import GATE, Gate
 from daemon.queue import JobState, Queue
@@ -97,13 +99,37 @@ def test_a_reentrant_gate_aware_lock_is_taken_again_by_its_holder() -> None:
         assert gate.mine()
 
 
+def test_the_disk_frees_the_gate_once_it_is_slow_and_not_before() -> None:
+    gate = Gate()
+    with gate.held():
+        with gate.disk_wait():  # a fast disk so far: the gate is kept
+            assert gate.mine()
+            time.sleep(0.02)  # a slow fsync
+        while gate.disk_seconds <= gate_module.SLOW_DISK_SECONDS:
+            with gate.disk_wait():
+                time.sleep(0.02)
+        with gate.disk_wait():  # slow on average now: the gate is free meanwhile
+            assert not gate.mine()
+            assert _taken_by_another_within(gate, 5)
+        assert gate.mine()
+        for _ in range(100):  # fast again
+            with gate.disk_wait():
+                pass
+        with gate.disk_wait():
+            assert gate.mine()
+
+
+@pytest.mark.parametrize("disk", ["slow", "fast"])
 def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
-    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, disk: str
 ) -> None:
     """A real daemon against the sandbox: the claims and the filing of its jobs
-    run holding the gate; every request and every fsync of its threads runs with
-    the gate free; while a document is at a slow peer, another thread takes the
-    gate at once."""
+    run holding the gate; every request runs with the gate free, and so does
+    every fsync and fsynced commit when the disk is slow (kept when it is
+    fast); while a document is at a slow peer, another thread takes the gate
+    at once."""
+    slow = disk == "slow"
+    monkeypatch.setattr(gate_module, "SLOW_DISK_SECONDS", -1.0 if slow else 3600.0)
     holding: dict[str, list[bool]] = {"claim": [], "file": [], "request": [], "fsync": []}
     daemon_threads: set[int] = set()
 
@@ -144,7 +170,9 @@ def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
     assert holding["claim"] and all(holding["claim"])
     assert len(holding["file"]) == 2 and all(holding["file"])
     assert holding["request"] and not any(holding["request"])  # the token's and the sends
-    assert len(holding["fsync"]) >= 4 and not any(holding["fsync"])  # snapshots, done/, spool
-    # The claims and `sent` wait for their fsync without the gate; `done` (redoable,
-    # no fsync of its own) keeps it.
-    assert commits.count(False) >= 4 and commits.count(True) >= 2
+    assert len(holding["fsync"]) >= 4  # snapshots, done/, spool
+    if slow:  # the claims and `sent` wait for their fsync without the gate
+        assert not any(holding["fsync"])
+        assert commits.count(False) >= 4 and commits.count(True) >= 2  # `done`: no fsync
+    else:
+        assert all(holding["fsync"]) and all(commits)
