@@ -134,6 +134,7 @@ class Deliverer:
                 target = self.filer.done_target(job) if mine else None
                 sent = self._commit_sent(job, result, log, key, target)
                 slot.give_back()  # durable: another document (or its copy's check) may go
+                GATE.rejoin()  # the filing is local work again (daemon.gate)
                 if sent is None:
                     log.error("job.lease_lost_after_send", remote_id=result.log_id)
                     return "lease_lost"
@@ -153,7 +154,10 @@ class Deliverer:
         send, and a job whose lease ran out may be claimed again meanwhile."""
         if slot.held:
             return
-        with GATE.released():  # (daemon.gate) a wait for the other sends
+        # (daemon.gate) From the wait for the slot on, until its outcome is committed,
+        # the thread stays out of the gate: the slot waits for no one's local work.
+        GATE.keep_out()
+        with GATE.released():  # a wait for the other sends
             slot.take()
         expires = job.lease_expires_at
         if expires is not None:

@@ -27,6 +27,11 @@ The rules, which keep it free of deadlocks and of a thread idling the others:
   fsync, ``Queue._write``) when it has been slow. A thread enters it holding
   no lock that a thread holding the gate may wait for, so the gate's holder
   never waits for the thread that is waiting for the gate.
+- A document that holds a send slot, when the peer has been slow
+  (:meth:`Gate.keep_out`, ``SLOW_PEER_SECONDS``), stays out of the gate from
+  its wait for the slot until its outcome is committed (:meth:`Gate.rejoin`):
+  the slots are then what limits the pace, and each slot's turn would
+  otherwise include a wait for other threads' local work.
 - A lock that is held across a released wait (the queue's, through a commit's
   fsync; the claim's, around a claim's commit; the API token's, while a new
   token is fetched) is made with :meth:`Gate.lock`: a thread waits for it with
@@ -51,6 +56,13 @@ from contextlib import contextmanager
 # several ms) would hold every other thread back for as long.
 SLOW_DISK_SECONDS = 0.001
 DISK_AVERAGE_WEIGHT = 0.2  # of the newest fsync in the moving average
+# A document that holds a send slot stays out of the gate (keep_out) only when
+# the peer has been slow: while the average of the last requests is above this.
+# Then the slots are what limits the pace, and the wait for another thread's
+# local work would be added to every slot's turn; with a peer that answers at
+# once the CPU is the limit, and the slot's holder takes its turn like the rest.
+SLOW_PEER_SECONDS = 0.020
+NETWORK_AVERAGE_WEIGHT = 0.1  # of the newest request in the moving average
 
 
 class Gate:
@@ -58,6 +70,7 @@ class Gate:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.disk_seconds = 0.0  # moving average of the waits for the disk
+        self.network_seconds = 0.0  # moving average of the requests
 
     def mine(self) -> bool:
         """Whether the calling thread holds the gate."""
@@ -75,8 +88,10 @@ class Gate:
         try:
             yield
         finally:
-            self._local.held = False
-            self._lock.release()
+            self._local.kept_out = self._local.out = False
+            if self.mine():  # (not if it was kept out to the end: see keep_out)
+                self._local.held = False
+                self._lock.release()
 
     @contextmanager
     def released(self) -> Iterator[None]:
@@ -90,6 +105,42 @@ class Gate:
         try:
             yield
         finally:
+            if getattr(self._local, "kept_out", False):
+                self._local.out = True  # back at rejoin (see keep_out)
+            else:
+                self._lock.acquire()
+                self._local.held = True
+
+    @contextmanager
+    def network_wait(self) -> Iterator[None]:
+        """A request and its answer: the gate is free meanwhile; each is timed into
+        the average that :meth:`keep_out` reads."""
+        with self.released():
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                took = time.monotonic() - started
+                self.network_seconds += (took - self.network_seconds) * NETWORK_AVERAGE_WEIGHT
+
+    def keep_out(self) -> None:
+        """From the calling thread's next wait on, it stays out of the gate until
+        :meth:`rejoin` (or the end of its unit of work): for a document that holds
+        a send slot, so that what the slot waits for (its request, the answer, the
+        commit of its outcome) never waits for another thread's local work. Only
+        while the average request is slower than ``SLOW_PEER_SECONDS``; a no-op
+        for a thread that does not hold the gate."""
+        if self.mine() and self.network_seconds > SLOW_PEER_SECONDS:
+            self._local.kept_out = True
+
+    def rejoin(self) -> None:
+        """Back under the gate after :meth:`keep_out` (waiting for it if the thread
+        left it meanwhile); the thread must hold no lock a holder may wait for."""
+        if not getattr(self._local, "kept_out", False):
+            return
+        self._local.kept_out = False
+        if getattr(self._local, "out", False):
+            self._local.out = False
             self._lock.acquire()
             self._local.held = True
 

@@ -136,7 +136,7 @@ def read_capped(
     Raises what ``httpx`` raises for connection and timeout errors. A wait for
     the network: the gate is free meanwhile (:mod:`daemon.gate`).
     """
-    with GATE.released():
+    with GATE.network_wait():
         return _read_capped(http, request, limit)
 
 

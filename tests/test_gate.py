@@ -119,18 +119,56 @@ def test_the_disk_frees_the_gate_once_it_is_slow_and_not_before() -> None:
             assert gate.mine()
 
 
-@pytest.mark.parametrize("disk", ["slow", "fast"])
+def test_a_slot_holder_kept_out_stays_out_until_it_rejoins_when_the_peer_is_slow() -> None:
+    gate = Gate()
+    with gate.held():
+        gate.keep_out()  # the peer has been fast: nothing changes
+        with gate.released():
+            pass
+        assert gate.mine()
+        gate.rejoin()
+        while gate.network_seconds <= gate_module.SLOW_PEER_SECONDS:
+            with gate.network_wait():
+                time.sleep(0.05)  # slow answers
+        assert gate.mine()  # each wait gave the gate back at its end
+        gate.keep_out()
+        assert gate.mine()  # out only from its next wait on
+        with gate.released():  # (a wait that does not move the average)
+            assert not gate.mine()
+        assert not gate.mine()  # the answer is in: still out (its commit, its slot)
+        assert _taken_by_another_within(gate, 5)
+        gate.rejoin()
+        assert gate.mine()
+        assert not _taken_by_another_within(gate, 0.2)
+        gate.keep_out()
+        with gate.released():
+            pass
+        assert not gate.mine()  # kept out to the end of the unit of work: no error
+    assert not gate.mine()
+    assert _taken_by_another_within(gate, 5)
+    with gate.held():  # the next unit of work starts as usual
+        with gate.released():
+            pass
+        assert gate.mine()
+
+
+@pytest.mark.parametrize(("disk", "peer"), [("slow", "fast"), ("fast", "fast"), ("fast", "slow")])
 def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
-    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, disk: str
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, disk: str, peer: str
 ) -> None:
     """A real daemon against the sandbox: the claims and the filing of its jobs
     run holding the gate; every request runs with the gate free, and so does
     every fsync and fsynced commit when the disk is slow (kept when it is
     fast); while a document is at a slow peer, another thread takes the gate
-    at once."""
+    at once. When the peer has been slow, a document's send is recorded
+    without the gate (its slot waits for no one), and its filing with it."""
     slow = disk == "slow"
+    slow_peer = peer == "slow"
     monkeypatch.setattr(gate_module, "SLOW_DISK_SECONDS", -1.0 if slow else 3600.0)
-    holding: dict[str, list[bool]] = {"claim": [], "file": [], "request": [], "fsync": []}
+    monkeypatch.setattr(gate_module, "SLOW_PEER_SECONDS", -1.0 if slow_peer else 3600.0)
+    holding: dict[str, list[bool]] = {
+        "claim": [], "file": [], "request": [], "fsync": [], "sent": []
+    }  # fmt: skip
     daemon_threads: set[int] = set()
 
     def spy(kind: str, real: Any) -> Any:
@@ -150,6 +188,7 @@ def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
 
     monkeypatch.setattr(Queue, "claim", claim)
     monkeypatch.setattr(Filer, "finish_claimed", spy("file", Filer.finish_claimed))
+    monkeypatch.setattr(Queue, "record_sent", spy("sent", Queue.record_sent))
     monkeypatch.setattr(httpx.Client, "send", spy("request", httpx.Client.send))
     monkeypatch.setattr(os, "fsync", spy("fsync", os.fsync))
     commits: list[bool] = []
@@ -171,8 +210,17 @@ def test_a_running_daemon_does_its_work_holding_the_gate_and_waits_without_it(
     assert len(holding["file"]) == 2 and all(holding["file"])
     assert holding["request"] and not any(holding["request"])  # the token's and the sends
     assert len(holding["fsync"]) >= 4  # snapshots, done/, spool
+    assert len(holding["sent"]) == 2
+    if slow_peer:  # the slot's holder: out of the gate until its send is recorded
+        assert not any(holding["sent"])
+        assert commits.count(False) == 2  # `sent`'s
+    else:
+        assert all(holding["sent"])
     if slow:  # the claims and `sent` wait for their fsync without the gate
         assert not any(holding["fsync"])
         assert commits.count(False) >= 4 and commits.count(True) >= 2  # `done`: no fsync
+    elif slow_peer:  # done/'s dated folder, made for the commit of `sent`, too
+        assert holding["fsync"].count(True) >= 4  # the snapshots, the filing, the spool
+        assert commits.count(True) >= 4  # the claims' and `done`'s
     else:
         assert all(holding["fsync"]) and all(commits)
