@@ -20,7 +20,8 @@ The rules, which keep it free of deadlocks and of a thread idling the others:
   claim and delivery of one job, a tick of the intake loop) by a thread that
   holds no other lock. It is re-entrant for its thread.
 - :meth:`Gate.released` is wrapped around every wait that can be long: the
-  network (each request and its answer, :func:`daemon.http.read_capped`), a
+  network (each request and its answer, :func:`daemon.http.read_capped`,
+  through :meth:`Gate.network_wait`, which times it), a
   send slot or a duplicate key (:mod:`daemon.slots`), a back-off sleep; and,
   through :meth:`Gate.disk_wait`, the disk (each fsync,
   :func:`daemon.fsutil.fsync`, and each SQLite commit that waits for its
@@ -50,10 +51,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # A wait for the disk frees the gate only when the disk has been slow: while the
-# average of the last fsyncs is above this. A fast disk's fsync (this VM's: ~0.2
-# ms) is over before another thread could use the turn, and handing the gate over
-# and back cost more CPU than it saved; a slow one (a busy disk, a spinning one:
-# several ms) would hold every other thread back for as long.
+# average of the last fsyncs is above this. A fast disk's fsync (0.2-0.5 ms on
+# the VMs this was measured on) is over before another thread could use the
+# turn, and handing the gate over and back cost more CPU than it saved; a slow
+# one (a busy disk, a spinning one: several ms) would hold every other thread
+# back for as long.
 SLOW_DISK_SECONDS = 0.001
 DISK_AVERAGE_WEIGHT = 0.2  # of the newest fsync in the moving average
 # A document that holds a send slot stays out of the gate (keep_out) only when
