@@ -117,13 +117,8 @@ class Gate:
     def network_wait(self) -> Iterator[None]:
         """A request and its answer: the gate is free meanwhile; each is timed into
         the average that :meth:`keep_out` reads."""
-        with self.released():
-            started = time.monotonic()
-            try:
-                yield
-            finally:
-                took = time.monotonic() - started
-                self.network_seconds += (took - self.network_seconds) * NETWORK_AVERAGE_WEIGHT
+        with self.released(), self._timed("network_seconds", NETWORK_AVERAGE_WEIGHT):
+            yield
 
     def keep_out(self) -> None:
         """From the calling thread's next wait on, it stays out of the gate until
@@ -153,14 +148,23 @@ class Gate:
         is timed into the average, so a disk that slows down is noticed within
         a few fsyncs."""
         slow = self.disk_seconds > SLOW_DISK_SECONDS
-        with self.released() if slow else contextlib.nullcontext():
-            started = time.monotonic()
-            try:
-                yield
-            finally:
-                took = time.monotonic() - started
-                # (threads may race here: a lost update only delays the average)
-                self.disk_seconds += (took - self.disk_seconds) * DISK_AVERAGE_WEIGHT
+        with (
+            self.released() if slow else contextlib.nullcontext(),
+            self._timed("disk_seconds", DISK_AVERAGE_WEIGHT),
+        ):
+            yield
+
+    @contextmanager
+    def _timed(self, average: str, weight: float) -> Iterator[None]:
+        """Time the block into the moving average named ``average``."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - started
+            # (threads may race here: a lost update only delays the average)
+            before: float = getattr(self, average)
+            setattr(self, average, before + (took - before) * weight)
 
     def lock(self, *, reentrant: bool = False) -> GateAwareLock:
         """A lock that may be held across a released wait (see :class:`GateAwareLock`)."""
