@@ -154,8 +154,9 @@ class Deliverer:
         send, and a job whose lease ran out may be claimed again meanwhile."""
         if slot.held:
             return
-        # (daemon.gate) From the wait for the slot on, until its outcome is committed,
-        # the thread stays out of the gate: the slot waits for no one's local work.
+        # (daemon.gate) When the peer has been slow, the thread stays out of the gate
+        # from the wait for the slot until the outcome is committed: the slot waits
+        # for no one's local work.
         GATE.keep_out()
         with GATE.released():  # a wait for the other sends
             slot.take()

@@ -90,7 +90,7 @@ class Gate:
         try:
             yield
         finally:
-            self._local.kept_out = self._local.out = False
+            self._local.kept_out = False
             if self.mine():  # (not if it was kept out to the end: see keep_out)
                 self._local.held = False
                 self._lock.release()
@@ -107,9 +107,7 @@ class Gate:
         try:
             yield
         finally:
-            if getattr(self._local, "kept_out", False):
-                self._local.out = True  # back at rejoin (see keep_out)
-            else:
+            if not getattr(self._local, "kept_out", False):  # else: back at rejoin
                 self._lock.acquire()
                 self._local.held = True
 
@@ -136,8 +134,7 @@ class Gate:
         if not getattr(self._local, "kept_out", False):
             return
         self._local.kept_out = False
-        if getattr(self._local, "out", False):
-            self._local.out = False
+        if not self.mine():  # it left at a wait since keep_out
             self._lock.acquire()
             self._local.held = True
 
