@@ -41,7 +41,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redox.media.new import New as MediaNew
 
-from daemon.config import Destination, FhirSettings, key_path
+from daemon.config import Destination, FhirSettings
 from daemon.errors import AuthError, SidecarError
 from daemon.http import (
     REMOTE_ID,
@@ -54,7 +54,7 @@ from daemon.http import (
     not_the_api,
     read_secret,
 )
-from daemon.payload import filled_field_problems
+from daemon.payload import filled_field_problems, sidecar_key_path
 
 FHIR_JSON = "application/fhir+json"
 _URI = re.compile(r"^(urn:[a-z0-9][a-z0-9-]*:|https?://)\S+$", re.IGNORECASE)
@@ -130,7 +130,8 @@ def _problems(err: ValidationError, plain: dict[str, str], *, skip: str = "") ->
     lines = []
     for e in err.errors(include_input=False, include_url=False):
         if e["type"] != skip:
-            lines.append(f"{key_path(tuple(e['loc']))} {plain.get(e['type'], e['msg'].lower())}")
+            path = sidecar_key_path(tuple(e["loc"]))
+            lines.append(f"{path} {plain.get(e['type'], e['msg'].lower())}")
     return sorted(set(lines))
 
 

@@ -20,9 +20,11 @@ errors name fields in plain words and never repeat a value.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import itertools
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -332,11 +334,59 @@ _MEANING = {
 }
 
 
+def _field_names() -> frozenset[str]:
+    """Every field name and alias of the pydantic models loaded (Redox's, FHIR's,
+    chartdrop's): the names a sidecar's key may be, or be a misspelling of."""
+    seen: set[type] = set()
+    names: set[str] = set()
+    todo: list[type] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                todo.append(sub)
+        for name, info in getattr(cls, "model_fields", {}).items():
+            names.add(name)
+            if isinstance(info.alias, str):
+                names.add(info.alias)
+    return frozenset(names)
+
+
+# (len(sys.modules) when built, the names): built at the first sidecar error, again
+# after more modules (models) were imported, as FHIR's are when first used.
+_FIELD_NAMES: dict[str, tuple[int, frozenset[str]]] = {}
+
+
+def _is_field_like(key: str) -> bool:
+    """Whether ``key`` is a field name or close to one (a misspelling). A key that
+    is neither may be patient data written as a key (an MRN, a name): never shown."""
+    built = _FIELD_NAMES.get("names")
+    if built is None or built[0] != len(sys.modules):
+        built = _FIELD_NAMES["names"] = (len(sys.modules), _field_names())
+    names = built[1]
+    if len(key) > 64 or not key.isascii():
+        return False
+    return key in names or bool(difflib.get_close_matches(key, names, n=1, cutoff=0.75))
+
+
+UNNAMED_KEY = "(a key that is not a field name: not shown, it may hold patient data)"
+
+
+def sidecar_key_path(loc: tuple[int | str, ...]) -> str:
+    """:func:`key_path` of a sidecar error's location, with every key that is
+    neither a field name nor a misspelling of one left out (:func:`_is_field_like`)."""
+    return key_path(
+        tuple(p if isinstance(p, int) or _is_field_like(p) else UNNAMED_KEY for p in loc)
+    )
+
+
 def describe(err: ValidationError) -> list[str]:
-    """Plain-language lines, one per field, never including the value."""
+    """Plain-language lines, one per field, never including the value (nor a key
+    that may be patient data: :func:`sidecar_key_path`)."""
     lines = []
     for e in err.errors(include_input=False, include_url=False):
-        path = key_path(tuple(e["loc"]))
+        path = sidecar_key_path(tuple(e["loc"]))
         meaning = f" ({_MEANING[path]})" if path in _MEANING else ""
         lines.append(f"{path}{meaning} {_PLAIN.get(e['type'], e['msg'].lower())}")
     return sorted(set(lines))

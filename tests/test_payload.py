@@ -237,6 +237,24 @@ def test_every_model_and_event_validates_against_its_json_schema(model: str, eve
             lambda s: s["Note"].update(DocType="x"),
             "Note.DocType is not a field Redox knows (check its spelling)",
         ),
+        (  # patient data written as a key (an MRN, a name): located, never shown
+            "Media",
+            lambda s: s["Patient"]["Identifiers"][0].update({"0000000001": "MR"}),
+            "Patient.Identifiers[0].(a key that is not a field name: not shown, it may hold"
+            " patient data) is not a field Redox knows (check its spelling)",
+        ),
+        (
+            "Media",
+            lambda s: s["Patient"]["Demographics"].update(Timothy={}),
+            "Patient.Demographics.(a key that is not a field name: not shown, it may hold"
+            " patient data) is not a field Redox knows (check its spelling)",
+        ),
+        (
+            "Media",
+            lambda s: s["Patient"]["Demographics"].update(Bixby="x"),
+            "Patient.Demographics.(a key that is not a field name: not shown, it may hold"
+            " patient data) is not a field Redox knows (check its spelling)",
+        ),
         (
             "Media",
             lambda s: s.update(EventType="Replace"),
