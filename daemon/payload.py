@@ -342,7 +342,8 @@ def _field_names() -> frozenset[str]:
     todo: list[type] = [BaseModel]
     while todo:
         cls = todo.pop()
-        for sub in cls.__subclasses__():
+        subclasses: list[type] = cls.__subclasses__()
+        for sub in subclasses:
             if sub not in seen:
                 seen.add(sub)
                 todo.append(sub)
