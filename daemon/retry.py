@@ -18,6 +18,7 @@ of that job says the files are not in failed/ any more.
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,16 @@ from daemon.config import Settings
 from daemon.errors import InputError
 from daemon.fsutil import fsync_dir, lstat_kind, open_document, rename_noreplace, sha256_file
 from daemon.intake import judge
-from daemon.names import error_note_name, is_sidecar, paired_sidecar_name, sidecar_candidates
+from daemon.names import (
+    ERROR_NOTE_SUFFIX,
+    error_note_name,
+    is_junk,
+    is_sidecar,
+    paired_sidecar_name,
+    pairing_bases,
+    sidecar_base,
+    sidecar_candidates,
+)
 from daemon.queue import Job, JobState, Queue
 
 
@@ -39,15 +49,43 @@ class RetryResult:
     destination: str | None = None
 
 
+AMBIGUOUS_SIDECAR = (
+    "the sidecar beside it in failed/ is named after its stem, and another document there "
+    "has the same stem: it cannot be told whose it is. Name it after the document's full "
+    "name followed by .json, then retry"
+)
+
+
 def _sidecar_in_failed(job: Job, doc: Path) -> tuple[Path | None, str | None]:
-    """The sidecar beside ``doc`` in failed/ and the name it is stored under."""
+    """The sidecar beside ``doc`` in failed/ and the name it is stored under.
+    Raises ValueError (:data:`AMBIGUOUS_SIDECAR`) for a stem-style sidecar that
+    another document in failed/ could pair with too (intake's rule: a stem pairs
+    only when one document answers to it)."""
     if job.sidecar_name:
         name = paired_sidecar_name(doc.name, job.original_name, job.sidecar_name)
         return doc.parent / name, name
-    for name in sidecar_candidates(doc.name):  # one staff added since (a missing sidecar)
+    exact, *stems = sidecar_candidates(doc.name)  # one staff added since (a missing sidecar)
+    if lstat_kind(doc.parent / exact) == "file":
+        return doc.parent / exact, exact
+    for name in stems:
         if lstat_kind(doc.parent / name) == "file":
+            if _stem_shared(doc, sidecar_base(name)):
+                raise ValueError(AMBIGUOUS_SIDECAR)
             return doc.parent / name, name
     return None, None
+
+
+def _stem_shared(doc: Path, base: str) -> bool:
+    """Whether a document in ``doc``'s folder other than ``doc`` pairs with ``base``."""
+    with os.scandir(doc.parent) as entries:
+        for entry in entries:
+            name = entry.name
+            if name == doc.name or is_sidecar(name) or is_junk(name):
+                continue
+            if name.endswith(ERROR_NOTE_SUFFIX) or base not in pairing_bases(name):
+                continue
+            return True
+    return False
 
 
 def _refused(job: Job, *problems: str) -> RetryResult:
@@ -73,7 +111,10 @@ def retry_job(
             job, "the document is no longer in failed/ (moved back by hand, or deleted)"
         )
     sidecar_only = job.sidecar_name is None and is_sidecar(job.original_name)
-    side, side_name = (None, None) if sidecar_only else _sidecar_in_failed(job, doc)
+    try:
+        side, side_name = (None, None) if sidecar_only else _sidecar_in_failed(job, doc)
+    except ValueError as exc:
+        return _refused(job, str(exc))
     if job.sidecar_name and (side is None or lstat_kind(side) != "file"):
         return _refused(job, "the sidecar is no longer in failed/ next to the document")
     if job.sha256:

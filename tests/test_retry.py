@@ -185,3 +185,42 @@ def test_a_hard_link_back_after_an_unknown_outcome_is_refused_without_holding_ot
         assert result.stdout.count("not retried") == 2, result.stdout + result.stderr
         assert "link" in result.stdout
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_retry_never_gives_a_document_a_stem_sidecar_another_document_in_failed_shares(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """failed/ holds scan.pdf (its sidecar never came) and, later, scan.png with its
+    own stem-style sidecar scan.json (patient B; refused once by the destination).
+    Retrying scan.pdf must not take scan.json as its sidecar (intake's rule: a stem
+    sidecar pairs only when one document answers to it): it is refused in words and
+    stays in failed/, and scan.png goes to patient B with its own sidecar."""
+    import time
+
+    from test_content import make_png
+
+    config = write_config(tmp_path, sandbox, sidecar_timeout_seconds=1)
+    with running(config) as r:
+        r.drop("scan.pdf", sample_pdf("patient unknown"))  # no sidecar: failed/ after 1 s
+        (lonely,) = r.finished(1)
+        assert (lonely.state, lonely.error_kind) == (JobState.FAILED, "missing_sidecar")
+        sandbox.state.set_faults(fail_next=[400])  # B's pair is refused once
+        tmp = r.inbox / ".scan.json.part"  # stem style: scan.json pairs with scan.png
+        tmp.write_text(json.dumps(sample_sidecar(mrn="B-0000002", last="Other")))
+        tmp.rename(r.inbox / "scan.json")
+        r.drop("scan.png", make_png())
+        wait_until(lambda: len(r.finished(2)) == 2)
+        names = sorted(p.name for p in r.failed.iterdir())
+        assert {"scan.png", "scan.pdf", "scan.json"} <= set(names), names
+        result = retry(config, "--failed")
+        assert "cannot be told whose it is" in result.stdout + result.stderr, result
+        wait_until(lambda: not r.jobs(JobState.QUEUED, JobState.LEASED, JobState.SENT))
+        time.sleep(0.5)
+        sent = [
+            (rec.body["Patient"]["Identifiers"][0]["ID"], rec.body["Media"]["FileName"])
+            for rec in sandbox.state.received()  # the accepted ones
+        ]
+        assert ("B-0000002", "scan.pdf") not in sent, sent
+        assert ("B-0000002", "scan.png") in sent, sent
+        assert (r.failed / "scan.pdf").exists()
+        assert r.queue.get(lonely.id).state == JobState.FAILED
