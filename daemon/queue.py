@@ -497,9 +497,15 @@ class Queue:
                 self._event(conn, job, JobState.LEASED, detail)
         return len(jobs)
 
-    def expire_leases(self) -> int:
-        """Requeue the jobs whose lease ran out (a dead or hung worker); how many."""
-        return self._unlease(" AND lease_expires_at < ?", [self._clock()], "lease expired")
+    def expire_leases(self, *, keep: Collection[str] = ()) -> int:
+        """Requeue the jobs whose lease ran out (a dead or hung worker); how many.
+        ``keep``: jobs a live worker of this daemon still has in hand (a send slower
+        than the lease, its answer not in yet): never requeued from under it, or
+        another worker would send them again after the first send succeeded."""
+        kept = list(dict.fromkeys(keep))
+        marks = ", ".join("?" for _ in kept)
+        condition = " AND lease_expires_at < ?" + (f" AND id NOT IN ({marks})" if kept else "")
+        return self._unlease(condition, [self._clock(), *kept], "lease expired")
 
     def reset_all_leases(self) -> int:
         """At start-up every lease is stale (the daemon holds the only lock); how many."""

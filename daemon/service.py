@@ -248,6 +248,10 @@ class Service:
         self.work = Wakeup()  # one idle worker per queued job (daemon.wakeup)
         self._poll_token = threading.Lock()  # held by the one idle worker that polls
         self._claim_lock = GATE.lock()  # a claim and its place in the send line (daemon.gate)
+        # Jobs a worker has in hand: their leases are never expired from under it
+        # (a live worker beats its heartbeat, or the watchdog restarts the daemon).
+        self._in_hand: set[str] = set()
+        self._in_hand_lock = threading.Lock()
         self.reload_requested = threading.Event()
         self._lock_file: IO[bytes] | None = None
         self._inbox_locks: dict[Path, IO[bytes]] = {}  # inbox -> its flock (daemon.inbox_lock)
@@ -470,6 +474,8 @@ class Service:
     def _process(self, name: str, job: Job, order: int, *, polled: bool) -> bool:
         """Deliver a job the worker ``name`` claimed; returns the worker's new
         ``polled`` (False: it was the announced job, or it announced the next)."""
+        with self._in_hand_lock:
+            self._in_hand.add(job.id)
         try:
             self.work.take()  # this job's announcement: no other worker wakes for it
             if polled:  # nobody announced it (backoff ended, a pause lifted): more
@@ -489,6 +495,8 @@ class Service:
             )
         finally:
             self.deliverer.slots.withdraw(order)  # whatever happened: out of the line
+            with self._in_hand_lock:
+                self._in_hand.discard(job.id)  # (left leased by a crash: it expires)
         return polled
 
     def _idle_wait(self) -> bool:
@@ -523,7 +531,9 @@ class Service:
             now = time.monotonic()
             if now >= self._next_lease_check:  # a write transaction: not on every tick
                 self._next_lease_check = now + LEASE_CHECK_SECONDS
-                if self.queue.expire_leases():
+                with self._in_hand_lock:
+                    in_hand = list(self._in_hand)
+                if self.queue.expire_leases(keep=in_hand):
                     self.work.set()
         return due
 

@@ -780,3 +780,20 @@ def test_four_processes_claim_every_job_exactly_once(
     assert set(claimed) == made
     assert counts_by_state(queue.path)["leased"] == total
     assert file_intact(db_path)
+
+
+def test_expire_leases_keeps_the_jobs_a_live_worker_has_in_hand(
+    queue: Queue, clock: FakeClock
+) -> None:
+    held = enqueue(queue, name="a.pdf")
+    clock.advance(1)
+    dead = enqueue(queue, name="b.pdf")
+    held_lease = claim(queue, lease=10)
+    dead_lease = claim(queue, lease=10)
+    assert (held_lease.id, dead_lease.id) == (held.id, dead.id)
+    clock.advance(11)
+    assert queue.expire_leases(keep=[held.id, held.id]) == 1
+    assert queue.get(held.id) == held_lease  # still leased, its token still good
+    after = queue.get(dead.id)
+    assert after is not None and after.state is JobState.QUEUED
+    assert queue.mark_sent(held.id, token(held_lease), remote_id=None, http_status=200)

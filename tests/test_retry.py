@@ -224,3 +224,28 @@ def test_retry_never_gives_a_document_a_stem_sidecar_another_document_in_failed_
         assert ("B-0000002", "scan.png") in sent, sent
         assert (r.failed / "scan.pdf").exists()
         assert r.queue.get(lonely.id).state == JobState.FAILED
+
+
+def test_a_send_slower_than_the_lease_is_not_sent_again_from_under_its_worker(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A request still at the peer when the job's lease runs out (a long upload on a
+    slow line, longer than ``lease_seconds``): the lease is not expired from under
+    the live worker, so no other worker claims the job and sends it a second time
+    after the first was answered 200 (found by a review: it was)."""
+    import time
+
+    config = write_config(tmp_path, sandbox, lease_seconds=2)
+    sandbox.state.set_faults(latency_seconds=3.5)  # longer than the lease
+    with running(config) as r:
+        r.drop("slow.pdf", sample_pdf("slow"), sample_sidecar())
+        (job,) = wait_until(lambda: r.jobs(JobState.LEASED))
+        time.sleep(3.0)  # past the lease, with the request still at the peer
+        assert r.queue.get(job.id).state == JobState.LEASED
+        sandbox.state.set_faults(latency_seconds=0.0)
+        (done,) = r.finished(1)
+        assert done.state == JobState.DONE
+        time.sleep(1.0)  # any second send has had time to arrive
+        statuses = [a.status for a in sandbox.state.attempts if a.path == "/endpoint"]
+        assert statuses == [200], statuses
+        assert not any(e["detail"] == "lease expired" for e in r.queue.events(job.id))
