@@ -226,6 +226,7 @@ class Queue:
         spool_document: str | None,
         spool_sidecar: str | None,
         document_id: str | None = None,
+        patient_key: str | None = None,
     ) -> dict[str, object]:
         now = self._clock()
         return {
@@ -239,6 +240,7 @@ class Queue:
             "sidecar_name": sidecar_name,
             "spool_document": spool_document,
             "spool_sidecar": spool_sidecar,
+            "patient_key": patient_key,
             "created_at": now,
             "updated_at": now,
         }
@@ -964,15 +966,18 @@ class Queue:
         spool_document: str,
         spool_sidecar: str | None,
         sidecar_name: str | None,
+        patient_key: str | None = None,
     ) -> bool:
         """failed -> queued from scratch (``chartdrop retry``), same document_id. The
         caller has moved the files back into the spool already; a sidecar staff added
-        in failed/ since (a missing-sidecar failure) is recorded."""
+        in failed/ since (a missing-sidecar failure) is recorded, and whom the
+        sidecar as it is now names (``patient_key``)."""
         now = self._clock()
         job = self._move(
             job_id, JobState.FAILED, JobState.QUEUED, detail="requeued by chartdrop retry",
             attempts=0, next_attempt_at=now, queued_at=now, spool_document=spool_document,
             spool_sidecar=spool_sidecar, sidecar_name=sidecar_name, final_path=None,
+            patient_key=patient_key,
             sent_at=None, finished_at=None, blob_uri=None, remote_id=None, http_status=None,
             last_error=None, error_kind=None,
         )  # fmt: skip

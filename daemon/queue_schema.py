@@ -78,7 +78,8 @@ class Job:
     sent_at: float | None
     finished_at: float | None
     # -- duplicates (migration m003) --
-    patient_key: str | None = None  # hash of the patient identifier sent (not PHI itself)
+    # hash of the patient identifier (not PHI itself): kept at intake and when sent
+    patient_key: str | None = None
     allow_duplicate: bool = False  # send even if a duplicate: `chartdrop retry --allow-duplicate`
 
 

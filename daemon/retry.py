@@ -154,6 +154,7 @@ def retry_job(
         spool_document=str(spool_doc),
         spool_sidecar=None if spool_side is None else str(spool_side),
         sidecar_name=side_name if side_name is not None else job.sidecar_name,
+        patient_key=verdict.patient,
     ):
         rename_noreplace(spool_doc, doc)
         if side is not None and spool_side is not None:

@@ -20,11 +20,19 @@ from daemon.names import error_note_name
 from daemon.queue import Job, Queue
 
 
-def earlier_document_id(queue: Queue, destination: str, path: Path, size: int) -> str | None:
+def earlier_document_id(
+    queue: Queue, destination: str, path: Path, size: int, patient: str | None
+) -> str | None:
     """For intake: the DocumentID of a failed job of ``destination`` whose bytes are
-    ``path``'s and whose outcome was unknown (it may have been filed), so a pair
-    moved back into the inbox by hand is sent under the same ID, never a second one.
-    Only a file whose size (``lstat``, by the caller) matches such a job is hashed."""
+    ``path``'s, for the same patient (``patient``: the new sidecar's patient key),
+    and whose outcome was unknown (it may have been filed), so a pair moved back
+    into the inbox by hand is sent under the same ID, never a second one. The same
+    bytes for another patient (a printed form, a fax page sent again) are another
+    document: a new ID (with the old one, it went into the first patient's chart).
+    A job from before patient keys were kept at intake has none: no reuse. Only a
+    file whose size (``lstat``, by the caller) matches such a job is hashed."""
+    if patient is None:
+        return None
     try:
         candidates = queue.unknown_outcome_failures(destination, size)
         if not candidates:
@@ -36,31 +44,33 @@ def earlier_document_id(queue: Queue, destination: str, path: Path, size: int) -
         # (it must not hold back the pairs handed over with it)
         return None
     for job in candidates:
-        if job.sha256 == digest:
+        if job.sha256 == digest and job.patient_key == patient:
             return job.document_id
     return None
 
 
-def earlier_document_ids(queue: Queue, documents: list[tuple[str, Path]]) -> list[str | None]:
-    """:func:`earlier_document_id` of each ``(destination, path)``, with one query per
+def earlier_document_ids(
+    queue: Queue, documents: list[tuple[str, Path, str | None]]
+) -> list[str | None]:
+    """:func:`earlier_document_id` of each ``(destination, path, patient)``, with one query per
     destination for the lot: only a document whose size some such failed job has is
     looked at one by one (hashed)."""
     sizes: list[int | None] = []
-    for _destination, path in documents:
+    for _destination, path, _patient in documents:
         try:
             sizes.append(path.lstat().st_size)  # a link is never followed, not even for its size
         except OSError:
             sizes.append(None)  # intake's own checks report an unreadable file
     wanted: dict[str, set[int]] = {}
-    for (destination, _path), size in zip(documents, sizes, strict=True):
+    for (destination, _path, _patient), size in zip(documents, sizes, strict=True):
         if size is not None:
             wanted.setdefault(destination, set()).add(size)
     found = {d: queue.unknown_outcome_sizes(d, s) for d, s in wanted.items()}
     return [
-        earlier_document_id(queue, destination, path, size)
+        earlier_document_id(queue, destination, path, size, patient)
         if size is not None and size in found[destination]
         else None
-        for (destination, path), size in zip(documents, sizes, strict=True)
+        for (destination, path, patient), size in zip(documents, sizes, strict=True)
     ]
 
 

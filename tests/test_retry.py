@@ -249,3 +249,52 @@ def test_a_send_slower_than_the_lease_is_not_sent_again_from_under_its_worker(
         statuses = [a.status for a in sandbox.state.attempts if a.path == "/endpoint"]
         assert statuses == [200], statuses
         assert not any(e["detail"] == "lease expired" for e in r.queue.events(job.id))
+
+
+def test_the_same_bytes_for_another_patient_never_take_a_failed_jobs_document_id(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A job for patient A gave up after timeouts (unknown outcome: it may be in A's
+    chart under DocumentID X). The same bytes dropped later for patient B (a printed
+    form, a fax page sent again) are a new document for another chart: a new ID,
+    never X (found by a review: B's document went out as X)."""
+    config = write_config(tmp_path, sandbox, read_timeout_seconds=0.5, give_up_after_hours=0.0003)
+    with running(config) as r:
+        sandbox.state.set_faults(latency_seconds=1.5)
+        r.drop("a.pdf", sample_pdf("same form"), sample_sidecar(mrn="0000000001"))
+        (first,) = r.finished(1)
+        assert (first.state, first.error_kind) == (JobState.FAILED, "gave_up")
+        sandbox.state.set_faults(latency_seconds=0)
+        r.drop("b.pdf", sample_pdf("same form"), sample_sidecar(mrn="0000000002"))
+        (other,) = wait_until(lambda: r.jobs(JobState.DONE))
+        by_patient: dict[str, set[str]] = {}
+        for rec in sandbox.state.received():  # A's timed-out sends did arrive: X is in A's chart
+            mrn = rec.body["Patient"]["Identifiers"][0]["ID"]
+            by_patient.setdefault(mrn, set()).add(rec.body["Media"]["DocumentID"])
+        assert by_patient["0000000001"] == {first.document_id}
+        assert by_patient["0000000002"] == {other.document_id}
+        assert other.document_id != first.document_id
+
+
+def test_fhir_the_same_bytes_for_another_patient_reach_that_patients_chart(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The same on a FHIR destination, where reusing A's DocumentID made the server
+    answer B's conditional create with A's existing Media: B's document was filed
+    in done/ and never reached B's chart."""
+    config = write_config(
+        tmp_path, sandbox, model="FHIR", fhir=sandbox.fhir_table(),
+        read_timeout_seconds=0.5, give_up_after_hours=0.0003,
+    )  # fmt: skip
+    with running(config) as r:
+        sandbox.state.set_faults(latency_seconds=1.5)
+        r.drop("a.pdf", sample_pdf("same form"), sample_sidecar(mrn="0000000001", model="FHIR"))
+        (first,) = r.finished(1)
+        assert (first.state, first.error_kind) == (JobState.FAILED, "gave_up")
+        sandbox.state.set_faults(latency_seconds=0)
+        r.drop("b.pdf", sample_pdf("same form"), sample_sidecar(mrn="0000000002", model="FHIR"))
+        (b_job,) = wait_until(lambda: r.jobs(JobState.DONE))
+        assert b_job.original_name == "b.pdf"
+        subjects = [m["subject"]["identifier"]["value"] for m in sandbox.state.fhir_resources()]
+        assert "0000000001" in subjects  # A's timed-out send did create A's Media
+        assert "0000000002" in subjects, subjects

@@ -92,7 +92,7 @@ class HandOver:
         results: list[Job | Exception | None] = [None] * len(takes)
         try:
             documents = [
-                (i, (take.dest.name, take.dest.inbox / take.doc_name))
+                (i, (take.dest.name, take.dest.inbox / take.doc_name, take.verdict.patient))
                 for i, take in enumerate(takes)
                 if not is_sidecar(take.doc_name)
             ]
@@ -113,6 +113,7 @@ class HandOver:
                         if take.sidecar_name
                         else None,
                         "document_id": document_id,
+                        "patient_key": take.verdict.patient,
                     }
                 )
             jobs = self.queue.begin_intake_many(rows)

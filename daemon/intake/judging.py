@@ -12,7 +12,7 @@ from daemon.config import Destination, Settings
 from daemon.content import detect, incomplete_reason
 from daemon.errors import InputError, MissingSidecarError, SidecarError, TooLargeError
 from daemon.fsutil import open_document
-from daemon.outgoing import check_kind, check_sidecar, effective_sidecar
+from daemon.outgoing import check_kind, check_sidecar, effective_sidecar, patient_key_of
 from daemon.sidecar import read_sidecar
 
 
@@ -28,6 +28,8 @@ class Verdict:
 
     rejection: InputError | None = None
     incomplete: str | None = None
+    # whom the document is for (outgoing.patient_key_of: a hash, not PHI), when accepted
+    patient: str | None = None
 
 
 def judge(
@@ -77,7 +79,7 @@ def judge(
         )
     except InputError as exc:
         return Verdict(rejection=exc)
-    return Verdict()
+    return Verdict(patient=patient_key_of(dest, fields))
 
 
 def is_delete(path: Path) -> bool:
