@@ -20,7 +20,7 @@ import pytest
 from conftest import Running, Sandbox, in_inbox, running, wait_until, write_config
 
 from daemon.config import load_settings
-from daemon.intake import Intake, Verdict
+from daemon.intake import Intake
 from daemon.queue import JobState, Queue
 from daemon.samples import sample_pdf, sample_sidecar
 
@@ -289,7 +289,8 @@ def test_symlink_swapped_in_after_the_checks_is_never_read(
         from daemon.intake import judge
 
         verdict = judge(dest, settings, dest.inbox / "scan.pdf", dest.inbox / "scan.pdf.json")
-        assert verdict == Verdict()  # the real file passes
+        assert (verdict.rejection, verdict.incomplete) == (None, None)  # the real file passes
+        assert verdict.patient is not None  # whom it is for, kept on the job (reuse)
         (dest.inbox / "scan.pdf").unlink()
         (dest.inbox / "scan.pdf").symlink_to(secret)  # swapped in
         job = intake.handover.hand_over(dest, "scan.pdf", "scan.pdf.json", verdict)
