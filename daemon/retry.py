@@ -28,15 +28,13 @@ from daemon.errors import InputError
 from daemon.fsutil import fsync_dir, lstat_kind, open_document, rename_noreplace, sha256_file
 from daemon.intake import judge
 from daemon.names import (
-    ERROR_NOTE_SUFFIX,
     error_note_name,
     is_junk,
     is_sidecar,
     paired_sidecar_name,
-    pairing_bases,
-    sidecar_base,
     sidecar_candidates,
 )
+from daemon.pairing import PairIndex
 from daemon.queue import Job, JobState, Queue
 
 
@@ -57,35 +55,27 @@ AMBIGUOUS_SIDECAR = (
 
 
 def _sidecar_in_failed(job: Job, doc: Path) -> tuple[Path | None, str | None]:
-    """The sidecar beside ``doc`` in failed/ and the name it is stored under.
-    Raises ValueError (:data:`AMBIGUOUS_SIDECAR`) for a stem-style sidecar that
-    another document in failed/ could pair with too (intake's rule: a stem pairs
-    only when one document answers to it)."""
+    """The sidecar beside ``doc`` in failed/ and the name it is stored under, by
+    intake's rule (:class:`PairIndex` over failed/). Raises ValueError
+    (:data:`AMBIGUOUS_SIDECAR`) for a stem-style sidecar that another document
+    there answers to as well."""
     if job.sidecar_name:
         name = paired_sidecar_name(doc.name, job.original_name, job.sidecar_name)
         return doc.parent / name, name
-    exact, *stems = sidecar_candidates(doc.name)  # one staff added since (a missing sidecar)
+    exact = sidecar_candidates(doc.name)[0]  # one staff added since (a missing sidecar)
     if lstat_kind(doc.parent / exact) == "file":
         return doc.parent / exact, exact
-    for name in stems:
-        if lstat_kind(doc.parent / name) == "file":
-            if _stem_shared(doc, sidecar_base(name)):
-                raise ValueError(AMBIGUOUS_SIDECAR)
-            return doc.parent / name, name
-    return None, None
-
-
-def _stem_shared(doc: Path, base: str) -> bool:
-    """Whether a document in ``doc``'s folder other than ``doc`` pairs with ``base``."""
+    index = PairIndex()
     with os.scandir(doc.parent) as entries:
         for entry in entries:
-            name = entry.name
-            if name == doc.name or is_sidecar(name) or is_junk(name):
-                continue
-            if name.endswith(ERROR_NOTE_SUFFIX) or base not in pairing_bases(name):
-                continue
-            return True
-    return False
+            if not is_junk(entry.name) and entry.is_file(follow_symlinks=False):
+                index.add(entry.name)
+    found = index.sidecar_for(doc.name)
+    if found is None:
+        if index.sidecars_naming(doc.name):
+            raise ValueError(AMBIGUOUS_SIDECAR)
+        return None, None
+    return doc.parent / found, found
 
 
 def _refused(job: Job, *problems: str) -> RetryResult:
