@@ -21,6 +21,7 @@ errors name fields in plain words and never repeat a value.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import itertools
 import re
@@ -334,9 +335,12 @@ _MEANING = {
 }
 
 
-def _field_names() -> frozenset[str]:
+@functools.lru_cache(maxsize=1)
+def _field_names(_modules: int) -> frozenset[str]:
     """Every field name and alias of the pydantic models loaded (Redox's, FHIR's,
-    chartdrop's): the names a sidecar's key may be, or be a misspelling of."""
+    chartdrop's): the names a sidecar's key may be, or be a misspelling of.
+    ``_modules``: ``len(sys.modules)``, so it is built again once more modules
+    (models) were imported, as FHIR's are when first used."""
     seen: set[type] = set()
     names: set[str] = set()
     todo: list[type] = [BaseModel]
@@ -354,20 +358,12 @@ def _field_names() -> frozenset[str]:
     return frozenset(names)
 
 
-# (len(sys.modules) when built, the names): built at the first sidecar error, again
-# after more modules (models) were imported, as FHIR's are when first used.
-_FIELD_NAMES: dict[str, tuple[int, frozenset[str]]] = {}
-
-
 def _is_field_like(key: str) -> bool:
     """Whether ``key`` is a field name or close to one (a misspelling). A key that
     is neither may be patient data written as a key (an MRN, a name): never shown."""
-    built = _FIELD_NAMES.get("names")
-    if built is None or built[0] != len(sys.modules):
-        built = _FIELD_NAMES["names"] = (len(sys.modules), _field_names())
-    names = built[1]
     if len(key) > 64 or not key.isascii():
         return False
+    names = _field_names(len(sys.modules))
     return key in names or bool(difflib.get_close_matches(key, names, n=1, cutoff=0.75))
 
 
